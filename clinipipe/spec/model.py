@@ -1,0 +1,212 @@
+"""The typed pipeline spec (`clinipipe.yaml`). Unknown keys are rejected everywhere.
+
+Sections filled in by later work (`phi`, `backup`, `cost`, `dashboards`, and the details of
+`dynamic_tables` / `interactive_tables`) are reserved here with the settings the SQL templates
+already use.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from clinipipe.secrets import mask_dsn
+from clinipipe.spec.interpolate import has_reference
+from clinipipe.spec.types import (
+    Duration,
+    DurationField,
+    Identifier,
+    PhiClass,
+    WarehouseSize,
+)
+
+SNOWFLAKE_MIN_LAG_SECONDS = 60
+RESTRICTED_ZIP3 = [
+    "036",
+    "059",
+    "063",
+    "102",
+    "203",
+    "556",
+    "692",
+    "790",
+    "821",
+    "823",
+    "830",
+    "831",
+    "878",
+    "879",
+    "884",
+    "890",
+    "893",
+]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_lag(value: Duration | None, info: ValidationInfo) -> Duration | None:
+    """Snowflake refuses a TARGET_LAG under 60 s (validation context `target_type`)."""
+    context = info.context or {}
+    seconds = value.seconds if value is not None else None
+    snowflake = context.get("target_type") == "snowflake"
+    if snowflake and seconds is not None and seconds < SNOWFLAKE_MIN_LAG_SECONDS:
+        raise PydanticCustomError(
+            "target_lag",
+            "TARGET_LAG of {seconds} s is below Snowflake's minimum of 60 seconds; "
+            "use '1 minute' or more",
+            {"seconds": f"{seconds:g}"},
+        )
+    return value
+
+
+class TableSpec(Model):
+    """A source table to replicate. A primary key is required: CDC applies changes by key."""
+
+    name: Identifier
+    schema_: Identifier = Field("public", alias="schema")
+    primary_key: Annotated[list[Identifier], Field(min_length=1)]
+    columns: dict[Identifier, PhiClass] = Field(default_factory=dict)
+    """PHI classification per column; an unlisted column is not PHI (and is scanned for leaks)."""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema_}.{self.name}"
+
+
+class SourceSpec(Model):
+    dsn: str
+    """libpq DSN. Put it in the environment (`${CLINIPIPE_SOURCE_DSN}`): it may hold a password."""
+    publication: Identifier = "clinipipe_pub"
+    slot: Identifier = "clinipipe_slot"
+    tables: Annotated[list[TableSpec], Field(min_length=1)]
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_literal_password(cls, value: str, info: ValidationInfo) -> str:
+        """A password must come from the environment: reject one written into the spec."""
+        literal = (info.context or {}).get("literal_dsn", value)
+        if mask_dsn(literal) != literal and not has_reference(literal):
+            raise PydanticCustomError(
+                "secret_in_spec",
+                "the DSN holds a password written into the spec; put the whole DSN in an "
+                "environment variable and write dsn: ${CLINIPIPE_SOURCE_DSN}",
+            )
+        return value
+
+
+class DuckDBTarget(Model):
+    type: Literal["duckdb"]
+    path: str
+
+
+class SnowflakeTarget(Model):
+    type: Literal["snowflake"]
+    account: str
+    user: str
+    role: Identifier = "CLINIPIPE_ROLE"
+    database: Identifier = "CLINIPIPE"
+    schema_: Identifier = Field("RAW", alias="schema")
+    authenticator: Literal["snowflake", "externalbrowser", "snowflake_jwt"] = "snowflake"
+    password_env: Identifier = "SNOWFLAKE_PASSWORD"
+    """Name of the environment variable holding the password (never the password itself)."""
+    private_key_file_env: Identifier = "SNOWFLAKE_PRIVATE_KEY_FILE"
+
+
+Target = Annotated[DuckDBTarget | SnowflakeTarget, Field(discriminator="type")]
+
+
+class Warehouse(Model):
+    name: Identifier
+    size: WarehouseSize
+    auto_suspend: Annotated[int, Field(ge=0)] = 60
+    """Seconds idle before suspending (0 = never; Snowflake bills while a warehouse runs)."""
+
+
+class Warehouses(Model):
+    initialization: Warehouse = Warehouse(name="CLINIPIPE_INIT_WH", size="X6LARGE", auto_suspend=60)
+    incremental: Warehouse = Warehouse(name="CLINIPIPE_CDC_WH", size="XSMALL", auto_suspend=60)
+    interactive: Warehouse = Warehouse(name="CLINIPIPE_SERVE_WH", size="XSMALL", auto_suspend=86400)
+
+
+class DynamicTable(Model):
+    name: Identifier
+    target_lag: DurationField
+    refresh_mode: Literal["auto", "full", "incremental"] = "auto"
+    refresh_key: Identifier | None = None
+    sql: str
+    comment: str | None = None
+
+    _lag = field_validator("target_lag")(_check_lag)
+
+
+class InteractiveTable(Model):
+    name: Identifier
+    from_: Identifier | None = Field(None, alias="from")
+    sql: str | None = None
+    cluster_by: Annotated[list[Identifier], Field(min_length=1)]
+    target_lag: DurationField | None = None
+
+    _lag = field_validator("target_lag")(_check_lag)
+
+
+class ClassificationSpec(Model):
+    sample_count: Annotated[int, Field(ge=1, le=10000)] = 1000
+    auto_tag: bool = True
+
+
+class PhiSpec(Model):
+    research_schema: Identifier = "research"
+    deidentified_schemas: list[Identifier] = Field(default_factory=lambda: ["research"])
+    hmac_key_env: Identifier = "CLINIPIPE_HMAC_KEY"
+    restricted_zip3: list[Annotated[str, Field(pattern=r"^\d{3}$")]] = Field(
+        default_factory=lambda: list(RESTRICTED_ZIP3)
+    )
+    """Three-digit ZIP prefixes with 20,000 people or fewer (HHS guidance, 2000 Census)."""
+    classification: ClassificationSpec = ClassificationSpec()
+
+
+class BackupSpec(Model):
+    store: str = "backups"
+    """Local WORM store directory (relative to the spec)."""
+    policy_name: Identifier = "clinipipe_backup_policy"
+    retention_days: Annotated[int, Field(ge=1)] = 2555
+    retention_lock: bool = True
+    schedule: str = "24 HOUR"
+    schemas: list[Identifier] = Field(default_factory=lambda: ["raw"])
+
+
+class CostSpec(Model):
+    edition: Literal["standard", "enterprise", "business_critical"] = "enterprise"
+    credit_price_usd: Annotated[float, Field(gt=0)] = 3.0
+    monthly_budget_credits: Annotated[float, Field(gt=0)] | None = None
+    anomaly_threshold: Annotated[float, Field(gt=0)] = 3.5
+    """Modified z-score above which a day's spend is an anomaly."""
+
+
+class Dashboard(Model):
+    name: Identifier
+    sql: str
+    params: dict[Identifier, Literal["int", "bigint", "text", "date", "timestamp"]] = Field(
+        default_factory=dict
+    )
+    description: str | None = None
+
+
+class Spec(Model):
+    """A whole pipeline: where data comes from, where it goes, and what runs on the way."""
+
+    version: Literal[1]
+    name: Identifier
+    source: SourceSpec
+    target: Target
+    warehouses: Warehouses = Warehouses()
+    dynamic_tables: list[DynamicTable] = Field(default_factory=list)
+    interactive_tables: list[InteractiveTable] = Field(default_factory=list)
+    phi: PhiSpec = PhiSpec()
+    backup: BackupSpec = BackupSpec()
+    cost: CostSpec = CostSpec()
+    dashboards: list[Dashboard] = Field(default_factory=list)
