@@ -1,1 +1,1 @@
-"""pipeline"""
+"""The pipeline's jobs: deploy, backfill, CDC apply, dynamic-table refresh, publish."""

@@ -1,0 +1,100 @@
+"""The `clinipipe` command: global options, the command tree, and error → exit-code mapping."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from clinipipe import __version__
+from clinipipe.cli import later, project, source
+from clinipipe.cli.output import ExitCode, Verbosity, err
+from clinipipe.cli.state import State
+from clinipipe.secrets import mask_dsn
+from clinipipe.source.postgres import SourceError
+from clinipipe.spec.errors import SpecError
+from clinipipe.sql.render import RenderError
+from clinipipe.targets.base import TargetError
+
+app = typer.Typer(
+    name="clinipipe",
+    help="Move a hospital's EHR data from PostgreSQL into an analytical warehouse and keep it "
+    "there: fast, exact, cheap and compliant.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clinipipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Pipeline spec (default: $CLINIPIPE_CONFIG, else ./clinipipe.yaml).",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and data.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    Verbosity.quiet = quiet
+    Verbosity.verbose = verbose
+    ctx.obj = State(config=config)
+
+
+project.register(app)
+source.register(app)
+later.register(app)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI with `argv`; return the exit code. Known errors never show a traceback."""
+    try:
+        app(args=argv, prog_name="clinipipe")  # standalone: usage errors exit 2 by themselves
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else ExitCode.FAILURE)
+    except SpecError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), markup=False)
+        count = len(exc.problems)
+        err.print(f"{count} problem{'s' if count != 1 else ''} in the spec", style="red")
+        return ExitCode.USAGE
+    except (TargetError, SourceError, RenderError) as exc:
+        err.print(f"error: {mask_dsn(str(exc))}", style="red", markup=False)
+        return ExitCode.FAILURE
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # a bug: say so plainly, traceback only with --verbose
+        if Verbosity.verbose:
+            raise
+        err.print(
+            f"internal error: {type(exc).__name__}: {mask_dsn(str(exc))}\n"
+            "Run again with --verbose for the traceback, and please report it.",
+            style="red",
+            markup=False,
+        )
+        return ExitCode.FAILURE
+    return ExitCode.OK
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

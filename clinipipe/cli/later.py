@@ -1,0 +1,67 @@
+"""Commands whose work is not built yet. They say so and exit 1; they never pretend to work."""
+
+from __future__ import annotations
+
+import typer
+
+from clinipipe.cli.output import ExitCode, err
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _not_implemented(command: str, what: str) -> None:
+    err.print(
+        f"clinipipe {command}: not implemented yet ({what}). Nothing was done.",
+        style="yellow",
+        markup=False,
+    )
+    raise typer.Exit(ExitCode.FAILURE)
+
+
+def _stub(parent: typer.Typer, name: str, full_name: str, what: str, help_text: str) -> None:
+    def command(ctx: typer.Context) -> None:
+        _not_implemented(full_name, what)
+
+    command.__doc__ = f"{help_text} [not implemented yet]"
+    parent.command(name, context_settings=_PASS_THROUGH)(command)
+
+
+def register(app: typer.Typer) -> None:
+    """Add every command of the tree that later work fills in."""
+    top = [
+        ("backfill", "the consistent, parallel, resumable initial load",
+         "Backfill history from PostgreSQL under an exported snapshot."),
+        ("refresh", "incremental dynamic-table refresh",
+         "Refresh a dynamic table now (changed keys only, or --full)."),
+        ("status", "dynamic/interactive table status",
+         "Show each derived table's lag against its target and its last refresh."),
+        ("scan", "PHI leak detection", "Scan for PHI where it must not be."),
+        ("redact", "HIPAA de-identification", "Build a de-identified research dataset."),
+        ("bench", "dashboard load benchmark", "Open-loop load test of the dashboards."),
+        ("demo", "the one-command demo",
+         "Run every part of the pipeline on an embedded PostgreSQL and DuckDB."),
+    ]  # fmt: skip
+    for name, what, help_text in top:
+        _stub(app, name, name, what, help_text)
+
+    groups = {
+        "cdc": ("Change data capture by logical replication.", "CDC by logical replication",
+                [("start", "Stream changes into the warehouse."),
+                 ("status", "Slot, lag, last batch, latency."),
+                 ("reset", "Drop the slot and checkpoints (needs --yes).")]),
+        "backup": ("WORM, hash-chained backups.", "WORM backups",
+                   [("create", "Take a backup."), ("list", "List backups."),
+                    ("verify", "Verify every backup and the chain."),
+                    ("restore", "Restore a backup."), ("prune", "Delete expired backups."),
+                    ("hold", "Place or release a legal hold.")]),
+        "audit": ("The tamper-evident audit trail.", "the audit log",
+                  [("log", "Show the audit log."), ("verify", "Verify the hash chain.")]),
+        "cost": ("What the pipeline costs on Snowflake.", "cost reporting",
+                 [("report", "Cost per job and warehouse, dual vs single warehouse."),
+                  ("anomalies", "Spend anomalies.")]),
+    }  # fmt: skip
+    for group, (help_text, what, commands) in groups.items():
+        sub = typer.Typer(help=help_text, no_args_is_help=True)
+        for name, sub_help in commands:
+            _stub(sub, name, f"{group} {name}", what, sub_help)
+        app.add_typer(sub, name=group)

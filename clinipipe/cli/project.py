@@ -1,0 +1,196 @@
+"""`init`, `validate`, `render`, `deploy`: the project and its SQL."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from clinipipe.cli.output import ExitCode, info, out, print_json
+from clinipipe.cli.state import State
+from clinipipe.pipeline.deploy import DeployPlan, deploy, plan_deployment
+from clinipipe.secrets import mask_dsn
+from clinipipe.spec.errors import SpecError
+from clinipipe.sql.render import available_dialects, render, write_rendered
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+ENV_EXAMPLE = """\
+# Copy to .env next to clinipipe.yaml (never commit .env) or export these variables.
+# The source PostgreSQL (logical replication needs wal_level = logical).
+CLINIPIPE_SOURCE_DSN=postgresql://clinipipe:CHANGE_ME@localhost:5432/ehr
+# The DuckDB warehouse file (relative to the spec).
+CLINIPIPE_DUCKDB_PATH=warehouse.duckdb
+# Key for keyed pseudonyms (HMAC-SHA256) in research extracts: a long random secret.
+CLINIPIPE_HMAC_KEY=
+# For a Snowflake target:
+# SNOWFLAKE_PASSWORD=
+"""
+
+GITIGNORE = ".env\n*.duckdb\n*.duckdb.wal\nbackups/\nsql/\n"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("validate")(validate)
+    app.command("render")(render_command)
+    app.command("deploy")(deploy_command)
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
+) -> None:
+    """Scaffold a project: clinipipe.yaml (the example hospital), .env.example, .gitignore."""
+    spec_path = directory / "clinipipe.yaml"
+    if spec_path.exists():
+        info(f"[red]{spec_path} already exists; nothing was changed.[/red]")
+        raise typer.Exit(ExitCode.FAILURE)
+    name = re.sub(r"[^A-Za-z0-9_]", "_", directory.resolve().name) or "hospital"
+    if name[0].isdigit():
+        name = f"p_{name}"
+    example = resources.files("clinipipe").joinpath("_examples/hospital.yaml").read_text()
+    spec_text = re.sub(r"(?m)^name: .*$", f"name: {name}", example, count=1)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(spec_text, encoding="utf-8")
+    for filename, text in ((".env.example", ENV_EXAMPLE), (".gitignore", GITIGNORE)):
+        path = directory / filename
+        if not path.exists():
+            path.write_text(text, encoding="utf-8")
+    info(f"Created {spec_path}, .env.example and .gitignore in {directory}.")
+    info("Next: cp .env.example .env, set CLINIPIPE_SOURCE_DSN, then `clinipipe validate`.")
+
+
+def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Check the spec; print every problem as file:line:col (exit 2), or a summary (exit 0)."""
+    state: State = ctx.obj
+    try:
+        loaded = state.spec()
+    except SpecError as exc:
+        if not as_json:
+            raise
+        print_json({"valid": False, "problems": [p.__dict__ for p in exc.problems]})
+        raise typer.Exit(ExitCode.USAGE) from None
+    spec = loaded.spec
+    summary = {
+        "valid": True,
+        "spec": str(loaded.path),
+        "name": spec.name,
+        "source": mask_dsn(spec.source.dsn),
+        "source_tables": len(spec.source.tables),
+        "target": spec.target.type,
+        "dynamic_tables": len(spec.dynamic_tables),
+        "interactive_tables": len(spec.interactive_tables),
+        "dashboards": len(spec.dashboards),
+    }
+    if as_json:
+        print_json(summary)
+        return
+    out.print(
+        f"[green]✓[/green] {loaded.path.name} is valid: pipeline {spec.name}, "
+        f"{len(spec.source.tables)} source tables from {mask_dsn(spec.source.dsn)}, "
+        f"target {spec.target.type}, {len(spec.dynamic_tables)} dynamic and "
+        f"{len(spec.interactive_tables)} interactive tables."
+    )
+
+
+def render_command(
+    ctx: typer.Context,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="Dialect to render (default: the spec's target)."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write NN-name.sql files into this folder.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Render the numbered SQL templates for a target (to stdout, or files with --out)."""
+    state: State = ctx.obj
+    if target is not None and target not in available_dialects():
+        raise typer.BadParameter(
+            f"unknown target '{target}'; choose one of {', '.join(available_dialects())}",
+            param_hint="--target",
+        )
+    files = render(state.spec(), target)
+    if out_dir is not None:
+        written = write_rendered(files, out_dir)
+        if as_json:
+            print_json([{"file": str(p), "digest": f.digest} for p, f in zip(written, files)])
+        else:
+            info(f"Wrote {len(written)} files to {out_dir}/")
+        return
+    if as_json:
+        print_json([{"file": f.name, "runs_on": f.runs_on, "sql": f.text} for f in files])
+        return
+    for f in files:
+        out.print(f"-- ===== {f.name} =====", markup=False)
+        out.print(f.text, markup=False)
+
+
+def _plan_table(plan: DeployPlan) -> Table:
+    table = Table(title=f"Deployment plan for {plan.target}")
+    table.add_column("template")
+    table.add_column("runs on")
+    table.add_column("statements", justify="right")
+    table.add_column("action")
+    rows = [(f, "[yellow]apply[/yellow]") for f in plan.to_run]
+    rows += [(f, "[green]up to date[/green]") for f in plan.up_to_date]
+    rows += [(f, f"[cyan]deferred[/cyan]: {why}") for f, why in plan.deferred]
+    rows += [(f, "reference only (not executed)") for f in plan.reference_only]
+    for f, action in sorted(rows, key=lambda r: r[0].name):
+        table.add_row(f.name, f.runs_on, str(len(f.statements)), action)
+    return table
+
+
+def _plan_json(plan: DeployPlan) -> dict[str, object]:
+    return {
+        "target": plan.target,
+        "apply": [f.name for f in plan.to_run],
+        "up_to_date": [f.name for f in plan.up_to_date],
+        "deferred": [{"template": f.name, "reason": why} for f, why in plan.deferred],
+        "reference_only": [f.name for f in plan.reference_only],
+        "statements": plan.statements,
+    }
+
+
+def deploy_command(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan and its SQL; change nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply the rendered templates in order; a second run of the same spec changes nothing."""
+    state: State = ctx.obj
+    loaded = state.spec()
+    plan = plan_deployment(loaded)
+    if dry_run:
+        if as_json:
+            print_json({**_plan_json(plan), "dry_run": True})
+            return
+        out.print(_plan_table(plan))
+        for f in plan.to_run:
+            for st in f.statements:
+                out.print(f"-- {f.name} · statement {st.number} ({f.runs_on})", style="dim")
+                out.print(st.sql, markup=False)
+        out.print(f"Dry run: {plan.statements} statements would run; nothing was changed.")
+        return
+    result = deploy(loaded, plan)
+    if as_json:
+        print_json(
+            {**_plan_json(plan), "statements_run": result.statements_run,
+             "deployment_id": result.deployment_id}
+        )  # fmt: skip
+        return
+    out.print(_plan_table(plan))
+    if result.deployment_id is None:
+        out.print("[green]Nothing to deploy:[/green] the target is up to date.")
+    else:
+        out.print(
+            f"[green]Deployed[/green] {len(plan.to_run)} templates "
+            f"({result.statements_run} statements), deployment {result.deployment_id}."
+        )

@@ -1,0 +1,19 @@
+"""What the global options hand to every command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clinipipe.spec import LoadedSpec, load_spec
+
+
+@dataclass
+class State:
+    config: str | None = None
+    _loaded: LoadedSpec | None = None
+
+    def spec(self) -> LoadedSpec:
+        """The validated spec (loaded once); raises SpecError listing every problem."""
+        if self._loaded is None:
+            self._loaded = load_spec(self.config)
+        return self._loaded

@@ -1,0 +1,207 @@
+"""Render the numbered SQL templates of one dialect from a spec.
+
+Templates live in `templates/<dialect>/NN-name.sql.j2` (shipped in the wheel as
+`clinipipe/_templates`). Every `{{ ... }}` must go through a quoting filter (`ident`, `qualify`,
+`literal`, `pg_ident`, `pg_literal`) or be explicitly trusted SQL (`sql`, for the spec author's
+own queries): anything else is a render error, so no value reaches SQL unescaped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+from snowflake.connector.util_text import split_statements
+
+from clinipipe.source.dialect import POSTGRES
+from clinipipe.spec.loader import LoadedSpec
+from clinipipe.sql.dialect import Dialect
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "_templates"
+_FILE = re.compile(r"^(?P<num>\d\d)-(?P<name>[a-z0-9-]+)\.sql\.j2$")
+_HEADER = re.compile(r"^--\s*clinipipe:\s*(?P<pairs>.+)$", re.M)
+_PUNCTUATION = re.compile(r"^[\s,;()]*$")
+_CHECK = re.compile(r"^--\s*check:\s*(?P<message>.+)$", re.M)
+
+RunsOn = Literal["target", "source", "none"]
+
+
+class RenderError(Exception):
+    """A template could not be rendered (names the template and line)."""
+
+
+class SqlText(str):
+    """SQL that has been quoted or is trusted; the only thing `{{ }}` may print."""
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a rendered file, numbered from 1 within the file.
+
+    `check` is set for a query that must return no rows; its rows are reported with the
+    message when it does (used for source prerequisites such as `wal_level`).
+    """
+
+    number: int
+    sql: str
+    check: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """A rendered template: `name` like `01-setup-environment.sql`, where it runs, its text."""
+
+    name: str
+    text: str
+    runs_on: RunsOn
+    requires: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def statements(self) -> list[Statement]:
+        return split_sql(self.text)
+
+
+def split_sql(text: str) -> list[Statement]:
+    """Split a script into statements (string-, comment- and `$$`-aware).
+
+    A statement whose leading comments contain `-- check: <message>` becomes a check.
+    """
+    out: list[Statement] = []
+    for chunk, _ in split_statements(_StringReader(text), remove_comments=False):
+        body = _strip_comments(chunk)
+        if not body:
+            continue
+        check = _CHECK.search(chunk)
+        out.append(
+            Statement(len(out) + 1, chunk.strip(), check["message"].strip() if check else None)
+        )
+    return out
+
+
+class _StringReader:
+    """`split_statements` wants a file-like object with readline()."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = iter(text.splitlines(keepends=True))
+
+    def readline(self) -> str:
+        return next(self._lines, "")
+
+
+def _strip_comments(sql: str) -> str:
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return "\n".join(lines).strip().rstrip(";").strip()
+
+
+def dialect_for(name: str) -> Dialect:
+    """The quoting rules of a target dialect (defined in `clinipipe.targets`)."""
+    from clinipipe.targets import dialect_of
+
+    return dialect_of(name)
+
+
+def available_dialects() -> list[str]:
+    return sorted(p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir() and p.name[0] != "_")
+
+
+def template_names(dialect: str) -> list[str]:
+    folder = TEMPLATES_DIR / dialect
+    if not folder.is_dir():
+        raise RenderError(
+            f"no templates for target '{dialect}' (have: {', '.join(available_dialects())})"
+        )
+    return sorted(p.name for p in folder.iterdir() if _FILE.match(p.name))
+
+
+def _environment(dialect: Dialect) -> jinja2.Environment:
+    def finalize(value: Any) -> Any:
+        if isinstance(value, SqlText):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, jinja2.Undefined) and "inline if" in str(value._undefined_hint):
+            return ""  # `{{ "," if not loop.last }}` on the last item
+        if isinstance(value, str) and _PUNCTUATION.match(value):
+            return value  # `{{ "," if not loop.last }}` and the like
+        raise RenderError(
+            f"unquoted value {type(value).__name__} in a template: pipe it through "
+            "`ident`, `qualify`, `literal` or `sql`"
+        )
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        finalize=finalize,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["ident"] = lambda v: SqlText(dialect.quote_ident(str(v)))
+    env.filters["qualify"] = lambda parts: SqlText(dialect.qualify(*[str(p) for p in parts]))
+    env.filters["literal"] = lambda v: SqlText(dialect.quote_literal(v))
+    env.filters["pg_ident"] = lambda v: SqlText(POSTGRES.quote_ident(str(v)))
+    env.filters["pg_literal"] = lambda v: SqlText(POSTGRES.quote_literal(v))
+    env.filters["sql"] = lambda v: SqlText(str(v).strip().rstrip(";").strip())
+    return env
+
+
+def render(loaded: LoadedSpec, dialect_name: str | None = None) -> list[RenderedFile]:
+    """Render every template of the dialect (default: the spec's target) in file-name order.
+
+    Pure: the output depends only on the spec and the templates (golden-testable).
+    """
+    from clinipipe.sql.context import template_context
+
+    name = dialect_name or loaded.spec.target.type
+    dialect = dialect_for(name)
+    env = _environment(dialect)
+    context = template_context(loaded.spec, name)
+    files: list[RenderedFile] = []
+    for template_name in template_names(name):
+        try:
+            text = env.get_template(f"{name}/{template_name}").render(context)
+        except jinja2.TemplateError as exc:
+            line = getattr(exc, "lineno", None)
+            where = f"{template_name}:{line}" if line else template_name
+            raise RenderError(f"{where}: {exc}") from None
+        except RenderError as exc:
+            raise RenderError(f"{template_name}: {exc}") from None
+        header = _header(text)
+        runs_on = header.get("runs_on", "target")
+        if runs_on not in ("target", "source", "none"):
+            raise RenderError(f"{template_name}: runs_on must be target, source or none")
+        requires = frozenset(r for r in header.get("requires", "").split(",") if r)
+        files.append(
+            RenderedFile(template_name.removesuffix(".j2"), text, runs_on, requires)  # type: ignore[arg-type]
+        )
+    return files
+
+
+def _header(text: str) -> dict[str, str]:
+    match = _HEADER.search(text)
+    if not match:
+        return {}
+    pairs = (p.split("=", 1) for p in match["pairs"].split() if "=" in p)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def write_rendered(files: list[RenderedFile], out_dir: Path) -> list[Path]:
+    """Write the rendered files into `out_dir` atomically per file (temp file + rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for f in files:
+        target = out_dir / f.name
+        tmp = target.with_suffix(".sql.tmp")
+        tmp.write_text(f.text, encoding="utf-8")
+        tmp.replace(target)
+        written.append(target)
+    return written

@@ -1,0 +1,143 @@
+"""DuckDB: the embedded default target, a real warehouse in one local file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from clinipipe.spec.loader import LoadedSpec
+from clinipipe.spec.model import DuckDBTarget as DuckDBTargetSpec
+from clinipipe.spec.types import WAREHOUSE_CREDITS_PER_HOUR
+from clinipipe.sql.dialect import Dialect
+from clinipipe.sql.render import RenderedFile
+from clinipipe.targets.base import DeploymentRecord, DeployStatementError, Target, TargetError
+
+GIB = 1024**3
+
+
+class DuckDBDialect(Dialect):
+    """DuckDB follows PostgreSQL: double-quoted identifiers, standard strings."""
+
+    name = "duckdb"
+
+
+def _machine_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * GIB
+
+
+def compute_profile(size: str) -> tuple[int, int]:
+    """(threads, memory_limit bytes) standing in for a Snowflake warehouse of `size`.
+
+    One thread per credit/hour (XSMALL 1, SMALL 2, MEDIUM 4, ...) and 2 GiB of memory per
+    credit/hour, capped by the machine's cores and 80 % of its memory.
+    """
+    credits = WAREHOUSE_CREDITS_PER_HOUR[size]
+    threads = max(1, min(credits, os.cpu_count() or 1))
+    memory = max(GIB // 2, min(credits * 2 * GIB, int(_machine_memory() * 0.8)))
+    return threads, memory
+
+
+class DuckDBTarget(Target):
+    """A DuckDB database file. One process may open it read-write at a time."""
+
+    type = "duckdb"
+    dialect = DuckDBDialect()
+
+    def __init__(self, loaded: LoadedSpec, *, read_only: bool = False) -> None:
+        super().__init__(loaded, read_only=read_only)
+        spec = loaded.spec.target
+        assert isinstance(spec, DuckDBTargetSpec)
+        self.path = loaded.resolve(spec.path)
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def describe(self) -> str:
+        return f"DuckDB file {self.path}"
+
+    def connect(self) -> None:
+        if not self.path.parent.is_dir():
+            raise TargetError(
+                f"cannot open {self.describe()}: folder {self.path.parent} does not exist "
+                "(create it, or fix target.path in the spec)"
+            )
+        if self.read_only and not self.path.exists():
+            # Nothing deployed yet; an empty database answers every question without
+            # creating the file (a dry run must change nothing).
+            self._con = duckdb.connect(":memory:")
+            return
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=self.read_only)
+        except duckdb.Error as exc:
+            reason = str(exc).splitlines()[0]
+            hint = ""
+            if "lock" in reason.lower():
+                hint = " Another clinipipe process (or a DuckDB client) has it open; stop it first."
+            raise TargetError(f"cannot open {self.describe()}: {reason}.{hint}") from None
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise TargetError("the DuckDB target is not connected")
+        return self._con
+
+    def use_warehouse(self, role: str) -> tuple[int, int]:
+        """Switch this connection to the compute profile of warehouse `role`; returns it."""
+        warehouse = getattr(self.loaded.spec.warehouses, role)
+        threads, memory = compute_profile(warehouse.size)
+        self.con.execute(f"SET threads = {threads}")
+        self.con.execute(f"SET memory_limit = '{memory // (1024 * 1024)}MB'")
+        return threads, memory
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql).fetchall()
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        rows = self.con.execute(
+            "SELECT 1 FROM information_schema.tables "
+            "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchall()
+        return bool(rows)
+
+    def apply_deployment(
+        self,
+        files: Sequence[RenderedFile],
+        record: DeploymentRecord,
+        also_record: Sequence[RenderedFile] = (),
+    ) -> int:
+        """Atomic: every statement and the deployment record commit in one transaction.
+
+        On any failure the transaction is rolled back and the file is as before.
+        """
+        con = self.con
+        run = 0
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for file in files:
+                for statement in file.statements:
+                    try:
+                        con.execute(statement.sql)
+                    except duckdb.Error as exc:
+                        raise DeployStatementError(
+                            file.name, statement.number, str(exc).splitlines()[0], rolled_back=True
+                        ) from None
+                    run += 1
+                con.execute(self.template_record_sql(record, file))
+            for file in also_record:
+                con.execute(self.template_record_sql(record, file))
+            con.execute(self.deployment_record_sql(record, run))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return run
