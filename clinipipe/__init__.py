@@ -1,3 +1,3 @@
-"""clinipipe: move a hospital's EHR data from PostgreSQL into an analytical warehouse and keep it there."""
+"""clinipipe: move a hospital's EHR data from PostgreSQL into a warehouse and keep it there."""
 
 __version__ = "0.1.0"

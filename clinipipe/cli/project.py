@@ -119,7 +119,9 @@ def render_command(
     if out_dir is not None:
         written = write_rendered(files, out_dir)
         if as_json:
-            print_json([{"file": str(p), "digest": f.digest} for p, f in zip(written, files)])
+            print_json(
+                [{"file": str(p), "digest": f.digest} for p, f in zip(written, files, strict=True)]
+            )
         else:
             info(f"Wrote {len(written)} files to {out_dir}/")
         return

@@ -60,6 +60,9 @@ def load_with_positions(
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = exc.problem or "invalid YAML"
+        if exc.context and exc.context_mark and exc.context_mark is not mark:
+            where = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+            what += f" ({exc.context} at {where})"
         problems.append(Problem(filename, line, col, f"YAML syntax error: {what}"))
         loader.dispose()
         return None, positions, problems

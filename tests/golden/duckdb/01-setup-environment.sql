@@ -1,0 +1,41 @@
+-- clinipipe: runs_on=target
+-- 01 · Environment for pipeline 'general_hospital' on DuckDB: schemas and clinipipe's control
+-- tables. DuckDB has no warehouses or roles: a warehouse is a compute profile (threads and
+-- memory_limit scaled by the size below, capped by the machine) chosen per job, and access is
+-- whoever can read the file. Idempotent (IF NOT EXISTS / INSERT OR REPLACE).
+CREATE SCHEMA IF NOT EXISTS "raw";
+CREATE SCHEMA IF NOT EXISTS "derived";
+CREATE SCHEMA IF NOT EXISTS "serving";
+CREATE SCHEMA IF NOT EXISTS "research";
+CREATE SCHEMA IF NOT EXISTS "_clinipipe";
+
+CREATE TABLE IF NOT EXISTS "_clinipipe"."deployments" (
+    deployment_id     VARCHAR PRIMARY KEY,
+    deployed_at       TIMESTAMPTZ NOT NULL,
+    spec_digest       VARCHAR NOT NULL,
+    clinipipe_version VARCHAR NOT NULL,
+    target_type       VARCHAR NOT NULL,
+    statements_run    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "_clinipipe"."deployed_templates" (
+    deployment_id     VARCHAR NOT NULL,
+    template          VARCHAR NOT NULL,
+    template_digest   VARCHAR NOT NULL,
+    statements        INTEGER NOT NULL,
+    deployed_at       TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (deployment_id, template)
+);
+
+-- The three warehouses of the dual-warehouse design, as compute profiles; credits/hour are
+-- what the same size costs on Snowflake (for `clinipipe cost report`).
+CREATE TABLE IF NOT EXISTS "_clinipipe"."warehouses" (
+    role              VARCHAR PRIMARY KEY,
+    name              VARCHAR NOT NULL,
+    size              VARCHAR NOT NULL,
+    credits_per_hour  INTEGER NOT NULL,
+    auto_suspend_s    INTEGER NOT NULL
+);
+INSERT OR REPLACE INTO "_clinipipe"."warehouses" (role, name, size, credits_per_hour, auto_suspend_s) VALUES
+    ('initialization', 'CLINIPIPE_INIT_WH', 'X6LARGE', 512, 60),
+    ('incremental', 'CLINIPIPE_CDC_WH', 'XSMALL', 1, 60),
+    ('interactive', 'CLINIPIPE_SERVE_WH', 'XSMALL', 1, 86400);

@@ -1,0 +1,81 @@
+-- clinipipe: runs_on=target
+-- 01 · Environment for pipeline 'general_hospital' on Snowflake:
+-- database, schemas, the three warehouses of the dual-warehouse design, roles and grants, and
+-- clinipipe's own control tables. Idempotent (IF NOT EXISTS; grants are no-ops when held).
+
+CREATE DATABASE IF NOT EXISTS "CLINIPIPE";
+USE DATABASE "CLINIPIPE";
+CREATE SCHEMA IF NOT EXISTS "CLINIPIPE"."RAW";
+CREATE SCHEMA IF NOT EXISTS "CLINIPIPE"."DERIVED";
+CREATE SCHEMA IF NOT EXISTS "CLINIPIPE"."SERVING";
+CREATE SCHEMA IF NOT EXISTS "CLINIPIPE"."RESEARCH";
+CREATE SCHEMA IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE";
+
+-- Initialization warehouse: the big one, for backfill and dynamic-table initialization.
+-- Incremental warehouse: the small one, for CDC apply and incremental refreshes.
+-- (The interactive warehouse is created with its tables in 04-interactive-tables.)
+-- initialization: X6LARGE, 512 credits/hour while running
+CREATE WAREHOUSE IF NOT EXISTS "CLINIPIPE_INIT_WH" WITH WAREHOUSE_SIZE = 'X6LARGE' AUTO_SUSPEND = 60
+  AUTO_RESUME = TRUE INITIALLY_SUSPENDED = TRUE;
+-- incremental: XSMALL, 1 credits/hour while running
+CREATE WAREHOUSE IF NOT EXISTS "CLINIPIPE_CDC_WH" WITH WAREHOUSE_SIZE = 'XSMALL' AUTO_SUSPEND = 60
+  AUTO_RESUME = TRUE INITIALLY_SUSPENDED = TRUE;
+
+-- Roles: the pipeline writes everything; analysts read the serving layer; researchers read
+-- only the de-identified schema.
+CREATE ROLE IF NOT EXISTS "CLINIPIPE_ROLE";
+CREATE ROLE IF NOT EXISTS "CLINIPIPE_ROLE_ANALYST";
+CREATE ROLE IF NOT EXISTS "CLINIPIPE_ROLE_RESEARCHER";
+GRANT USAGE ON DATABASE "CLINIPIPE" TO ROLE "CLINIPIPE_ROLE";
+GRANT USAGE ON DATABASE "CLINIPIPE" TO ROLE "CLINIPIPE_ROLE_ANALYST";
+GRANT USAGE ON DATABASE "CLINIPIPE" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
+GRANT ALL ON SCHEMA "CLINIPIPE"."RAW" TO ROLE "CLINIPIPE_ROLE";
+GRANT ALL ON SCHEMA "CLINIPIPE"."DERIVED" TO ROLE "CLINIPIPE_ROLE";
+GRANT ALL ON SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE";
+GRANT ALL ON SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE";
+GRANT ALL ON SCHEMA "CLINIPIPE"."_CLINIPIPE" TO ROLE "CLINIPIPE_ROLE";
+GRANT USAGE, OPERATE ON WAREHOUSE "CLINIPIPE_INIT_WH" TO ROLE "CLINIPIPE_ROLE";
+GRANT USAGE, OPERATE ON WAREHOUSE "CLINIPIPE_CDC_WH" TO ROLE "CLINIPIPE_ROLE";
+GRANT USAGE ON SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE_ANALYST";
+GRANT SELECT ON FUTURE TABLES IN SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE_ANALYST";
+GRANT USAGE ON SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
+GRANT SELECT ON FUTURE TABLES IN SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
+
+-- clinipipe's control tables: what was deployed, and the warehouses it meters.
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."DEPLOYMENTS" (
+    deployment_id     VARCHAR NOT NULL PRIMARY KEY,
+    deployed_at       TIMESTAMP_TZ NOT NULL,
+    spec_digest       VARCHAR NOT NULL,
+    clinipipe_version VARCHAR NOT NULL,
+    target_type       VARCHAR NOT NULL,
+    statements_run    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."DEPLOYED_TEMPLATES" (
+    deployment_id     VARCHAR NOT NULL,
+    template          VARCHAR NOT NULL,
+    template_digest   VARCHAR NOT NULL,
+    statements        INTEGER NOT NULL,
+    deployed_at       TIMESTAMP_TZ NOT NULL,
+    PRIMARY KEY (deployment_id, template)
+);
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."WAREHOUSES" (
+    role              VARCHAR NOT NULL PRIMARY KEY,
+    name              VARCHAR NOT NULL,
+    size              VARCHAR NOT NULL,
+    credits_per_hour  INTEGER NOT NULL,
+    auto_suspend_s    INTEGER NOT NULL
+);
+MERGE INTO "CLINIPIPE"."_CLINIPIPE"."WAREHOUSES" t USING (
+    SELECT 'initialization' AS role, 'CLINIPIPE_INIT_WH' AS name, 'X6LARGE' AS size,
+           512 AS credits_per_hour, 60 AS auto_suspend_s
+    UNION ALL
+    SELECT 'incremental' AS role, 'CLINIPIPE_CDC_WH' AS name, 'XSMALL' AS size,
+           1 AS credits_per_hour, 60 AS auto_suspend_s
+    UNION ALL
+    SELECT 'interactive' AS role, 'CLINIPIPE_SERVE_WH' AS name, 'XSMALL' AS size,
+           1 AS credits_per_hour, 86400 AS auto_suspend_s
+) s ON t.role = s.role
+WHEN MATCHED THEN UPDATE SET name = s.name, size = s.size, credits_per_hour = s.credits_per_hour,
+    auto_suspend_s = s.auto_suspend_s
+WHEN NOT MATCHED THEN INSERT (role, name, size, credits_per_hour, auto_suspend_s)
+    VALUES (s.role, s.name, s.size, s.credits_per_hour, s.auto_suspend_s);

@@ -1,0 +1,112 @@
+-- clinipipe: runs_on=source
+-- 02 · PostgreSQL CDC setup for pipeline 'general_hospital' (runs on the source database).
+--
+-- Managed alternative, as Snowflake documents it: the Openflow Connector for PostgreSQL
+-- replicates into Snowflake with the same source requirements (wal_level = logical, a
+-- publication, primary keys, replica identity DEFAULT). Snowflake can also host the source:
+--   CREATE POSTGRES INSTANCE <name> COMPUTE_FAMILY = '<family>' STORAGE_SIZE_GB = <n>
+--     AUTHENTICATION_AUTHORITY = POSTGRES;
+-- clinipipe's own CDC (`clinipipe cdc start`) needs only what this file sets up.
+
+-- Source side of change data capture, run on PostgreSQL (the source), not on the warehouse.
+-- Requirements (the same ones Snowflake's Openflow PostgreSQL connector lists):
+--   wal_level = logical; every replicated table has a primary key; replica identity DEFAULT
+--   (the primary key) or FULL; a publication over the replicated tables.
+-- Every statement is idempotent: running this file twice changes nothing the second time.
+
+-- check: wal_level is not 'logical'. Set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL; the setting only takes effect after a restart.
+SELECT 'wal_level = ' || setting AS problem FROM pg_settings
+WHERE name = 'wal_level' AND setting <> 'logical';
+
+-- check: a replicated table is missing or has no primary key. Create the table, or add a primary key (CDC applies changes by key).
+SELECT t.schema_name || '.' || t.table_name AS problem
+FROM (VALUES
+    ('public', 'patients'),
+    ('public', 'providers'),
+    ('public', 'encounters'),
+    ('public', 'labs'),
+    ('public', 'medications'),
+    ('public', 'claims'),
+    ('public', 'clinical_notes')
+) AS t(schema_name, table_name)
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE i.indisprimary AND n.nspname = t.schema_name AND c.relname = t.table_name
+);
+
+-- check: a replicated table has REPLICA IDENTITY NOTHING or USING INDEX; deletes and key updates would not reach the warehouse. Run ALTER TABLE ... REPLICA IDENTITY DEFAULT.
+SELECT n.nspname || '.' || c.relname AS problem
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relreplident NOT IN ('d', 'f')
+  AND (n.nspname, c.relname) IN (
+    ('public', 'patients'),
+    ('public', 'providers'),
+    ('public', 'encounters'),
+    ('public', 'labs'),
+    ('public', 'medications'),
+    ('public', 'claims'),
+    ('public', 'clinical_notes')
+  );
+
+-- The publication clinipipe streams from; tables missing from it are added.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'clinipipe_pub') THEN
+        CREATE PUBLICATION "clinipipe_pub";
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'clinipipe_pub'
+          AND schemaname = 'public' AND tablename = 'patients'
+    ) THEN
+        ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."patients";
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'clinipipe_pub'
+          AND schemaname = 'public' AND tablename = 'providers'
+    ) THEN
+        ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."providers";
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'clinipipe_pub'
+          AND schemaname = 'public' AND tablename = 'encounters'
+    ) THEN
+        ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."encounters";
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'clinipipe_pub'
+          AND schemaname = 'public' AND tablename = 'labs'
+    ) THEN
+        ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."labs";
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'clinipipe_pub'
+          AND schemaname = 'public' AND tablename = 'medications'
+    ) THEN
+        ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."medications";
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'clinipipe_pub'
+          AND schemaname = 'public' AND tablename = 'claims'
+    ) THEN
+        ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."claims";
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'clinipipe_pub'
+          AND schemaname = 'public' AND tablename = 'clinical_notes'
+    ) THEN
+        ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."clinical_notes";
+    END IF;
+END
+$$;
+
+-- The replication slot ("clinipipe_slot") is created by `clinipipe backfill`, which needs the
+-- snapshot the slot exports; creating it here would pin WAL before anyone reads it.
