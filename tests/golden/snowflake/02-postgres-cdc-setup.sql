@@ -50,6 +50,16 @@ WHERE c.relreplident NOT IN ('d', 'f')
     ('public', 'clinical_notes')
   );
 
+-- check: no free replication slot for clinipipe (max_replication_slots is used up). Raise max_replication_slots in postgresql.conf and restart PostgreSQL, or drop a slot nobody uses.
+SELECT 'max_replication_slots = ' || current_setting('max_replication_slots')
+       || ', slots in use: ' || (SELECT count(*) FROM pg_replication_slots) AS problem
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'clinipipe_slot')
+  AND (SELECT count(*) FROM pg_replication_slots) >= current_setting('max_replication_slots')::int;
+
+-- check: max_wal_senders leaves no connection for streaming changes. Raise max_wal_senders in postgresql.conf and restart PostgreSQL.
+SELECT 'max_wal_senders = ' || current_setting('max_wal_senders') AS problem
+WHERE current_setting('max_wal_senders')::int < 1;
+
 -- The publication clinipipe streams from; tables missing from it are added.
 DO $$
 BEGIN

@@ -1,0 +1,73 @@
+"""Run what clinipipe can do today, end to end, on this machine (no services needed).
+
+Starts a throwaway PostgreSQL, scaffolds a project in ./quickstart, fills the source with a
+synthetic hospital, validates the spec, renders the SQL for DuckDB and Snowflake, and deploys
+to a local DuckDB warehouse twice (the second run changes nothing). The PostgreSQL server is
+removed at the end; the project folder stays for you to look at.
+
+    python examples/quickstart.py [--patients N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+from clinipipe.embedded import EmbeddedPostgres
+
+MARKER = ".clinipipe-quickstart"
+
+
+def step(title: str, *args: str, env: dict[str, str], cwd: Path) -> None:
+    print(f"\n$ clinipipe {' '.join(args)}    # {title}", flush=True)
+    subprocess.run([sys.executable, "-m", "clinipipe", *args], env=env, cwd=cwd, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=2000)
+    parser.add_argument("--dir", type=Path, default=Path("quickstart"))
+    args = parser.parse_args()
+    project: Path = args.dir.resolve()
+    if project.exists():
+        if not (project / MARKER).exists():
+            sys.exit(f"{project} exists and was not made by this script; choose another --dir")
+        shutil.rmtree(project)
+
+    with EmbeddedPostgres() as pg:
+        print(f"Embedded PostgreSQL {pg.server_version_num // 10000} on {pg.host}:{pg.port}")
+        env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg.dsn}
+        env.pop("CLINIPIPE_CONFIG", None)
+        env.pop("CLINIPIPE_DUCKDB_PATH", None)
+        step("scaffold the project", "init", str(project), env=env, cwd=project.parent)
+        (project / MARKER).touch()
+        step("synthetic EHR data into PostgreSQL", "synth", "--patients", str(args.patients),
+             env=env, cwd=project)  # fmt: skip
+        step("check the spec", "validate", env=env, cwd=project)
+        for dialect in ("duckdb", "snowflake"):
+            step(f"SQL for {dialect}", "render", "--target", dialect, "--out",
+                 f"sql/{dialect}", env=env, cwd=project)  # fmt: skip
+        step("what would run", "--quiet", "deploy", "--dry-run", "--json", env=env, cwd=project)
+        step("deploy to DuckDB (and the publication on PostgreSQL)", "deploy", env=env, cwd=project)
+        step("deploy again: nothing changes", "deploy", env=env, cwd=project)
+
+    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
+        deployments = con.execute("SELECT count(*) FROM _clinipipe.deployments").fetchone()
+        objects = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = '_clinipipe'"
+        ).fetchone()
+    print(
+        f"\nDone. {project}/warehouse.duckdb holds {objects[0] if objects else 0} control tables "
+        f"and {deployments[0] if deployments else 0} deployment; rendered SQL is in "
+        f"{project}/sql/. The embedded PostgreSQL has been removed."
+    )
+
+
+if __name__ == "__main__":
+    main()
