@@ -38,3 +38,15 @@ def load_dotenv_file(directory: Path) -> dict[str, str]:
 def environment(directory: Path) -> dict[str, str]:
     """The variables visible to a spec in `directory`: `.env` overlaid by the real environment."""
     return {**load_dotenv_file(directory), **os.environ}
+
+
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+
+
+def scrub_values(message: str) -> str:
+    """Replace every quoted part of a database error message with `'…'`.
+
+    Engines quote the offending value in conversion errors (`Could not convert string 'x'`);
+    for patient data that value may be PHI, which must never reach a log or a terminal.
+    """
+    return _QUOTED.sub("'…'", message)

@@ -14,7 +14,7 @@ from clinipipe.spec import load_spec
 from tests.helpers import cli
 
 LATER = [
-    ["backfill", "--workers", "4"], ["cdc", "start"], ["cdc", "status", "--json"],
+    ["cdc", "start"], ["cdc", "status", "--json"],
     ["cdc", "reset", "--yes"], ["refresh"], ["status"], ["scan"], ["redact"],
     ["backup", "create"], ["backup", "list"], ["backup", "verify"], ["backup", "restore"],
     ["backup", "prune"], ["backup", "hold"], ["audit", "log"], ["audit", "verify"],

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from clinipipe import __version__
-from clinipipe.cli import later, project, source
+from clinipipe.cli import later, load, project, source
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
 from clinipipe.secrets import mask_dsn
@@ -60,6 +60,7 @@ def _global(
 
 project.register(app)
 source.register(app)
+load.register(app)
 later.register(app)
 
 

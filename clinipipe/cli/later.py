@@ -29,8 +29,6 @@ def _stub(parent: typer.Typer, name: str, full_name: str, what: str, help_text: 
 def register(app: typer.Typer) -> None:
     """Add every command of the tree that later work fills in."""
     top = [
-        ("backfill", "the consistent, parallel, resumable initial load",
-         "Backfill history from PostgreSQL under an exported snapshot."),
         ("refresh", "incremental dynamic-table refresh",
          "Refresh a dynamic table now (changed keys only, or --full)."),
         ("status", "dynamic/interactive table status",

@@ -17,7 +17,6 @@ from typing import Any, Literal
 import jinja2
 from snowflake.connector.util_text import split_statements
 
-from clinipipe.source.dialect import POSTGRES
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.dialect import Dialect
 
@@ -135,6 +134,8 @@ def _environment(dialect: Dialect) -> jinja2.Environment:
             f"unquoted value {type(value).__name__} in a template: pipe it through "
             "`ident`, `qualify`, `literal` or `sql`"
         )
+
+    from clinipipe.source.dialect import POSTGRES  # here: clinipipe.source imports clinipipe.sql
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),

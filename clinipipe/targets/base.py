@@ -17,13 +17,20 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from clinipipe import __version__
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.context import CONTROL_SCHEMA
 from clinipipe.sql.dialect import Dialect
 from clinipipe.sql.render import RenderedFile
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pyarrow as pa
+
+    from clinipipe.source.catalog import TableSchema
 
 
 class TargetError(Exception):
@@ -58,6 +65,44 @@ class DeploymentRecord:
     deployment_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     deployed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     clinipipe_version: str = __version__
+
+
+@dataclass(frozen=True)
+class BackfillRun:
+    """The backfill that owns a replication slot; `consistent_point` is where CDC starts.
+
+    A run is recorded (with no consistent point) before its slot is created, so a crash in
+    between is recognised: such a run loaded nothing and its slot is ours to drop.
+    """
+
+    run_id: str
+    slot: str
+    consistent_point: str | None
+    tables: tuple[str, ...]
+    started_at: dt.datetime
+    completed_at: dt.datetime | None = None
+
+
+class BatchStream(Protocol):
+    """Arrow batches with every column as strings, and the source bytes they came from."""
+
+    @property
+    def batches(self) -> Iterator[pa.RecordBatch]: ...
+
+    @property
+    def bytes_read(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class RangeWork:
+    """One range to load: which run, which range, and how to meter it."""
+
+    run_id: str
+    range_no: int
+    replace_keys: bool
+    warehouse: str
+    warehouse_role: str
+    size: str
 
 
 class Target(ABC):
@@ -129,6 +174,140 @@ class Target(ABC):
         return [
             t.name for t in self.loaded.spec.source.tables if not self.table_exists(raw, t.name)
         ]
+
+    # --- backfill -----------------------------------------------------------------------------
+
+    def require_deployed(self) -> None:
+        """Raise `TargetError` unless `clinipipe deploy` created the control tables."""
+        if not self.table_exists(CONTROL_SCHEMA, "backfill_ranges"):
+            raise TargetError(
+                f"{self.describe()} has no clinipipe control tables: run `clinipipe deploy` first"
+            )
+
+    @abstractmethod
+    def use_warehouse(self, role: str) -> str:
+        """Run what follows on warehouse `role` (initialization, incremental, interactive).
+
+        Returns a description of the compute used (for progress output).
+        """
+
+    @abstractmethod
+    def create_raw_table(self, table: TableSchema, *, replace: bool) -> None:
+        """Create the raw table for `table` (types mapped by this target).
+
+        `replace` drops an existing one first.
+        """
+
+    @abstractmethod
+    def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
+        """Load one range and record it as done, atomically; returns the rows loaded.
+
+        The rows, the `_clinipipe.backfill_ranges` row and the metering row commit in one
+        transaction: a range is recorded as done if and only if all its rows are in. With
+        `work.replace_keys`, rows whose primary key is already present are replaced (used when
+        a resumed backfill reads under a newer snapshot). Safe to call from several threads.
+        """
+
+    def backfill_run(self, slot: str) -> BackfillRun | None:
+        """The latest backfill run that owns `slot`, or None."""
+        rows = self.query(
+            f"SELECT run_id, slot, consistent_point, tables, started_at, completed_at "
+            f"FROM {self.control('backfill_runs')} WHERE slot = {self.dialect.quote_literal(slot)} "
+            "ORDER BY started_at DESC LIMIT 1"
+        )
+        if not rows:
+            return None
+        run_id, slot_name, point, tables, started, completed = rows[0]
+        return BackfillRun(run_id, slot_name, point, tuple(tables.split(",")), started, completed)
+
+    def completed_ranges(self, run_id: str) -> set[tuple[str, int]]:
+        """(table, range number) of every range of `run_id` already loaded."""
+        rows = self.query(
+            f"SELECT table_name, range_no FROM {self.control('backfill_ranges')} "
+            f"WHERE run_id = {self.dialect.quote_literal(run_id)}"
+        )
+        return {(str(t), int(n)) for t, n in rows}
+
+    def planned_ranges(self, run_id: str) -> list[tuple[str, int, int, int | None]]:
+        """(table, range number, start page, end page) planned for `run_id`."""
+        rows = self.query(
+            "SELECT table_name, range_no, start_page, end_page "
+            f"FROM {self.control('backfill_plan')} "
+            f"WHERE run_id = {self.dialect.quote_literal(run_id)} ORDER BY table_name, range_no"
+        )
+        return [(str(t), int(n), int(a), None if b is None else int(b)) for t, n, a, b in rows]
+
+    def begin_backfill_run(self, run: BackfillRun) -> None:
+        """Record a new run of `run.slot` (before its slot exists), replacing earlier runs."""
+        q = self.dialect.quote_literal
+        statements = [
+            f"DELETE FROM {self.control(t)} WHERE run_id IN (SELECT run_id FROM "
+            f"{self.control('backfill_runs')} WHERE slot = {q(run.slot)})"
+            for t in ("backfill_ranges", "backfill_plan")
+        ]
+        statements.append(f"DELETE FROM {self.control('backfill_runs')} WHERE slot = {q(run.slot)}")
+        statements.append(
+            f"INSERT INTO {self.control('backfill_runs')} (run_id, slot, consistent_point, tables, "
+            f"started_at, completed_at) VALUES ({q(run.run_id)}, {q(run.slot)}, NULL, "
+            f"{q(','.join(run.tables))}, {q(run.started_at.isoformat())}, NULL)"
+        )
+        self.execute_atomically(statements)
+
+    def plan_backfill_run(
+        self, run_id: str, consistent_point: str, plan: list[tuple[str, int, int, int | None]]
+    ) -> None:
+        """Record the slot's consistent point and the range plan, atomically."""
+        q = self.dialect.quote_literal
+        statements = [
+            f"UPDATE {self.control('backfill_runs')} SET consistent_point = {q(consistent_point)} "
+            f"WHERE run_id = {q(run_id)}"
+        ]
+        if plan:
+            values = ", ".join(f"({q(run_id)}, {q(t)}, {n}, {a}, {q(b)})" for t, n, a, b in plan)
+            statements.append(
+                f"INSERT INTO {self.control('backfill_plan')} "
+                f"(run_id, table_name, range_no, start_page, end_page) VALUES {values}"
+            )
+        self.execute_atomically(statements)
+
+    def finish_backfill_run(self, run_id: str) -> None:
+        """Mark the run complete (all its ranges are loaded)."""
+        q = self.dialect.quote_literal
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        self.execute_atomically(
+            [
+                f"UPDATE {self.control('backfill_runs')} SET completed_at = {q(now)} "
+                f"WHERE run_id = {q(run_id)}"
+            ]
+        )
+
+    def range_done_sql(
+        self,
+        table: TableSchema,
+        work: RangeWork,
+        rows: int,
+        nbytes: int,
+        started: dt.datetime,
+        ended: dt.datetime,
+    ) -> list[str]:
+        """The INSERTs that record a loaded range and meter it; run them in the range's
+        transaction."""
+        q = self.dialect.quote_literal
+        start, end = q(started.isoformat()), q(ended.isoformat())
+        return [
+            f"INSERT INTO {self.control('backfill_ranges')} (run_id, table_name, range_no, "
+            f"rows_loaded, bytes_read, started_at, completed_at) VALUES ({q(work.run_id)}, "
+            f"{q(table.name)}, {work.range_no}, {rows}, {nbytes}, {start}, {end})",
+            f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, warehouse_role, "
+            "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
+            f"({q(uuid.uuid4().hex)}, {q(f'backfill:{table.name}:{work.range_no}')}, "
+            f"{q(work.warehouse)}, {q(work.warehouse_role)}, {q(work.size)}, {start}, {end}, "
+            f"{rows}, {nbytes})",
+        ]
+
+    @abstractmethod
+    def execute_atomically(self, statements: Sequence[str]) -> None:
+        """Run `statements` in one transaction (all or nothing)."""
 
     def control(self, table: str) -> str:
         """The quoted name of a table in clinipipe's control schema."""

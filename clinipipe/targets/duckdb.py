@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 
+from clinipipe.secrets import scrub_values
+from clinipipe.source.catalog import TableSchema
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import DuckDBTarget as DuckDBTargetSpec
 from clinipipe.spec.types import WAREHOUSE_CREDITS_PER_HOUR
+from clinipipe.sql.context import RAW_SCHEMA
 from clinipipe.sql.dialect import Dialect
 from clinipipe.sql.render import RenderedFile
-from clinipipe.targets.base import DeploymentRecord, DeployStatementError, Target, TargetError
+from clinipipe.targets.base import (
+    BatchStream,
+    DeploymentRecord,
+    DeployStatementError,
+    RangeWork,
+    Target,
+    TargetError,
+)
+from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_type
 
 GIB = 1024**3
 
@@ -90,13 +102,89 @@ class DuckDBTarget(Target):
             raise TargetError("the DuckDB target is not connected")
         return self._con
 
-    def use_warehouse(self, role: str) -> tuple[int, int]:
-        """Switch this connection to the compute profile of warehouse `role`; returns it."""
+    def use_warehouse(self, role: str) -> str:
+        """Switch the database to the compute profile of warehouse `role`."""
         warehouse = getattr(self.loaded.spec.warehouses, role)
         threads, memory = compute_profile(warehouse.size)
         self.con.execute(f"SET threads = {threads}")
         self.con.execute(f"SET memory_limit = '{memory // (1024 * 1024)}MB'")
-        return threads, memory
+        return f"{warehouse.name} ({warehouse.size}: {threads} threads, {memory // GIB} GiB)"
+
+    def execute_atomically(self, statements: Sequence[str]) -> None:
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        finally:
+            cur.close()
+
+    def raw_name(self, table: str) -> str:
+        return self.dialect.qualify(RAW_SCHEMA, table)
+
+    def create_raw_table(self, table: TableSchema, *, replace: bool) -> None:
+        columns = ", ".join(
+            f"{self.dialect.quote_ident(c.name)} {duckdb_type(c.type)}" for c in table.columns
+        )
+        statements = [f"DROP TABLE IF EXISTS {self.raw_name(table.name)}"] if replace else []
+        statements.append(f"CREATE TABLE IF NOT EXISTS {self.raw_name(table.name)} ({columns})")
+        self.execute_atomically(statements)
+
+    def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
+        target = self.raw_name(table.name)
+        names = ", ".join(self.dialect.quote_ident(c.name) for c in table.columns)
+        casts = ", ".join(
+            duckdb_cast(self.dialect.quote_ident(c.name), c.type) for c in table.columns
+        )
+        insert = f"INSERT INTO {target} ({names}) SELECT {casts} FROM _clinipipe_batch"
+        delete = None
+        if work.replace_keys:
+            by_name = {c.name: c for c in table.columns}
+            keys = ", ".join(self.dialect.quote_ident(k) for k in table.primary_key)
+            key_casts = ", ".join(
+                duckdb_cast(self.dialect.quote_ident(k), by_name[k].type) for k in table.primary_key
+            )
+            delete = (
+                f"DELETE FROM {target} WHERE ({keys}) IN "
+                f"(SELECT ({key_casts}) FROM _clinipipe_batch)"
+                if len(table.primary_key) > 1
+                else f"DELETE FROM {target} WHERE {keys} IN "
+                f"(SELECT {key_casts} FROM _clinipipe_batch)"
+            )
+        started = dt.datetime.now(dt.timezone.utc)
+        rows = 0
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                for batch in stream.batches:
+                    cur.register("_clinipipe_batch", batch)
+                    if delete is not None:
+                        cur.execute(delete)
+                    cur.execute(insert)
+                    cur.unregister("_clinipipe_batch")
+                    rows += batch.num_rows
+                nbytes = stream.bytes_read
+                ended = dt.datetime.now(dt.timezone.utc)
+                for statement in self.range_done_sql(table, work, rows, nbytes, started, ended):
+                    cur.execute(statement)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except duckdb.Error as exc:
+            raise TargetError(
+                f"loading {table.name} range {work.range_no} into {self.describe()} failed: "
+                f"{scrub_values(str(exc).splitlines()[0])} (nothing of this range was kept)"
+            ) from None
+        finally:
+            cur.close()
+        return rows
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return self.con.execute(sql).fetchall()

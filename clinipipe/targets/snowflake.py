@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
 from clinipipe.secrets import environment
+from clinipipe.source.catalog import TableSchema
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import SnowflakeTarget as SnowflakeTargetSpec
+from clinipipe.sql.context import CONTROL_SCHEMA
 from clinipipe.sql.dialect import Dialect
 from clinipipe.sql.render import RenderedFile, Statement
-from clinipipe.targets.base import DeploymentRecord, DeployStatementError, Target, TargetError
+from clinipipe.targets.base import (
+    BatchStream,
+    DeploymentRecord,
+    DeployStatementError,
+    RangeWork,
+    Target,
+    TargetError,
+)
+from clinipipe.targets.snowflake_types import snowflake_cast, snowflake_type
 
 
 class SnowflakeDialect(Dialect):
@@ -117,9 +128,84 @@ class SnowflakeTarget(Target):
         return bool(rows)
 
     def control(self, table: str) -> str:
-        from clinipipe.sql.context import CONTROL_SCHEMA
-
         return self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, table)
+
+    def use_warehouse(self, role: str) -> str:
+        warehouse = getattr(self.loaded.spec.warehouses, role)
+        self._execute(Statement(0, f"USE WAREHOUSE {self.dialect.quote_ident(warehouse.name)}"))
+        self._execute(Statement(0, f"USE DATABASE {self.dialect.quote_ident(self.spec.database)}"))
+        return f"{warehouse.name} ({warehouse.size})"
+
+    def execute_atomically(self, statements: Sequence[str]) -> None:
+        self._execute(Statement(0, "BEGIN"))
+        try:
+            for statement in statements:
+                self._execute(Statement(0, statement))
+            self._execute(Statement(0, "COMMIT"))
+        except BaseException:
+            self._execute(Statement(0, "ROLLBACK"))
+            raise
+
+    def raw_name(self, table: str) -> str:
+        return self.dialect.qualify(self.spec.database, self.spec.schema_, table)
+
+    def create_raw_table(self, table: TableSchema, *, replace: bool) -> None:
+        columns = ", ".join(
+            f"{self.dialect.quote_ident(c.name)} {snowflake_type(c.type)}" for c in table.columns
+        )
+        staged = ", ".join(f"{self.dialect.quote_ident(c.name)} VARCHAR" for c in table.columns)
+        stage = self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, f"_stage_{table.name}")
+        create = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
+        # DDL auto-commits in Snowflake: run it outside the load transactions.
+        self._execute(Statement(0, f"{create} {self.raw_name(table.name)} ({columns})"))
+        self._execute(Statement(0, f"CREATE TRANSIENT TABLE IF NOT EXISTS {stage} ({staged})"))
+
+    def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
+        """Parquet → PUT → COPY INTO a transient VARCHAR stage (write_pandas), then one
+        INSERT ... SELECT with casts, the range record and the metering row in one transaction.
+        """
+        from snowflake.connector.pandas_tools import write_pandas
+
+        stage_table = f"_stage_{table.name}"
+        stage = self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, stage_table)
+        names = ", ".join(self.dialect.quote_ident(c.name) for c in table.columns)
+        casts = ", ".join(
+            snowflake_cast(self.dialect.quote_ident(c.name), c.type) for c in table.columns
+        )
+        started = dt.datetime.now(dt.timezone.utc)
+        rows = 0
+        self._execute(Statement(0, "BEGIN"))
+        try:
+            self._execute(Statement(0, f"DELETE FROM {stage}"))
+            for batch in stream.batches:
+                frame = batch.to_pandas()
+                frame.columns = [c.upper() for c in frame.columns]
+                write_pandas(
+                    self._con, frame, stage_table.upper(), database=self.spec.database.upper(),
+                    schema=CONTROL_SCHEMA.upper(), quote_identifiers=True,
+                )  # fmt: skip
+                rows += batch.num_rows
+            if work.replace_keys:
+                keys = " AND ".join(
+                    f"t.{self.dialect.quote_ident(k)} = s.{self.dialect.quote_ident(k)}"
+                    for k in table.primary_key
+                )
+                self._execute(Statement(0, (
+                    f"DELETE FROM {self.raw_name(table.name)} t "
+                    f"USING (SELECT {casts} FROM {stage}) s WHERE {keys}"
+                )))  # fmt: skip
+            self._execute(Statement(0, (
+                f"INSERT INTO {self.raw_name(table.name)} ({names}) SELECT {casts} FROM {stage}"
+            )))  # fmt: skip
+            ended = dt.datetime.now(dt.timezone.utc)
+            for sql in self.range_done_sql(table, work, rows, stream.bytes_read, started, ended):
+                self._execute(Statement(0, sql))
+            self._execute(Statement(0, f"DELETE FROM {stage}"))
+            self._execute(Statement(0, "COMMIT"))
+        except BaseException:
+            self._execute(Statement(0, "ROLLBACK"))
+            raise
+        return rows
 
     def apply_deployment(
         self,

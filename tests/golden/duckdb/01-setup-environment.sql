@@ -26,6 +26,33 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."deployed_templates" (
     PRIMARY KEY (deployment_id, template)
 );
 
+-- Backfill progress: the run that owns the replication slot, its planned page ranges, and each
+-- range committed together with its rows (a range listed here is fully loaded).
+CREATE TABLE IF NOT EXISTS "_clinipipe"."backfill_runs" (
+    run_id            VARCHAR NOT NULL PRIMARY KEY,
+    slot              VARCHAR NOT NULL,
+    consistent_point  VARCHAR,          -- NULL while the slot is being created
+    tables            VARCHAR NOT NULL,
+    started_at        TIMESTAMPTZ NOT NULL,
+    completed_at      TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS "_clinipipe"."backfill_plan" (
+    run_id            VARCHAR NOT NULL,
+    table_name        VARCHAR NOT NULL,
+    range_no          INTEGER NOT NULL,
+    start_page        BIGINT NOT NULL,
+    end_page          BIGINT
+);
+CREATE TABLE IF NOT EXISTS "_clinipipe"."backfill_ranges" (
+    run_id            VARCHAR NOT NULL,
+    table_name        VARCHAR NOT NULL,
+    range_no          INTEGER NOT NULL,
+    rows_loaded       BIGINT NOT NULL,
+    bytes_read        BIGINT NOT NULL,
+    started_at        TIMESTAMPTZ NOT NULL,
+    completed_at      TIMESTAMPTZ NOT NULL
+);
+
 -- The three warehouses of the dual-warehouse design, as compute profiles; credits/hour are
 -- what the same size costs on Snowflake (for `clinipipe cost report`).
 CREATE TABLE IF NOT EXISTS "_clinipipe"."warehouses" (

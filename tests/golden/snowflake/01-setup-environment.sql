@@ -58,6 +58,33 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."DEPLOYED_TEMPLATES" (
     deployed_at       TIMESTAMP_TZ NOT NULL,
     PRIMARY KEY (deployment_id, template)
 );
+-- Backfill progress: the run that owns the replication slot, its planned page ranges, and each
+-- range committed together with its rows (a range listed here is fully loaded).
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."BACKFILL_RUNS" (
+    run_id            VARCHAR NOT NULL PRIMARY KEY,
+    slot              VARCHAR NOT NULL,
+    consistent_point  VARCHAR,          -- NULL while the slot is being created
+    tables            VARCHAR NOT NULL,
+    started_at        TIMESTAMP_TZ NOT NULL,
+    completed_at      TIMESTAMP_TZ
+);
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."BACKFILL_PLAN" (
+    run_id            VARCHAR NOT NULL,
+    table_name        VARCHAR NOT NULL,
+    range_no          INTEGER NOT NULL,
+    start_page        BIGINT NOT NULL,
+    end_page          BIGINT
+);
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."BACKFILL_RANGES" (
+    run_id            VARCHAR NOT NULL,
+    table_name        VARCHAR NOT NULL,
+    range_no          INTEGER NOT NULL,
+    rows_loaded       BIGINT NOT NULL,
+    bytes_read        BIGINT NOT NULL,
+    started_at        TIMESTAMP_TZ NOT NULL,
+    completed_at      TIMESTAMP_TZ NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."WAREHOUSES" (
     role              VARCHAR NOT NULL PRIMARY KEY,
     name              VARCHAR NOT NULL,

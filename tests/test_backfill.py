@@ -1,0 +1,211 @@
+"""`clinipipe backfill` against a real PostgreSQL and a real DuckDB file."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import psycopg2
+import pytest
+
+from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.synth import run_synth
+from tests.helpers import cli, example_text, write_spec
+
+TABLES = ("providers", "patients", "encounters", "labs", "medications", "claims", "clinical_notes")
+KEYS = {
+    "providers": "provider_id", "patients": "patient_id", "encounters": "encounter_id",
+    "labs": "lab_id", "medications": "medication_id", "claims": "claim_id",
+    "clinical_notes": "note_id",
+}  # fmt: skip
+
+
+def source_rows(dsn: str, table: str) -> list[tuple[object, ...]]:
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        cur.execute("SET TIME ZONE 'UTC'")
+        cur.execute(f"SELECT * FROM {table} ORDER BY {KEYS[table]}")
+        rows = cur.fetchall()
+    con.close()
+    return rows
+
+
+def target_rows(path: Path, table: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(f"SELECT * FROM raw.{table} ORDER BY {KEYS[table]}").fetchall()
+
+
+def assert_target_equals_source(dsn: str, warehouse: Path) -> None:
+    for table in TABLES:
+        expected = source_rows(dsn, table)
+        actual = target_rows(warehouse, table)
+        assert len(actual) == len(expected), table
+        assert actual == expected, f"{table} differs"
+
+
+@pytest.fixture
+def hospital(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A deployed project over a small synthetic hospital; returns the spec path."""
+    monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", pg_dsn)
+    monkeypatch.delenv("CLINIPIPE_DUCKDB_PATH", raising=False)
+    run_synth(pg_dsn, patients=300, seed=11)
+    spec = write_spec(tmp_path, example_text())
+    from clinipipe.cli.app import run
+
+    assert run(["-q", "-c", str(spec), "deploy"]) == 0
+    return spec
+
+
+def test_backfill_copies_the_source_exactly(
+    hospital: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "-c", str(hospital), "backfill", "--workers", "3",
+                         "--range-pages", "8", "--json")  # fmt: skip
+    assert code == 0, err
+    assert '"status": "loaded"' in out
+    warehouse = hospital.parent / "warehouse.duckdb"
+    assert_target_equals_source(pg_dsn, warehouse)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        run = con.execute("SELECT consistent_point, completed_at FROM _clinipipe.backfill_runs")
+        point, completed = run.fetchone()
+        assert completed is not None and "/" in point
+        metered = con.execute(
+            "SELECT count(*), sum(rows_processed) FROM _clinipipe.metering "
+            "WHERE warehouse_role = 'initialization'"
+        ).fetchone()
+        planned = con.execute("SELECT count(*) FROM _clinipipe.backfill_plan").fetchone()
+    assert metered[0] == planned[0] and metered[0] > len(TABLES)
+    assert metered[1] == sum(len(source_rows(pg_dsn, t)) for t in TABLES)
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute("SELECT slot_name, plugin FROM pg_replication_slots")
+        assert cur.fetchall() == [("clinipipe_slot", "pgoutput")]
+    con.close()
+
+    code, out, _ = cli(capsys, "-c", str(hospital), "backfill")
+    assert code == 0 and "already complete" in out
+    code, out, _ = cli(capsys, "-c", str(hospital), "backfill", "--force", "--json")
+    assert code == 0 and '"status": "loaded"' in out
+    assert_target_equals_source(pg_dsn, warehouse)
+
+
+def _loading(dsn: str) -> bool:
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'clinipipe-backfill'"
+        )
+        row = cur.fetchone()
+    con.close()
+    return bool(row and row[0])
+
+
+def _kill_while_loading(command: list[str], env: dict[str, str], dsn: str, delay: float) -> None:
+    """Start the backfill, wait until it is reading ranges, then kill -9 it after `delay`."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not _loading(dsn) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_resume_after_kill_9(hospital: Path, pg_dsn: str, seed: int) -> None:
+    """Kill the backfill mid-load (and its resumptions); --resume ends with an exact copy."""
+    warehouse = hospital.parent / "warehouse.duckdb"
+    env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
+    command = [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital), "backfill",
+               "--workers", "2", "--range-pages", "2"]  # fmt: skip
+    rng = random.Random(seed)
+    _kill_while_loading(command, env, pg_dsn, rng.uniform(0.0, 0.4))
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        kept = con.execute("SELECT count(*) FROM _clinipipe.backfill_ranges").fetchone()
+        planned = con.execute("SELECT count(*) FROM _clinipipe.backfill_plan").fetchone()
+    assert planned[0] > 0 and kept[0] < planned[0], "the kill landed after the load finished"
+    for _ in range(2):
+        _kill_while_loading([*command, "--resume"], env, pg_dsn, rng.uniform(0.0, 0.3))
+    done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_target_equals_source(pg_dsn, warehouse)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        ranges = con.execute(
+            "SELECT count(*), count(DISTINCT (table_name, range_no)) "
+            "FROM _clinipipe.backfill_ranges"
+        ).fetchone()
+        planned = con.execute("SELECT count(*) FROM _clinipipe.backfill_plan").fetchone()
+        completed = con.execute("SELECT completed_at FROM _clinipipe.backfill_runs").fetchone()
+    assert ranges[0] == ranges[1] == planned[0], "a range was recorded twice or is missing"
+    assert completed[0] is not None
+
+
+def test_interrupted_backfill_needs_resume_or_force(
+    hospital: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute("ALTER TABLE labs RENAME TO labs_gone")  # the table disappears mid-load
+    con.close()
+    code, _, err = cli(capsys, "-c", str(hospital), "backfill")
+    assert code == 1 and "labs" in err and "Traceback" not in err
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute("ALTER TABLE labs_gone RENAME TO labs")
+    con.close()
+
+
+def test_table_disappearing_mid_load_keeps_completed_ranges(
+    hospital: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clinipipe.pipeline.backfill import BackfillError, BackfillOptions, run_backfill
+    from clinipipe.spec import load_spec
+
+    def drop_labs(_schemas: object) -> None:
+        with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+            cur.execute("DROP TABLE labs")
+        con.close()
+
+    with pytest.raises(BackfillError) as info:
+        run_backfill(load_spec(hospital), BackfillOptions(workers=1, pages_per_range=4),
+                     on_start=drop_labs)  # fmt: skip
+    message = str(info.value)
+    assert "labs" in message and "--resume" in message
+    warehouse = hospital.parent / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT completed_at FROM _clinipipe.backfill_runs").fetchone() == (
+            None,
+        )
+        loaded = con.execute("SELECT count(*) FROM _clinipipe.backfill_ranges "
+                             "WHERE table_name = 'labs'").fetchone()  # fmt: skip
+    assert loaded == (0,)
+    code, _, err = cli(capsys, "-c", str(hospital), "backfill")
+    assert code == 1 and "source table public.labs does not exist" in err
+
+
+def test_wal_level_not_logical(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    with EmbeddedPostgres(settings={"wal_level": "replica"}) as pg:
+        dsn = pg.create_database("plain")
+        run_synth(dsn, patients=20, seed=1)
+        monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", dsn)
+        spec = write_spec(tmp_path, example_text())
+        code, _, err = cli(capsys, "-c", str(spec), "deploy")
+        assert code == 1 and "wal_level = logical" in err and "restart" in err
+
+
+def test_role_without_replication(hospital: Path, pg_dsn: str, pg_server: EmbeddedPostgres,
+                                  capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute("CREATE ROLE reader LOGIN NOREPLICATION")
+        cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
+    con.close()
+    monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", pg_dsn.replace("clinipipe@", "reader@"))
+    code, _, err = cli(capsys, "-c", str(hospital), "backfill")
+    assert code == 1
+    assert "REPLICATION" in err and "Traceback" not in err
