@@ -1,9 +1,9 @@
 """Run what clinipipe can do today, end to end, on this machine (no services needed).
 
 Starts a throwaway PostgreSQL, scaffolds a project in ./quickstart, fills the source with a
-synthetic hospital, validates the spec, renders the SQL for DuckDB and Snowflake, and deploys
-to a local DuckDB warehouse twice (the second run changes nothing). The PostgreSQL server is
-removed at the end; the project folder stays for you to look at.
+synthetic hospital, validates the spec, renders the SQL for DuckDB and Snowflake, deploys to a
+local DuckDB warehouse twice (the second run changes nothing) and backfills the history. The
+PostgreSQL server is removed at the end; the project folder stays for you to look at.
 
     python examples/quickstart.py [--patients N]
 """
@@ -56,16 +56,18 @@ def main() -> None:
         step("what would run", "--quiet", "deploy", "--dry-run", "--json", env=env, cwd=project)
         step("deploy to DuckDB (and the publication on PostgreSQL)", "deploy", env=env, cwd=project)
         step("deploy again: nothing changes", "deploy", env=env, cwd=project)
+        step("backfill history on the initialization warehouse", "backfill", env=env, cwd=project)
+        step("backfill again: already complete", "backfill", env=env, cwd=project)
 
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         deployments = con.execute("SELECT count(*) FROM _clinipipe.deployments").fetchone()
-        objects = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = '_clinipipe'"
+        raw = con.execute(
+            "SELECT count(*), sum(estimated_size) FROM duckdb_tables() WHERE schema_name = 'raw'"
         ).fetchone()
     print(
-        f"\nDone. {project}/warehouse.duckdb holds {objects[0] if objects else 0} control tables "
-        f"and {deployments[0] if deployments else 0} deployment; rendered SQL is in "
-        f"{project}/sql/. The embedded PostgreSQL has been removed."
+        f"\nDone. {project}/warehouse.duckdb holds {raw[0]} raw tables (~{raw[1]:,} rows) and "
+        f"{deployments[0] if deployments else 0} deployment; rendered SQL is in {project}/sql/. "
+        "The embedded PostgreSQL has been removed."
     )
 
 

@@ -8,12 +8,10 @@ from typing import Annotated
 import typer
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -61,26 +59,26 @@ def backfill(
     progress = Progress(
         TextColumn("{task.description:<16}"),
         BarColumn(),
-        TextColumn("{task.fields[rows]:>12,} rows"),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        TextColumn("{task.completed:>12,.0f} rows"),
+        TextColumn("{task.fields[mb]:>9,.1f} MB"),
         TimeRemainingColumn(),
         console=err,
         disable=Verbosity.quiet or as_json,
     )
     tasks: dict[str, TaskID] = {}
-    rows: dict[str, int] = {}
+    megabytes: dict[str, float] = {}
     lock = threading.Lock()
 
     def on_start(schemas: dict[str, TableSchema]) -> None:
+        # Totals are PostgreSQL's row estimates (reltuples): the bar is a guide, not a count.
         for name, schema in schemas.items():
-            rows[name] = 0
-            tasks[name] = progress.add_task(name, total=schema.pages * 8192 or None, rows=0)
+            megabytes[name] = 0.0
+            tasks[name] = progress.add_task(name, total=schema.estimated_rows or None, mb=0.0)
 
     def on_progress(table: str, row_delta: int, byte_delta: int) -> None:
         with lock:
-            rows[table] += row_delta
-            progress.update(tasks[table], advance=byte_delta, rows=rows[table])
+            megabytes[table] += byte_delta / 1e6
+            progress.update(tasks[table], advance=row_delta, mb=megabytes[table])
 
     try:
         with progress:
