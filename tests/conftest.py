@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from clinipipe.cli.app import run
 from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.synth import run_synth
+from tests.helpers import example_text, write_spec
 
 # --------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -38,3 +42,14 @@ def pg_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
         # Best effort: the whole server is discarded at the end of the session anyway.
         with contextlib.suppress(Exception):
             pg_server.drop_database(name)
+
+
+@pytest.fixture
+def hospital_project(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A deployed project over a small synthetic hospital; returns the spec path."""
+    monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", pg_dsn)
+    monkeypatch.delenv("CLINIPIPE_DUCKDB_PATH", raising=False)
+    run_synth(pg_dsn, patients=300, seed=11)
+    spec = write_spec(tmp_path, example_text())
+    assert run(["-q", "-c", str(spec), "deploy"]) == 0
+    return spec

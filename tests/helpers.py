@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+import psycopg2
 import pytest
 
 from clinipipe.cli.app import run
@@ -41,3 +43,34 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = run(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+TABLES = ("providers", "patients", "encounters", "labs", "medications", "claims", "clinical_notes")
+KEYS = {
+    "providers": "provider_id", "patients": "patient_id", "encounters": "encounter_id",
+    "labs": "lab_id", "medications": "medication_id", "claims": "claim_id",
+    "clinical_notes": "note_id",
+}  # fmt: skip
+
+
+def source_rows(dsn: str, table: str) -> list[tuple[object, ...]]:
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        cur.execute("SET TIME ZONE 'UTC'")
+        cur.execute(f"SELECT * FROM {table} ORDER BY {KEYS[table]}")
+        rows = cur.fetchall()
+    con.close()
+    return rows
+
+
+def target_rows(path: Path, table: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(f"SELECT * FROM raw.{table} ORDER BY {KEYS[table]}").fetchall()
+
+
+def assert_target_equals_source(dsn: str, warehouse: Path) -> None:
+    for table in TABLES:
+        expected = source_rows(dsn, table)
+        actual = target_rows(warehouse, table)
+        assert len(actual) == len(expected), table
+        assert actual == expected, f"{table} differs"

@@ -16,60 +16,24 @@ import pytest
 
 from clinipipe.embedded import EmbeddedPostgres
 from clinipipe.synth import run_synth
-from tests.helpers import cli, example_text, write_spec
-
-TABLES = ("providers", "patients", "encounters", "labs", "medications", "claims", "clinical_notes")
-KEYS = {
-    "providers": "provider_id", "patients": "patient_id", "encounters": "encounter_id",
-    "labs": "lab_id", "medications": "medication_id", "claims": "claim_id",
-    "clinical_notes": "note_id",
-}  # fmt: skip
-
-
-def source_rows(dsn: str, table: str) -> list[tuple[object, ...]]:
-    with psycopg2.connect(dsn) as con, con.cursor() as cur:
-        cur.execute("SET TIME ZONE 'UTC'")
-        cur.execute(f"SELECT * FROM {table} ORDER BY {KEYS[table]}")
-        rows = cur.fetchall()
-    con.close()
-    return rows
-
-
-def target_rows(path: Path, table: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(path), read_only=True) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        return con.execute(f"SELECT * FROM raw.{table} ORDER BY {KEYS[table]}").fetchall()
-
-
-def assert_target_equals_source(dsn: str, warehouse: Path) -> None:
-    for table in TABLES:
-        expected = source_rows(dsn, table)
-        actual = target_rows(warehouse, table)
-        assert len(actual) == len(expected), table
-        assert actual == expected, f"{table} differs"
-
-
-@pytest.fixture
-def hospital(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A deployed project over a small synthetic hospital; returns the spec path."""
-    monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", pg_dsn)
-    monkeypatch.delenv("CLINIPIPE_DUCKDB_PATH", raising=False)
-    run_synth(pg_dsn, patients=300, seed=11)
-    spec = write_spec(tmp_path, example_text())
-    from clinipipe.cli.app import run
-
-    assert run(["-q", "-c", str(spec), "deploy"]) == 0
-    return spec
+from tests.helpers import (
+    TABLES,
+    assert_target_equals_source,
+    cli,
+    example_text,
+    source_rows,
+    write_spec,
+)
 
 
 def test_backfill_copies_the_source_exactly(
-    hospital: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(capsys, "-c", str(hospital), "backfill", "--workers", "3",
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill", "--workers", "3",
                          "--range-pages", "8", "--json")  # fmt: skip
     assert code == 0, err
     assert '"status": "loaded"' in out
-    warehouse = hospital.parent / "warehouse.duckdb"
+    warehouse = hospital_project.parent / "warehouse.duckdb"
     assert_target_equals_source(pg_dsn, warehouse)
     with duckdb.connect(str(warehouse), read_only=True) as con:
         run = con.execute("SELECT consistent_point, completed_at FROM _clinipipe.backfill_runs")
@@ -87,9 +51,9 @@ def test_backfill_copies_the_source_exactly(
         assert cur.fetchall() == [("clinipipe_slot", "pgoutput")]
     con.close()
 
-    code, out, _ = cli(capsys, "-c", str(hospital), "backfill")
+    code, out, _ = cli(capsys, "-c", str(hospital_project), "backfill")
     assert code == 0 and "already complete" in out
-    code, out, _ = cli(capsys, "-c", str(hospital), "backfill", "--force", "--json")
+    code, out, _ = cli(capsys, "-c", str(hospital_project), "backfill", "--force", "--json")
     assert code == 0 and '"status": "loaded"' in out
     assert_target_equals_source(pg_dsn, warehouse)
 
@@ -118,11 +82,11 @@ def _kill_while_loading(command: list[str], env: dict[str, str], dsn: str, delay
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_resume_after_kill_9(hospital: Path, pg_dsn: str, seed: int) -> None:
+def test_resume_after_kill_9(hospital_project: Path, pg_dsn: str, seed: int) -> None:
     """Kill the backfill mid-load (and its resumptions); --resume ends with an exact copy."""
-    warehouse = hospital.parent / "warehouse.duckdb"
+    warehouse = hospital_project.parent / "warehouse.duckdb"
     env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
-    command = [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital), "backfill",
+    command = [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital_project), "backfill",
                "--workers", "2", "--range-pages", "2"]  # fmt: skip
     rng = random.Random(seed)
     _kill_while_loading(command, env, pg_dsn, rng.uniform(0.0, 0.4))
@@ -147,12 +111,12 @@ def test_resume_after_kill_9(hospital: Path, pg_dsn: str, seed: int) -> None:
 
 
 def test_interrupted_backfill_needs_resume_or_force(
-    hospital: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
         cur.execute("ALTER TABLE labs RENAME TO labs_gone")  # the table disappears mid-load
     con.close()
-    code, _, err = cli(capsys, "-c", str(hospital), "backfill")
+    code, _, err = cli(capsys, "-c", str(hospital_project), "backfill")
     assert code == 1 and "labs" in err and "Traceback" not in err
     with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
         cur.execute("ALTER TABLE labs_gone RENAME TO labs")
@@ -160,7 +124,7 @@ def test_interrupted_backfill_needs_resume_or_force(
 
 
 def test_table_disappearing_mid_load_keeps_completed_ranges(
-    hospital: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from clinipipe.pipeline.backfill import BackfillError, BackfillOptions, run_backfill
     from clinipipe.spec import load_spec
@@ -171,11 +135,11 @@ def test_table_disappearing_mid_load_keeps_completed_ranges(
         con.close()
 
     with pytest.raises(BackfillError) as info:
-        run_backfill(load_spec(hospital), BackfillOptions(workers=1, pages_per_range=4),
+        run_backfill(load_spec(hospital_project), BackfillOptions(workers=1, pages_per_range=4),
                      on_start=drop_labs)  # fmt: skip
     message = str(info.value)
     assert "labs" in message and "--resume" in message
-    warehouse = hospital.parent / "warehouse.duckdb"
+    warehouse = hospital_project.parent / "warehouse.duckdb"
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute("SELECT completed_at FROM _clinipipe.backfill_runs").fetchone() == (
             None,
@@ -183,7 +147,7 @@ def test_table_disappearing_mid_load_keeps_completed_ranges(
         loaded = con.execute("SELECT count(*) FROM _clinipipe.backfill_ranges "
                              "WHERE table_name = 'labs'").fetchone()  # fmt: skip
     assert loaded == (0,)
-    code, _, err = cli(capsys, "-c", str(hospital), "backfill")
+    code, _, err = cli(capsys, "-c", str(hospital_project), "backfill")
     assert code == 1 and "source table public.labs does not exist" in err
 
 
@@ -198,7 +162,7 @@ def test_wal_level_not_logical(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert code == 1 and "wal_level = logical" in err and "restart" in err
 
 
-def test_role_without_replication(hospital: Path, pg_dsn: str, pg_server: EmbeddedPostgres,
+def test_role_without_replication(hospital_project: Path, pg_dsn: str, pg_server: EmbeddedPostgres,
                                   capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
@@ -206,6 +170,6 @@ def test_role_without_replication(hospital: Path, pg_dsn: str, pg_server: Embedd
         cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
     con.close()
     monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", pg_dsn.replace("clinipipe@", "reader@"))
-    code, _, err = cli(capsys, "-c", str(hospital), "backfill")
+    code, _, err = cli(capsys, "-c", str(hospital_project), "backfill")
     assert code == 1
     assert "REPLICATION" in err and "Traceback" not in err

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from clinipipe import __version__
-from clinipipe.cli import later, load, project, source
+from clinipipe.cli import cdc, later, load, project, source
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
 from clinipipe.secrets import mask_dsn
@@ -61,6 +61,7 @@ def _global(
 project.register(app)
 source.register(app)
 load.register(app)
+cdc.register(app)
 later.register(app)
 
 

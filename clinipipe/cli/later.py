@@ -43,10 +43,6 @@ def register(app: typer.Typer) -> None:
         _stub(app, name, name, what, help_text)
 
     groups = {
-        "cdc": ("Change data capture by logical replication.", "CDC by logical replication",
-                [("start", "Stream changes into the warehouse."),
-                 ("status", "Slot, lag, last batch, latency."),
-                 ("reset", "Drop the slot and checkpoints (needs --yes).")]),
         "backup": ("WORM, hash-chained backups.", "WORM backups",
                    [("create", "Take a backup."), ("list", "List backups."),
                     ("verify", "Verify every backup and the chain."),

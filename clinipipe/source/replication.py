@@ -147,3 +147,19 @@ def drop_slot(dsn: str, slot: str) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def slot_lag_bytes(dsn: str, slot: str) -> int | None:
+    """WAL bytes between the server's current position and the slot's confirmed position."""
+    con = connect(dsn)
+    try:
+        cur = con.cursor()
+        cur.execute(
+            "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (slot,),
+        )
+        row = cur.fetchone()
+    finally:
+        con.close()
+    return None if row is None or row[0] is None else int(row[0])

@@ -105,6 +105,32 @@ class RangeWork:
     size: str
 
 
+@dataclass(frozen=True)
+class TableBatch:
+    """The changes of one table in a CDC batch, as `TableChanges.to_arrow()` built them."""
+
+    table: TableSchema
+    changes: pa.Table
+    refresh_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CdcBatch:
+    """Complete source transactions to apply together, ending at `end_lsn`."""
+
+    slot: str
+    end_lsn: int
+    tables: tuple[TableBatch, ...]
+    commit_times: tuple[dt.datetime, ...]
+    received_at: dt.datetime
+    warehouse: str
+    size: str
+
+    @property
+    def changes(self) -> int:
+        return sum(t.changes.num_rows for t in self.tables)
+
+
 class Target(ABC):
     """A warehouse clinipipe deploys to and loads into. Use as a context manager."""
 
@@ -304,6 +330,40 @@ class Target(ABC):
             f"{q(work.warehouse)}, {q(work.warehouse_role)}, {q(work.size)}, {start}, {end}, "
             f"{rows}, {nbytes})",
         ]
+
+    # --- change data capture --------------------------------------------------------------------
+
+    def cdc_checkpoint(self, slot: str) -> int | None:
+        """The LSN up to which changes of `slot` are applied (None before the first batch)."""
+        rows = self.query(
+            f"SELECT lsn FROM {self.control('cdc_checkpoints')} "
+            f"WHERE slot = {self.dialect.quote_literal(slot)}"
+        )
+        return int(rows[0][0]) if rows else None
+
+    @abstractmethod
+    def apply_cdc_batch(self, batch: CdcBatch) -> None:
+        """Apply `batch` and move the slot's checkpoint to `batch.end_lsn`, atomically.
+
+        Per table: the last change per primary key wins; rows are replaced by key (so applying
+        a batch twice has the effect of applying it once); unchanged TOAST values keep the
+        target's current value; a truncate removes what came before it in the batch. The
+        changed keys, the batch record and its metering commit in the same transaction.
+        """
+
+    def reset_cdc(self, slot: str) -> None:
+        """Forget the checkpoints and the backfill of `slot` (before a fresh backfill)."""
+        q = self.dialect.quote_literal
+        self.execute_atomically(
+            [
+                f"DELETE FROM {self.control('cdc_checkpoints')} WHERE slot = {q(slot)}",
+                f"DELETE FROM {self.control('backfill_ranges')} WHERE run_id IN (SELECT run_id "
+                f"FROM {self.control('backfill_runs')} WHERE slot = {q(slot)})",
+                f"DELETE FROM {self.control('backfill_plan')} WHERE run_id IN (SELECT run_id "
+                f"FROM {self.control('backfill_runs')} WHERE slot = {q(slot)})",
+                f"DELETE FROM {self.control('backfill_runs')} WHERE slot = {q(slot)}",
+            ]
+        )
 
     @abstractmethod
     def execute_atomically(self, statements: Sequence[str]) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 
 from clinipipe.secrets import scrub_values
-from clinipipe.source.catalog import TableSchema
+from clinipipe.source.catalog import Column, TableSchema
+from clinipipe.source.pgoutput import lsn_to_str
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import DuckDBTarget as DuckDBTargetSpec
 from clinipipe.spec.types import WAREHOUSE_CREDITS_PER_HOUR
@@ -19,9 +21,11 @@ from clinipipe.sql.dialect import Dialect
 from clinipipe.sql.render import RenderedFile
 from clinipipe.targets.base import (
     BatchStream,
+    CdcBatch,
     DeploymentRecord,
     DeployStatementError,
     RangeWork,
+    TableBatch,
     Target,
     TargetError,
 )
@@ -186,6 +190,48 @@ class DuckDBTarget(Target):
             cur.close()
         return rows
 
+    def apply_cdc_batch(self, batch: CdcBatch) -> None:
+        q = self.dialect.quote_literal
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                for table_batch in batch.tables:
+                    _apply_table_changes(cur, self, table_batch, batch.end_lsn)
+                applied = dt.datetime.now(dt.timezone.utc)
+                latencies = [
+                    round((applied - t).total_seconds() * 1000, 3) for t in batch.commit_times
+                ]
+                tables = ",".join(t.table.name for t in batch.tables)
+                cur.execute(
+                    f"INSERT OR REPLACE INTO {self.control('cdc_checkpoints')} "
+                    f"VALUES ({q(batch.slot)}, {batch.end_lsn}, {q(lsn_to_str(batch.end_lsn))}, "
+                    f"{q(applied.isoformat())})"
+                )
+                cur.execute(
+                    f"INSERT INTO {self.control('cdc_batches')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [uuid.uuid4().hex, batch.slot, batch.end_lsn, batch.changes, tables,
+                     len(batch.commit_times), batch.received_at, applied, latencies],
+                )  # fmt: skip
+                cur.execute(
+                    f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, "
+                    "warehouse_role, size, started_at, ended_at, rows_processed, bytes_processed) "
+                    "VALUES (?, 'cdc:batch', ?, 'incremental', ?, ?, ?, ?, NULL)",
+                    [uuid.uuid4().hex, batch.warehouse, batch.size, batch.received_at, applied,
+                     batch.changes],
+                )  # fmt: skip
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except duckdb.Error as exc:
+            raise TargetError(
+                f"applying a CDC batch to {self.describe()} failed: "
+                f"{scrub_values(str(exc).splitlines()[0])} (nothing of the batch was kept)"
+            ) from None
+        finally:
+            cur.close()
+
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return self.con.execute(sql).fetchall()
 
@@ -229,3 +275,84 @@ class DuckDBTarget(Target):
             con.execute("ROLLBACK")
             raise
         return run
+
+
+def _apply_table_changes(
+    cur: duckdb.DuckDBPyConnection, target: DuckDBTarget, batch: TableBatch, lsn: int
+) -> None:
+    """Set-based apply of one table's changes (see `Target.apply_cdc_batch`)."""
+    import pyarrow.compute as pc
+
+    quote = target.dialect.quote_ident
+    table = batch.table
+    raw = target.raw_name(table.name)
+    changes = batch.changes
+    truncated = pc.equal(changes["_op"], "T")
+    if pc.any(truncated).as_py():
+        last = pc.max(pc.filter(changes["_seq"], truncated)).as_py()
+        cur.execute(f"DELETE FROM {raw}")
+        changes = changes.filter(pc.greater(changes["_seq"], last))
+    if changes.num_rows == 0:
+        return
+    by_name = {c.name: c for c in table.columns}
+    key_cols = [quote(k) for k in table.primary_key]
+    keys = ", ".join(key_cols)
+    key_casts = ", ".join(
+        f"{duckdb_cast(f'f.{quote(k)}', by_name[k].type)}" for k in table.primary_key
+    )
+    key_match = " AND ".join(
+        f"cur.{quote(k)} = {duckdb_cast(f'f.{quote(k)}', by_name[k].type)}"
+        for k in table.primary_key
+    )
+    toast = [c for c in table.columns if f"{c.name}__u" in changes.column_names]
+    cur.register("_cdc", changes)
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE _cdc_final AS SELECT * FROM _cdc "
+        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _seq DESC) = 1"
+    )
+    toast_join = ""
+    if toast:
+        sent = ", ".join(
+            f"list({quote(c.name)} ORDER BY _seq) FILTER (WHERE NOT {quote(c.name + '__u')}) "
+            f"AS {quote(c.name + '__sent')}"
+            for c in toast
+        )
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE _cdc_toast AS SELECT {keys}, {sent} "
+            f"FROM _cdc GROUP BY {keys}"
+        )
+        toast_join = f" LEFT JOIN _cdc_toast USING ({keys})"
+
+    def value(c: Column) -> str:
+        cast = duckdb_cast(f"f.{quote(c.name)}", c.type)
+        if c not in toast:
+            return f"{cast} AS {quote(c.name)}"
+        flag, sent = quote(c.name + "__u"), quote(c.name + "__sent")
+        earlier = duckdb_cast(f"{sent}[-1]", c.type)
+        return (
+            f"CASE WHEN NOT coalesce(f.{flag}, false) THEN {cast} "
+            f"WHEN len({sent}) > 0 THEN {earlier} ELSE cur.{quote(c.name)} END AS {quote(c.name)}"
+        )
+
+    values = ", ".join(value(c) for c in table.columns)
+    cur.execute(
+        f"CREATE OR REPLACE TEMP TABLE _cdc_rows AS SELECT {values} FROM _cdc_final f{toast_join} "
+        f"LEFT JOIN {raw} cur ON {key_match} WHERE f._op <> 'D'"
+    )
+    for key in batch.refresh_keys:  # pre-images: the rows about to be replaced or deleted
+        cur.execute(
+            f"INSERT INTO {target.control('changed_keys')} SELECT ?, ?, CAST(cur.{quote(key)} "
+            f"AS VARCHAR), ? FROM {raw} cur "
+            f"WHERE ({keys}) IN (SELECT {key_casts} FROM _cdc_final f)",
+            [table.name, key, lsn],
+        )
+    cur.execute(f"DELETE FROM {raw} WHERE ({keys}) IN (SELECT {key_casts} FROM _cdc_final f)")
+    names = ", ".join(quote(c.name) for c in table.columns)
+    cur.execute(f"INSERT INTO {raw} ({names}) SELECT {names} FROM _cdc_rows")
+    for key in batch.refresh_keys:
+        cur.execute(
+            f"INSERT INTO {target.control('changed_keys')} SELECT DISTINCT ?, ?, "
+            f"CAST({quote(key)} AS VARCHAR), ? FROM _cdc_rows",
+            [table.name, key, lsn],
+        )
+    cur.unregister("_cdc")

@@ -15,6 +15,7 @@ from clinipipe.sql.dialect import Dialect
 from clinipipe.sql.render import RenderedFile, Statement
 from clinipipe.targets.base import (
     BatchStream,
+    CdcBatch,
     DeploymentRecord,
     DeployStatementError,
     RangeWork,
@@ -206,6 +207,12 @@ class SnowflakeTarget(Target):
             self._execute(Statement(0, "ROLLBACK"))
             raise
         return rows
+
+    def apply_cdc_batch(self, batch: CdcBatch) -> None:
+        raise TargetError(
+            "CDC into Snowflake is not implemented yet (staging with write_pandas and one MERGE "
+            "per table is planned); use a DuckDB target for CDC for now"
+        )
 
     def apply_deployment(
         self,

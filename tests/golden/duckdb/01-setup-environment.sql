@@ -53,6 +53,33 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."backfill_ranges" (
     completed_at      TIMESTAMPTZ NOT NULL
 );
 
+-- Change data capture: the last applied position per slot (committed with the data it covers),
+-- one row per applied batch (with commit-to-apply latencies), and the keys each batch changed
+-- (for incremental dynamic-table refreshes).
+CREATE TABLE IF NOT EXISTS "_clinipipe"."cdc_checkpoints" (
+    slot              VARCHAR NOT NULL PRIMARY KEY,
+    lsn               BIGINT NOT NULL,
+    lsn_text          VARCHAR NOT NULL,
+    applied_at        TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "_clinipipe"."cdc_batches" (
+    batch_id          VARCHAR NOT NULL PRIMARY KEY,
+    slot              VARCHAR NOT NULL,
+    lsn               BIGINT NOT NULL,
+    changes           BIGINT NOT NULL,
+    tables            VARCHAR NOT NULL,
+    transactions      INTEGER NOT NULL,
+    received_at       TIMESTAMPTZ NOT NULL,
+    applied_at        TIMESTAMPTZ NOT NULL,
+    latencies_ms      DOUBLE[]
+);
+CREATE TABLE IF NOT EXISTS "_clinipipe"."changed_keys" (
+    table_name        VARCHAR NOT NULL,
+    key_column        VARCHAR NOT NULL,
+    key_value         VARCHAR,
+    lsn               BIGINT NOT NULL
+);
+
 -- The three warehouses of the dual-warehouse design, as compute profiles; credits/hour are
 -- what the same size costs on Snowflake (for `clinipipe cost report`).
 CREATE TABLE IF NOT EXISTS "_clinipipe"."warehouses" (

@@ -85,6 +85,33 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."BACKFILL_RANGES" (
     completed_at      TIMESTAMP_TZ NOT NULL
 );
 
+-- Change data capture: the last applied position per slot (committed with the data it covers),
+-- one row per applied batch (with commit-to-apply latencies), and the keys each batch changed
+-- (for incremental dynamic-table refreshes).
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CDC_CHECKPOINTS" (
+    slot              VARCHAR NOT NULL PRIMARY KEY,
+    lsn               BIGINT NOT NULL,
+    lsn_text          VARCHAR NOT NULL,
+    applied_at        TIMESTAMP_TZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CDC_BATCHES" (
+    batch_id          VARCHAR NOT NULL PRIMARY KEY,
+    slot              VARCHAR NOT NULL,
+    lsn               BIGINT NOT NULL,
+    changes           BIGINT NOT NULL,
+    tables            VARCHAR NOT NULL,
+    transactions      INTEGER NOT NULL,
+    received_at       TIMESTAMP_TZ NOT NULL,
+    applied_at        TIMESTAMP_TZ NOT NULL,
+    latencies_ms      ARRAY
+);
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CHANGED_KEYS" (
+    table_name        VARCHAR NOT NULL,
+    key_column        VARCHAR NOT NULL,
+    key_value         VARCHAR,
+    lsn               BIGINT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."WAREHOUSES" (
     role              VARCHAR NOT NULL PRIMARY KEY,
     name              VARCHAR NOT NULL,

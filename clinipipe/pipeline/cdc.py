@@ -1,0 +1,250 @@
+"""`clinipipe cdc start`: stream changes from the slot into the warehouse, exactly once.
+
+Guarantees:
+
+* **Exactly-once effect.** A batch holds whole source transactions. Its rows and the
+  checkpoint (the end LSN of its last transaction) commit in one target transaction; only then
+  is that LSN confirmed to PostgreSQL. After a crash the stream restarts at the confirmed LSN
+  and every transaction at or below the target's checkpoint is skipped. Applying is by primary
+  key, so even a replayed transaction converges to the same state.
+* **Order.** Transactions are applied in commit order; within a batch the last change per key
+  wins.
+* **Slot hygiene.** When nothing is pending, the position the server reports is confirmed, and
+  a heartbeat message keeps an idle publication from pinning WAL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from clinipipe.source.catalog import TableSchema, introspect_table
+from clinipipe.source.pgoutput import (
+    Begin,
+    Change,
+    Commit,
+    Decoder,
+    LogicalMessage,
+    Relation,
+    lsn_to_int,
+)
+from clinipipe.source.postgres import connect
+from clinipipe.source.replication import slot_info
+from clinipipe.source.stream import HEARTBEAT_PREFIX, ReplicationStream, emit_marker
+from clinipipe.spec.loader import LoadedSpec
+from clinipipe.targets import open_target
+from clinipipe.targets.base import CdcBatch, TableBatch
+
+HEARTBEAT_SECONDS = 10.0
+
+
+class CdcError(Exception):
+    """CDC cannot run; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class CdcOptions:
+    max_seconds: float | None = None
+    until_caught_up: bool = False
+    batch_rows: int = 50_000
+    batch_ms: int = 1000
+
+
+@dataclass
+class CdcSummary:
+    batches: int = 0
+    changes: int = 0
+    transactions: int = 0
+    skipped_transactions: int = 0
+    start_lsn: int = 0
+    end_lsn: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set the event: the loop finishes its batch and exits cleanly."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_cdc(
+    loaded: LoadedSpec,
+    options: CdcOptions = CdcOptions(),
+    *,
+    on_batch: Callable[[CdcBatch], None] | None = None,
+) -> CdcSummary:
+    """Stream and apply changes until stopped (signal, --max-seconds, or --until-caught-up)."""
+    spec = loaded.spec
+    dsn, slot = spec.source.dsn, spec.source.slot
+    warehouse = spec.warehouses.incremental
+    refresh_columns = {d.refresh_key for d in spec.dynamic_tables if d.refresh_key}
+    started = time.monotonic()
+    summary = CdcSummary()
+
+    with open_target(loaded) as target, _stop_on_signals() as stop:
+        target.require_deployed()
+        run = target.backfill_run(slot)
+        if run is None or run.completed_at is None or run.consistent_point is None:
+            raise CdcError(
+                "no completed backfill for slot "
+                f"{slot!r}: run `clinipipe backfill` (or `--resume`) first"
+            )
+        info = slot_info(dsn, slot)
+        if info is None:
+            raise CdcError(
+                f"replication slot {slot!r} does not exist any more (dropped, or lost in a "
+                "failover): changes since the last checkpoint cannot be recovered. Run `clinipipe "
+                "cdc reset --yes` and then `clinipipe backfill --force`."
+            )
+        if info.wal_status == "lost":
+            raise CdcError(
+                f"replication slot {slot!r} was invalidated (its WAL was removed, see "
+                "max_slot_wal_keep_size). Run `clinipipe cdc reset --yes` and then "
+                "`clinipipe backfill --force`."
+            )
+        target.use_warehouse("incremental")
+        checkpoint = target.cdc_checkpoint(slot) or lsn_to_int(run.consistent_point)
+        summary.start_lsn = summary.end_lsn = checkpoint
+
+        source = connect(dsn)
+        try:
+            schemas = {
+                (t.schema_, t.name): introspect_table(source, t.schema_, t.name)
+                for t in spec.source.tables
+            }
+        finally:
+            source.close()
+        # --until-caught-up: stop once the stream passed a marker written now.
+        stop_at = emit_marker(dsn) if options.until_caught_up else None
+        caught_up = False
+
+        stream = ReplicationStream(dsn, slot, spec.source.publication, checkpoint)
+        stream.open()
+        decoder = Decoder()
+        commit_times: list[dt.datetime] = []
+        batch_end = checkpoint
+        batch_started: float | None = None
+        received_at: dt.datetime | None = None
+        in_transaction = skipping = False
+
+        def flush() -> None:
+            nonlocal batch_end, batch_started, received_at
+            pending = decoder.take()
+            tables = []
+            for buffer in pending.values():
+                if not len(buffer):
+                    continue
+                relation = buffer.relation
+                schema = _schema_for(schemas, relation)
+                keys = tuple(sorted(refresh_columns & set(schema.column_names)))
+                tables.append(TableBatch(schema, buffer.to_arrow(), keys))
+            batch = CdcBatch(
+                slot, batch_end, tuple(tables), tuple(commit_times),
+                received_at or dt.datetime.now(dt.timezone.utc), warehouse.name, warehouse.size,
+            )  # fmt: skip
+            target.apply_cdc_batch(batch)
+            stream.confirm(batch_end)
+            summary.batches += 1
+            summary.changes += batch.changes
+            summary.transactions += len(commit_times)
+            summary.end_lsn = batch_end
+            if on_batch is not None:
+                on_batch(batch)
+            commit_times.clear()
+            batch_started = received_at = None
+
+        try:
+            while True:
+                if stop.is_set() and not in_transaction:
+                    break
+                elapsed = time.monotonic() - started
+                timed_out = options.max_seconds is not None and elapsed >= options.max_seconds
+                if timed_out and not in_transaction:
+                    break
+                message = stream.read(timeout=0.05 if commit_times else 0.5)
+                if message is not None:
+                    kind = message.payload[:1]
+                    if skipping and kind in (b"I", b"U", b"D", b"T"):
+                        continue
+                    event = decoder.decode(message.payload)
+                    if isinstance(event, Begin):
+                        in_transaction = True
+                        skipping = event.final_lsn < checkpoint
+                        if skipping:
+                            summary.skipped_transactions += 1
+                    elif isinstance(event, Commit):
+                        in_transaction = False
+                        if not skipping:
+                            batch_end = max(batch_end, event.end_lsn)
+                            commit_times.append(event.commit_ts)
+                            if batch_started is None:
+                                batch_started = time.monotonic()
+                                received_at = dt.datetime.now(dt.timezone.utc)
+                        skipping = False
+                    elif isinstance(event, Relation):
+                        _check_relation(schemas, event)
+                    elif isinstance(event, LogicalMessage) and not event.transactional:
+                        if event.prefix == HEARTBEAT_PREFIX and not commit_times:
+                            stream.confirm(event.lsn)  # nothing pending: all before it is applied
+                        if stop_at is not None and event.lsn >= stop_at:
+                            caught_up = True
+                    elif isinstance(event, Change) and batch_started is None:
+                        received_at = received_at or dt.datetime.now(dt.timezone.utc)
+                if not in_transaction and commit_times:
+                    due = batch_started is not None and (
+                        time.monotonic() - batch_started >= options.batch_ms / 1000
+                    )
+                    if decoder.pending_rows >= options.batch_rows or due or message is None:
+                        flush()
+                if not in_transaction and not commit_times and message is None:
+                    # Idle: everything the server sent is applied; confirm its position.
+                    sent = stream.server_sent_lsn
+                    if sent > stream.confirmed:
+                        stream.confirm(sent)
+                    stream.heartbeat(HEARTBEAT_SECONDS)
+                if caught_up and not in_transaction and not commit_times:
+                    break
+            if commit_times and not in_transaction:
+                flush()
+        finally:
+            stream.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _schema_for(schemas: dict[tuple[str, str], TableSchema], relation: Relation) -> TableSchema:
+    schema = schemas.get((relation.schema, relation.name))
+    if schema is None:
+        raise CdcError(
+            f"changes for {relation.schema}.{relation.name}, which is in the publication but not "
+            "in the spec: add it to source.tables, or remove it from the publication"
+        )
+    return schema
+
+
+def _check_relation(schemas: dict[tuple[str, str], TableSchema], relation: Relation) -> None:
+    schema = _schema_for(schemas, relation)
+    if tuple(schema.column_names) != relation.columns:
+        raise CdcError(
+            f"the columns of {relation.schema}.{relation.name} changed "
+            f"(now: {', '.join(relation.columns)}). Schema evolution during CDC is not "
+            "implemented yet: stop writes to that table, run `clinipipe cdc reset --yes` and "
+            "`clinipipe backfill --force`."
+        )

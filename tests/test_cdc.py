@@ -1,0 +1,165 @@
+"""CDC into DuckDB: exact equality with the source, TOAST, crash safety, slot hygiene."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
+from clinipipe.pipeline.cdc import CdcOptions, run_cdc
+from clinipipe.spec import load_spec
+from tests.helpers import assert_target_equals_source, target_rows
+from tests.workload import Workload, random_transaction
+
+
+def execute(dsn: str, *statements: str) -> None:
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    con.close()
+
+
+def catch_up(spec: Path) -> None:
+    run_cdc(load_spec(spec), CdcOptions(until_caught_up=True, max_seconds=120))
+
+
+def test_backfill_under_concurrent_writes_then_cdc_is_exact(
+    hospital_project: Path, pg_dsn: str
+) -> None:
+    """Issue 3's bar: writes run during the whole backfill; backfill + CDC equals the source."""
+    workload = Workload(pg_dsn, seed=5)
+    workload.start()
+    try:
+        time.sleep(0.3)
+        run_backfill(load_spec(hospital_project), BackfillOptions(workers=3, pages_per_range=2))
+        time.sleep(0.3)
+    finally:
+        count = workload.stop()
+    assert count > 5
+    catch_up(hospital_project)
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_every_kind_of_change(hospital_project: Path, pg_dsn: str) -> None:
+    run_backfill(load_spec(hospital_project))
+    execute(
+        pg_dsn,
+        "INSERT INTO providers VALUES (9001, '1234567893', 'Ann', 'Lee', 'Cardiology', 'Heart')",
+        "UPDATE providers SET department = 'Moved' WHERE provider_id = 1",
+        "UPDATE providers SET provider_id = 9002 WHERE provider_id = 2",
+        "DELETE FROM providers WHERE provider_id = 3",
+    )
+    execute(pg_dsn, "INSERT INTO providers VALUES (3, '1234567893', 'Re', 'Used', 'Oncology', 'X')")
+    execute(
+        pg_dsn,
+        "UPDATE patients SET email = NULL, phone = '' WHERE patient_id = 1",
+        "UPDATE patients SET city = 'O''Brien, \"Town\"\nNew' WHERE patient_id = 2",
+        "DELETE FROM labs WHERE patient_id = 5",
+        "TRUNCATE claims",
+        "INSERT INTO claims VALUES (1, 1, 1, 'Aetna', NULL, 10.50, NULL, 'paid', '2026-01-02')",
+        "UPDATE encounters SET discharge_ts = admit_ts + interval '2 days'",  # a big transaction
+    )
+    catch_up(hospital_project)
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_unchanged_toast_value_survives(hospital_project: Path, pg_dsn: str) -> None:
+    big = "".join(random.Random(3).choice("abcdefghij0123456789 ") for _ in range(300_000))
+    execute(pg_dsn, f"UPDATE clinical_notes SET note_text = '{big}' WHERE note_id = 1")
+    run_backfill(load_spec(hospital_project))
+    execute(
+        pg_dsn,
+        "UPDATE clinical_notes SET note_type = 'addendum' WHERE note_id = 1",
+        "UPDATE clinical_notes SET note_type = 'late' WHERE note_id = 1",
+    )
+    catch_up(hospital_project)
+    rows = {
+        r[0]: r for r in target_rows(hospital_project.parent / "warehouse.duckdb", "clinical_notes")
+    }
+    assert rows[1][4] == "late"
+    assert rows[1][6] == big  # never NULL, never a placeholder
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_idle_publication_does_not_pin_wal(hospital_project: Path, pg_dsn: str) -> None:
+    run_backfill(load_spec(hospital_project))
+    execute(pg_dsn, "CREATE TABLE unpublished (x int)")
+    execute(pg_dsn, "INSERT INTO unpublished SELECT generate_series(1, 10000)")
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        after_activity = int(cur.fetchone()[0])
+    con.close()
+    catch_up(hospital_project)  # no published change at all
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute(
+            "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+            "WHERE slot_name = 'clinipipe_slot'"
+        )
+        confirmed = int(cur.fetchone()[0])
+    con.close()
+    assert confirmed >= after_activity
+
+
+def test_cdc_requires_a_completed_backfill(
+    hospital_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers import cli
+
+    code, _, err = cli(capsys, "-c", str(hospital_project), "cdc", "start", "--until-caught-up")
+    assert code == 1 and "clinipipe backfill" in err
+
+
+def test_status_and_reset(
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers import cli
+
+    run_backfill(load_spec(hospital_project))
+    execute(pg_dsn, "UPDATE providers SET department = 'X' WHERE provider_id = 1")
+    catch_up(hospital_project)
+    code, out, _ = cli(capsys, "-c", str(hospital_project), "cdc", "status", "--json")
+    assert code == 0 and '"slot_exists": true' in out and '"p99"' in out
+    code, _, err = cli(capsys, "-c", str(hospital_project), "cdc", "reset")
+    assert code == 2 and "--yes" in err
+    code, out, _ = cli(capsys, "-c", str(hospital_project), "cdc", "reset", "--yes")
+    assert code == 0 and "Dropped replication slot" in out
+    code, _, err = cli(capsys, "-c", str(hospital_project), "cdc", "status")
+    assert code == 1 and "missing" in err
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_loses_and_doubles_nothing(
+    hospital_project: Path, pg_dsn: str
+) -> None:
+    run_backfill(load_spec(hospital_project))
+    env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
+    command = [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital_project), "cdc", "start",
+               "--batch-ms", "50", "--batch-rows", "500"]  # fmt: skip
+    rng = random.Random(42)
+    workload = Workload(pg_dsn, seed=9, pause=0.005)
+    workload.start()
+    try:
+        for _ in range(6):
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)  # fmt: skip
+            time.sleep(rng.uniform(1.5, 3.5))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    finally:
+        transactions = workload.stop()
+    assert transactions > 50
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:  # a last burst after the kills
+        for _ in range(20):
+            random_transaction(cur, rng)
+            con.commit()
+    con.close()
+    catch_up(hospital_project)
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
