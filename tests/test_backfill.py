@@ -173,3 +173,34 @@ def test_role_without_replication(hospital_project: Path, pg_dsn: str, pg_server
     code, _, err = cli(capsys, "-c", str(hospital_project), "backfill")
     assert code == 1
     assert "REPLICATION" in err and "Traceback" not in err
+
+
+def _limit_file_size(limit: int) -> None:
+    """In the child: files can grow to `limit` bytes, then writes fail (like a full disk)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_target_disk_full_leaves_no_range_half_done(hospital_project: Path, pg_dsn: str) -> None:
+    warehouse = hospital_project.parent / "warehouse.duckdb"
+    env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
+    command = [sys.executable, "-m", "clinipipe", "-c", str(hospital_project), "backfill",
+               "--workers", "2", "--range-pages", "4"]  # fmt: skip
+    full = subprocess.run(command, env=env, capture_output=True, text=True,
+                          preexec_fn=lambda: _limit_file_size(600_000))  # fmt: skip
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "Traceback" not in full.stderr and "error:" in full.stderr, full.stderr
+    assert "--resume" in full.stderr, full.stderr
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        completed = con.execute("SELECT completed_at FROM _clinipipe.backfill_runs").fetchone()
+        recorded = con.execute(
+            "SELECT table_name, sum(rows_loaded) FROM _clinipipe.backfill_ranges GROUP BY ALL"
+        ).fetchall()
+        for table, rows in recorded:  # every range recorded as done is fully there
+            assert con.execute(f"SELECT count(*) FROM raw.{table}").fetchone()[0] == rows
+    assert completed in (None, (None,))
+    done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_target_equals_source(pg_dsn, warehouse)
