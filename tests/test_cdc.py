@@ -163,3 +163,37 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     con.close()
     catch_up(hospital_project)
     assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_reconnects_after_the_connection_drops(hospital_project: Path, pg_dsn: str) -> None:
+    """The walsender is killed mid-stream (as on a source restart): CDC reconnects, resumes."""
+    import threading
+
+    run_backfill(load_spec(hospital_project))
+    result: dict[str, object] = {}
+
+    def cdc() -> None:
+        try:
+            result["summary"] = run_cdc(load_spec(hospital_project), CdcOptions(max_seconds=8))
+        except BaseException as exc:
+            result["error"] = exc
+
+    workload = Workload(pg_dsn, seed=3, pause=0.01)
+    workload.start()
+    thread = threading.Thread(target=cdc)
+    thread.start()
+    try:
+        for _ in range(2):
+            time.sleep(2)
+            execute(
+                pg_dsn,
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE slot_name = 'clinipipe_slot' AND active_pid IS NOT NULL",
+            )
+    finally:
+        workload.stop()
+        thread.join(timeout=120)
+    assert "error" not in result, result.get("error")
+    assert result["summary"].reconnects >= 1  # type: ignore[attr-defined]
+    catch_up(hospital_project)
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")

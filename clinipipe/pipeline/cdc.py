@@ -31,14 +31,15 @@ from clinipipe.source.pgoutput import (
     Decoder,
     LogicalMessage,
     Relation,
+    TableChanges,
     lsn_to_int,
 )
-from clinipipe.source.postgres import connect
+from clinipipe.source.postgres import SourceError, connect
 from clinipipe.source.replication import slot_info
 from clinipipe.source.stream import HEARTBEAT_PREFIX, ReplicationStream, emit_marker
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.targets import open_target
-from clinipipe.targets.base import CdcBatch, TableBatch
+from clinipipe.targets.base import CdcBatch, TableBatch, TargetError
 
 HEARTBEAT_SECONDS = 10.0
 
@@ -65,6 +66,7 @@ class CdcSummary:
     end_lsn: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    reconnects: int = 0
 
 
 @contextmanager
@@ -136,7 +138,7 @@ def run_cdc(
         caught_up = False
 
         stream = ReplicationStream(dsn, slot, spec.source.publication, checkpoint)
-        stream.open()
+        _with_retries(stream.open, SourceError, "connecting to the replication slot")
         decoder = Decoder()
         commit_times: list[dt.datetime] = []
         batch_end = checkpoint
@@ -148,8 +150,8 @@ def run_cdc(
             nonlocal batch_end, batch_started, received_at
             pending = decoder.take()
             tables = []
-            for buffer in pending.values():
-                if not len(buffer):
+            for buffer in pending:
+                if not isinstance(buffer, TableChanges) or not len(buffer):
                     continue
                 relation = buffer.relation
                 schema = _schema_for(schemas, relation)
@@ -159,7 +161,7 @@ def run_cdc(
                 slot, batch_end, tuple(tables), tuple(commit_times),
                 received_at or dt.datetime.now(dt.timezone.utc), warehouse.name, warehouse.size,
             )  # fmt: skip
-            target.apply_cdc_batch(batch)
+            _with_retries(lambda: target.apply_cdc_batch(batch), TargetError, "applying a batch")
             stream.confirm(batch_end)
             summary.batches += 1
             summary.changes += batch.changes
@@ -178,7 +180,21 @@ def run_cdc(
                 timed_out = options.max_seconds is not None and elapsed >= options.max_seconds
                 if timed_out and not in_transaction:
                     break
-                message = stream.read(timeout=0.05 if commit_times else 0.5)
+                try:
+                    message = stream.read(timeout=0.05 if commit_times else 0.5)
+                except SourceError:
+                    # Connection lost (source restart, network): drop what is not applied and
+                    # stream again from the last applied position.
+                    stream.close()
+                    decoder = Decoder()
+                    commit_times.clear()
+                    in_transaction = skipping = False
+                    batch_started = received_at = None
+                    checkpoint = batch_end = stream.confirmed
+                    stream = ReplicationStream(dsn, slot, spec.source.publication, checkpoint)
+                    _with_retries(stream.open, SourceError, "reconnecting to the source")
+                    summary.reconnects += 1
+                    continue
                 if message is not None:
                     kind = message.payload[:1]
                     if skipping and kind in (b"I", b"U", b"D", b"T"):
@@ -227,6 +243,24 @@ def run_cdc(
             stream.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def _with_retries(action: Callable[[], None], errors: type[Exception], what: str) -> None:
+    """Run `action`, retrying on `errors` with backoff (about a minute in all), then re-raise.
+
+    Only for idempotent actions: a failed batch was rolled back, a failed connect did nothing.
+    """
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            action()
+            return
+        except errors as exc:
+            if delay is None:
+                raise CdcError(f"{what} failed repeatedly, giving up: {exc}") from None
+            time.sleep(delay)
 
 
 def _schema_for(schemas: dict[tuple[str, str], TableSchema], relation: Relation) -> TableSchema:

@@ -134,17 +134,24 @@ class Decoder:
 
     def __init__(self) -> None:
         self.relations: dict[int, Relation] = {}
-        self.pending: dict[int, TableChanges] = {}
+        # Buffers and markers (e.g. schema changes) in arrival order; a table whose Relation
+        # changes mid-batch gets a new buffer after the marker, so layouts never mix.
+        self.pending: list[object] = []
+        self._current: dict[int, TableChanges] = {}
         self.seq = 0
 
-    def take(self) -> dict[int, TableChanges]:
-        """The buffered changes (and a fresh, empty buffer)."""
-        pending, self.pending = self.pending, {}
+    def take(self) -> list[object]:
+        """The buffered changes and markers, in order (and a fresh, empty buffer)."""
+        pending, self.pending, self._current = self.pending, [], {}
         return pending
+
+    def mark(self, marker: object) -> None:
+        """Insert `marker` into the pending sequence at this point of the stream."""
+        self.pending.append(marker)
 
     @property
     def pending_rows(self) -> int:
-        return sum(len(t) for t in self.pending.values())
+        return sum(len(t) for t in self.pending if isinstance(t, TableChanges))
 
     def decode(
         self, payload: bytes
@@ -218,13 +225,12 @@ class Decoder:
             raise DecodeError(f"change for relation {oid} before its Relation message") from None
 
     def _buffer(self, oid: int) -> TableChanges:
-        buffer = self.pending.get(oid)
+        buffer = self._current.get(oid)
         relation = self._relation(oid)
         if buffer is None or buffer.relation != relation:
-            if buffer is not None and len(buffer):
-                raise DecodeError("relation changed inside a batch; flush before applying it")
             buffer = TableChanges(relation)
-            self.pending[oid] = buffer
+            self._current[oid] = buffer
+            self.pending.append(buffer)
         return buffer
 
     def _append(self, oid: int, op: str, payload: bytes, pos: int) -> None:
