@@ -23,6 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from clinipipe.pipeline.schema_evolution import (
+    ColumnMap,
+    IncompatibleChange,
+    map_changes,
+    plan_changes,
+)
 from clinipipe.source.catalog import TableSchema, introspect_table
 from clinipipe.source.pgoutput import (
     Begin,
@@ -33,6 +39,7 @@ from clinipipe.source.pgoutput import (
     Relation,
     TableChanges,
     lsn_to_int,
+    lsn_to_str,
 )
 from clinipipe.source.postgres import SourceError, connect
 from clinipipe.source.replication import slot_info
@@ -42,6 +49,7 @@ from clinipipe.targets import open_target
 from clinipipe.targets.base import CdcBatch, TableBatch, TargetError
 
 HEARTBEAT_SECONDS = 10.0
+CATALOG_CHECK_SECONDS = 5.0
 
 
 class CdcError(Exception):
@@ -67,6 +75,7 @@ class CdcSummary:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     reconnects: int = 0
+    schema_changes: int = 0
 
 
 @contextmanager
@@ -125,14 +134,39 @@ def run_cdc(
         checkpoint = target.cdc_checkpoint(slot) or lsn_to_int(run.consistent_point)
         summary.start_lsn = summary.end_lsn = checkpoint
 
-        source = connect(dsn)
-        try:
-            schemas = {
-                (t.schema_, t.name): introspect_table(source, t.schema_, t.name)
-                for t in spec.source.tables
-            }
-        finally:
-            source.close()
+        maps: dict[tuple[str, str], ColumnMap] = {}
+
+        def evolve(keys: list[tuple[str, str]], lsn: int) -> None:
+            """Bring the raw tables of `keys` in line with the source catalog."""
+            source = connect(dsn)
+            try:
+                catalogs = {k: introspect_table(source, *k) for k in keys}
+            finally:
+                source.close()
+            for key, catalog in catalogs.items():
+                known = maps.get(key)
+                if known is not None and _same_columns(known.catalog, catalog):
+                    continue
+                try:
+                    changes = plan_changes(catalog, target.recorded_columns(catalog.name))
+                except IncompatibleChange as exc:
+                    raise CdcError(
+                        f"{exc}. CDC stopped before applying it; nothing after "
+                        f"{lsn_to_str(lsn)} was applied. Reload with `clinipipe cdc reset --yes` "
+                        "and `clinipipe backfill --force`, or revert the change."
+                    ) from None
+                if changes:
+                    target.evolve_table(changes, lsn)
+                    summary.schema_changes += len(changes)
+                column_map = known or ColumnMap(catalog, {})
+                column_map.learn(
+                    catalog, target.recorded_columns(catalog.name),
+                    target.renamed_columns(catalog.name),
+                )  # fmt: skip
+                maps[key] = column_map
+
+        evolve([(t.schema_, t.name) for t in spec.source.tables], checkpoint)
+        last_catalog_check = time.monotonic()
         # --until-caught-up: stop once the stream passed a marker written now.
         stop_at = emit_marker(dsn) if options.until_caught_up else None
         caught_up = False
@@ -154,9 +188,11 @@ def run_cdc(
                 if not isinstance(buffer, TableChanges) or not len(buffer):
                     continue
                 relation = buffer.relation
-                schema = _schema_for(schemas, relation)
+                column_map = _map_for(maps, relation)
+                targets, schema, kept = column_map.layout(relation.columns)
+                changes = map_changes(buffer.to_arrow(), relation.columns, targets)
                 keys = tuple(sorted(refresh_columns & set(schema.column_names)))
-                tables.append(TableBatch(schema, buffer.to_arrow(), keys))
+                tables.append(TableBatch(schema, changes, keys, kept))
             batch = CdcBatch(
                 slot, batch_end, tuple(tables), tuple(commit_times),
                 received_at or dt.datetime.now(dt.timezone.utc), warehouse.name, warehouse.size,
@@ -215,7 +251,9 @@ def run_cdc(
                                 received_at = dt.datetime.now(dt.timezone.utc)
                         skipping = False
                     elif isinstance(event, Relation):
-                        _check_relation(schemas, event)
+                        column_map = _map_for(maps, event)
+                        if event.columns != tuple(column_map.catalog.column_names):
+                            evolve([(event.schema, event.name)], batch_end)
                     elif isinstance(event, LogicalMessage) and not event.transactional:
                         if event.prefix == HEARTBEAT_PREFIX and not commit_times:
                             stream.confirm(event.lsn)  # nothing pending: all before it is applied
@@ -235,6 +273,11 @@ def run_cdc(
                     if sent > stream.confirmed:
                         stream.confirm(sent)
                     stream.heartbeat(HEARTBEAT_SECONDS)
+                    if time.monotonic() - last_catalog_check >= CATALOG_CHECK_SECONDS:
+                        # Caught up and idle: a DDL with no change after it yet (ADD COLUMN
+                        # and nothing written) is found in the catalog, not in the stream.
+                        last_catalog_check = time.monotonic()
+                        evolve(list(maps), stream.confirmed)
                 if caught_up and not in_transaction and not commit_times:
                     break
             if commit_times and not in_transaction:
@@ -263,22 +306,17 @@ def _with_retries(action: Callable[[], None], errors: type[Exception], what: str
             time.sleep(delay)
 
 
-def _schema_for(schemas: dict[tuple[str, str], TableSchema], relation: Relation) -> TableSchema:
-    schema = schemas.get((relation.schema, relation.name))
-    if schema is None:
+def _map_for(maps: dict[tuple[str, str], ColumnMap], relation: Relation) -> ColumnMap:
+    column_map = maps.get((relation.schema, relation.name))
+    if column_map is None:
         raise CdcError(
             f"changes for {relation.schema}.{relation.name}, which is in the publication but not "
             "in the spec: add it to source.tables, or remove it from the publication"
         )
-    return schema
+    return column_map
 
 
-def _check_relation(schemas: dict[tuple[str, str], TableSchema], relation: Relation) -> None:
-    schema = _schema_for(schemas, relation)
-    if tuple(schema.column_names) != relation.columns:
-        raise CdcError(
-            f"the columns of {relation.schema}.{relation.name} changed "
-            f"(now: {', '.join(relation.columns)}). Schema evolution during CDC is not "
-            "implemented yet: stop writes to that table, run `clinipipe cdc reset --yes` and "
-            "`clinipipe backfill --force`."
-        )
+def _same_columns(a: TableSchema, b: TableSchema) -> bool:
+    return [(c.attnum, c.name, c.type.pg_type) for c in a.columns] == [
+        (c.attnum, c.name, c.type.pg_type) for c in b.columns
+    ]

@@ -40,7 +40,7 @@ array               a JSON array of the elements' texts (as above) or null, e.g.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # clinipipe.sql must be initialised before clinipipe.source.dialect: importing the latter first
@@ -143,6 +143,10 @@ class Column:
     name: str
     type: ColumnType
     nullable: bool
+    attnum: int = field(default=0, compare=False)
+    """PostgreSQL's column number: stable across renames, never reused after a drop."""
+    missing_value: str | None = field(default=None, compare=False)
+    """Text of the value rows that predate an ADD COLUMN ... DEFAULT read (None: NULL)."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,10 @@ SELECT c.oid, c.relkind,
 """
 
 _COLUMNS_SQL = """
-SELECT a.attname, a.attnotnull, a.atttypid, a.atttypmod
+SELECT a.attname, a.attnotnull, a.atttypid, a.atttypmod, a.attnum,
+       CASE WHEN a.atthasmissing THEN
+           (SELECT x FROM pg_catalog.unnest(a.attmissingval::text::text[]) AS x LIMIT 1)
+       END AS missing_value
   FROM pg_catalog.pg_attribute a
  WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum
@@ -315,7 +322,7 @@ def introspect_table(con: Any, schema: str, table: str) -> TableSchema:
             )
 
         cur.execute(_COLUMNS_SQL, {"oid": oid})
-        raw_columns: list[tuple[str, bool, int, int]] = list(cur.fetchall())
+        raw_columns: list[tuple[str, bool, int, int, int, str | None]] = list(cur.fetchall())
         cur.execute(_PRIMARY_KEY_SQL, {"oid": oid})
         primary_key = tuple(r[0] for r in cur.fetchall())
         if not primary_key:
@@ -332,10 +339,11 @@ def introspect_table(con: Any, schema: str, table: str) -> TableSchema:
         formatted = _format_types(cur, pairs)
 
     columns = []
-    for attname, attnotnull, _typid, _typmod in raw_columns:
+    for attname, attnotnull, _typid, _typmod, attnum, missing in raw_columns:
         base, base_typmod, domain_not_null = resolved[attname]
         column_type = _column_type(types, formatted, base, base_typmod)
-        columns.append(Column(attname, column_type, not (attnotnull or domain_not_null)))
+        nullable = not (attnotnull or domain_not_null)
+        columns.append(Column(attname, column_type, nullable, attnum, missing))
     return TableSchema(
         schema=schema,
         name=table,

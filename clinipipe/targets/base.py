@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
-    from clinipipe.source.catalog import TableSchema
+    from clinipipe.source.catalog import Column, ColumnType, TableSchema
 
 
 class TargetError(Exception):
@@ -107,11 +107,45 @@ class RangeWork:
 
 @dataclass(frozen=True)
 class TableBatch:
-    """The changes of one table in a CDC batch, as `TableChanges.to_arrow()` built them."""
+    """The changes of one table in a CDC batch, as `TableChanges.to_arrow()` built them.
+
+    `table` describes the columns of `changes` under their raw-table names. `kept` are raw
+    columns the changes do not carry (dropped at the source, or added after these changes were
+    written): an updated row keeps its current value, a new row gets the column's
+    `missing_value` (the ADD COLUMN default) or NULL.
+    """
 
     table: TableSchema
     changes: pa.Table
     refresh_keys: tuple[str, ...] = ()
+    kept: tuple[Column, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordedColumn:
+    """What the target knows of a source column (`_clinipipe.source_columns`)."""
+
+    attnum: int
+    target_column: str
+    pg_type: str
+    dropped: bool
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """One change of a source table's columns, applied to its raw table.
+
+    kind: 'add' (`column` added with `column_type`), 'drop' (kept in the target, no longer
+    filled), 'rename' (`column` renamed to `new_name`), 'retype' (widened to `column_type`).
+    """
+
+    table: str
+    kind: str
+    attnum: int
+    column: str
+    column_type: ColumnType | None = None
+    new_name: str | None = None
+    missing_value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +384,28 @@ class Target(ABC):
         target's current value; a truncate removes what came before it in the batch. The
         changed keys, the batch record and its metering commit in the same transaction.
         """
+
+    def recorded_columns(self, table: str) -> dict[int, RecordedColumn]:
+        """The source columns of `table` the raw table was built or evolved from, by attnum."""
+        rows = self.query(
+            f"SELECT attnum, target_column, pg_type, dropped FROM {self.control('source_columns')} "
+            f"WHERE table_name = {self.dialect.quote_literal(table)}"
+        )
+        return {int(a): RecordedColumn(int(a), str(c), str(t), bool(d)) for a, c, t, d in rows}
+
+    def renamed_columns(self, table: str) -> list[tuple[str, str]]:
+        """(old name, new name) of every rename CDC applied to `table`, oldest first."""
+        rows = self.query(
+            f"SELECT column_name, detail FROM {self.control('schema_history')} "
+            f"WHERE table_name = {self.dialect.quote_literal(table)} AND change = 'rename' "
+            "ORDER BY applied_at"
+        )
+        return [(str(a), str(b)) for a, b in rows]
+
+    @abstractmethod
+    def evolve_table(self, changes: Sequence[SchemaChange], lsn: int) -> None:
+        """Apply schema changes to raw tables and record them (`source_columns`,
+        `schema_history`), atomically. Idempotent: a change already applied is skipped."""
 
     def reset_cdc(self, slot: str) -> None:
         """Forget the checkpoints and the backfill of `slot` (before a fresh backfill)."""

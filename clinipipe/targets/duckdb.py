@@ -25,6 +25,7 @@ from clinipipe.targets.base import (
     DeploymentRecord,
     DeployStatementError,
     RangeWork,
+    SchemaChange,
     TableBatch,
     Target,
     TargetError,
@@ -132,12 +133,78 @@ class DuckDBTarget(Target):
         return self.dialect.qualify(RAW_SCHEMA, table)
 
     def create_raw_table(self, table: TableSchema, *, replace: bool) -> None:
+        q = self.dialect.quote_literal
         columns = ", ".join(
             f"{self.dialect.quote_ident(c.name)} {duckdb_type(c.type)}" for c in table.columns
         )
         statements = [f"DROP TABLE IF EXISTS {self.raw_name(table.name)}"] if replace else []
         statements.append(f"CREATE TABLE IF NOT EXISTS {self.raw_name(table.name)} ({columns})")
+        statements.append(
+            f"DELETE FROM {self.control('source_columns')} WHERE table_name = {q(table.name)}"
+        )
+        statements += [
+            f"INSERT INTO {self.control('source_columns')} VALUES ({q(table.name)}, {c.attnum}, "
+            f"{q(c.name)}, {q(c.type.pg_type)}, FALSE)"
+            for c in table.columns
+        ]
         self.execute_atomically(statements)
+
+    def evolve_table(self, changes: Sequence[SchemaChange], lsn: int) -> None:
+        q, quote = self.dialect.quote_literal, self.dialect.quote_ident
+        now = q(dt.datetime.now(dt.timezone.utc).isoformat())
+        statements: list[str] = []
+        for change in changes:
+            raw, columns = self.raw_name(change.table), self.control("source_columns")
+            where = f"table_name = {q(change.table)} AND attnum = {change.attnum}"
+            detail: str | None = None
+            if change.kind == "add":
+                assert change.column_type is not None
+                default = ""
+                if change.missing_value is not None:
+                    default = f" DEFAULT {duckdb_cast(q(change.missing_value), change.column_type)}"
+                statements.append(
+                    f"ALTER TABLE {raw} ADD COLUMN IF NOT EXISTS {quote(change.column)} "
+                    f"{duckdb_type(change.column_type)}{default}"
+                )
+                statements.append(f"DELETE FROM {columns} WHERE {where}")
+                statements.append(
+                    f"INSERT INTO {columns} VALUES ({q(change.table)}, {change.attnum}, "
+                    f"{q(change.column)}, {q(change.column_type.pg_type)}, FALSE)"
+                )
+                detail = change.column_type.pg_type
+            elif change.kind == "drop":
+                statements.append(f"UPDATE {columns} SET dropped = TRUE WHERE {where}")
+            elif change.kind == "rename":
+                assert change.new_name is not None
+                statements.append(
+                    f"ALTER TABLE {raw} RENAME COLUMN {quote(change.column)} "
+                    f"TO {quote(change.new_name)}"
+                )
+                statements.append(
+                    f"UPDATE {columns} SET target_column = {q(change.new_name)} WHERE {where}"
+                )
+                detail = change.new_name
+            elif change.kind == "retype":
+                assert change.column_type is not None
+                statements.append(
+                    f"ALTER TABLE {raw} ALTER COLUMN {quote(change.column)} "
+                    f"SET DATA TYPE {duckdb_type(change.column_type)}"
+                )
+                statements.append(
+                    f"UPDATE {columns} SET pg_type = {q(change.column_type.pg_type)} WHERE {where}"
+                )
+                detail = change.column_type.pg_type
+            statements.append(
+                f"INSERT INTO {self.control('schema_history')} VALUES ({q(change.table)}, "
+                f"{q(change.kind)}, {q(change.column)}, {q(detail)}, {lsn}, {now})"
+            )
+        try:
+            self.execute_atomically(statements)
+        except duckdb.Error as exc:
+            raise TargetError(
+                f"applying schema changes to {self.describe()} failed: "
+                f"{scrub_values(str(exc).splitlines()[0])} (nothing was changed)"
+            ) from None
 
     def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
         target = self.raw_name(table.name)
@@ -334,7 +401,18 @@ def _apply_table_changes(
             f"WHEN len({sent}) > 0 THEN {earlier} ELSE cur.{quote(c.name)} END AS {quote(c.name)}"
         )
 
-    values = ", ".join(value(c) for c in table.columns)
+    missing_row = " AND ".join(f"cur.{quote(k)} IS NULL" for k in table.primary_key)
+
+    def kept(c: Column) -> str:
+        fallback = (
+            "NULL"
+            if c.missing_value is None
+            else duckdb_cast(target.dialect.quote_literal(c.missing_value), c.type)
+        )
+        name = quote(c.name)
+        return f"CASE WHEN {missing_row} THEN {fallback} ELSE cur.{name} END AS {name}"
+
+    values = ", ".join([*(value(c) for c in table.columns), *(kept(c) for c in batch.kept)])
     cur.execute(
         f"CREATE OR REPLACE TEMP TABLE _cdc_rows AS SELECT {values} FROM _cdc_final f{toast_join} "
         f"LEFT JOIN {raw} cur ON {key_match} WHERE f._op <> 'D'"
@@ -347,7 +425,7 @@ def _apply_table_changes(
             [table.name, key, lsn],
         )
     cur.execute(f"DELETE FROM {raw} WHERE ({keys}) IN (SELECT {key_casts} FROM _cdc_final f)")
-    names = ", ".join(quote(c.name) for c in table.columns)
+    names = ", ".join(quote(c.name) for c in (*table.columns, *batch.kept))
     cur.execute(f"INSERT INTO {raw} ({names}) SELECT {names} FROM _cdc_rows")
     for key in batch.refresh_keys:
         cur.execute(

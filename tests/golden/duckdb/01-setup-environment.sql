@@ -80,6 +80,25 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."changed_keys" (
     lsn               BIGINT NOT NULL
 );
 
+-- Source columns by PostgreSQL column number (stable across renames), the raw column each one
+-- fills, and every schema change CDC applied, with the stream position it took effect at.
+CREATE TABLE IF NOT EXISTS "_clinipipe"."source_columns" (
+    table_name        VARCHAR NOT NULL,
+    attnum            INTEGER NOT NULL,
+    target_column     VARCHAR NOT NULL,
+    pg_type           VARCHAR NOT NULL,
+    dropped           BOOLEAN NOT NULL,
+    PRIMARY KEY (table_name, attnum)
+);
+CREATE TABLE IF NOT EXISTS "_clinipipe"."schema_history" (
+    table_name        VARCHAR NOT NULL,
+    change            VARCHAR NOT NULL,
+    column_name       VARCHAR NOT NULL,
+    detail            VARCHAR,
+    lsn               BIGINT NOT NULL,
+    applied_at        TIMESTAMPTZ NOT NULL
+);
+
 -- The three warehouses of the dual-warehouse design, as compute profiles; credits/hour are
 -- what the same size costs on Snowflake (for `clinipipe cost report`).
 CREATE TABLE IF NOT EXISTS "_clinipipe"."warehouses" (

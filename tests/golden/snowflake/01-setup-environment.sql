@@ -112,6 +112,25 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CHANGED_KEYS" (
     lsn               BIGINT NOT NULL
 );
 
+-- Source columns by PostgreSQL column number (stable across renames), the raw column each one
+-- fills, and every schema change CDC applied, with the stream position it took effect at.
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."SOURCE_COLUMNS" (
+    table_name        VARCHAR NOT NULL,
+    attnum            INTEGER NOT NULL,
+    target_column     VARCHAR NOT NULL,
+    pg_type           VARCHAR NOT NULL,
+    dropped           BOOLEAN NOT NULL,
+    PRIMARY KEY (table_name, attnum)
+);
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."SCHEMA_HISTORY" (
+    table_name        VARCHAR NOT NULL,
+    change            VARCHAR NOT NULL,
+    column_name       VARCHAR NOT NULL,
+    detail            VARCHAR,
+    lsn               BIGINT NOT NULL,
+    applied_at        TIMESTAMP_TZ NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."WAREHOUSES" (
     role              VARCHAR NOT NULL PRIMARY KEY,
     name              VARCHAR NOT NULL,

@@ -1,0 +1,164 @@
+"""Source schema changes during CDC: compare the source catalog with what the raw table was
+built from (by PostgreSQL column number, so a rename is never mistaken for drop + add), and
+map the columns of any stream layout, old or new, onto the raw table.
+
+Applying a change early is safe: between a DDL and the first change written after it, the
+stream holds no change of that table; older changes still in flight are mapped by column
+number, and columns they do not carry keep the raw row's value (or the ADD COLUMN default).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from clinipipe.source.catalog import Column, ColumnType, TableSchema
+from clinipipe.targets.base import RecordedColumn, SchemaChange
+
+_INTEGERS = ("smallint", "integer", "bigint")
+_VARCHAR = re.compile(r"^character varying(?:\((\d+)\))?$")
+_NUMERIC = re.compile(r"^numeric(?:\((\d+),(\d+)\))?$")
+
+
+class IncompatibleChange(Exception):
+    """A source column changed in a way the raw table cannot follow without losing data."""
+
+
+def is_widening(old: str, new: str) -> bool:
+    """True when every value of PostgreSQL type `old` is exactly a value of type `new`."""
+    if old == new:
+        return True
+    if old in _INTEGERS and new in _INTEGERS:
+        return _INTEGERS.index(new) >= _INTEGERS.index(old)
+    if old == "real" and new == "double precision":
+        return True
+    old_varchar, new_varchar = _VARCHAR.match(old), _VARCHAR.match(new)
+    if old_varchar and (new == "text" or (new_varchar and not new_varchar.group(1))):
+        return True
+    if old_varchar and new_varchar:
+        return int(new_varchar.group(1)) >= int(old_varchar.group(1) or 0) and bool(
+            old_varchar.group(1)
+        )
+    old_numeric, new_numeric = _NUMERIC.match(old), _NUMERIC.match(new)
+    if old_numeric and new_numeric:
+        if not new_numeric.group(1):
+            return True
+        if not old_numeric.group(1):
+            return False
+        p1, s1 = int(old_numeric.group(1)), int(old_numeric.group(2))
+        p2, s2 = int(new_numeric.group(1)), int(new_numeric.group(2))
+        return s2 >= s1 and p2 - s2 >= p1 - s1
+    return old in _INTEGERS and new_numeric is not None and not new_numeric.group(1)
+
+
+def plan_changes(catalog: TableSchema, recorded: dict[int, RecordedColumn]) -> list[SchemaChange]:
+    """The changes that bring the raw table of `catalog.name` in line with the source catalog.
+
+    Raises `IncompatibleChange` for a type change that is not a widening.
+    """
+    changes: list[SchemaChange] = []
+    current = {c.attnum: c for c in catalog.columns}
+    for attnum, column in current.items():
+        known = recorded.get(attnum)
+        if known is None:
+            changes.append(
+                SchemaChange(
+                    catalog.name,
+                    "add",
+                    attnum,
+                    column.name,
+                    column.type,
+                    missing_value=column.missing_value,
+                )
+            )
+            continue
+        if known.target_column != column.name:
+            changes.append(
+                SchemaChange(
+                    catalog.name, "rename", attnum, known.target_column, new_name=column.name
+                )
+            )
+        if known.pg_type != column.type.pg_type:
+            if not is_widening(known.pg_type, column.type.pg_type):
+                raise IncompatibleChange(
+                    f"column {catalog.schema}.{catalog.name}.{column.name} changed type from "
+                    f"{known.pg_type} to {column.type.pg_type}, which is not a widening"
+                )
+            changes.append(SchemaChange(catalog.name, "retype", attnum, column.name, column.type))
+    for attnum, known in recorded.items():
+        if attnum not in current and not known.dropped:
+            changes.append(SchemaChange(catalog.name, "drop", attnum, known.target_column))
+    return changes
+
+
+@dataclass
+class ColumnMap:
+    """How stream column names map onto the raw table of one source table."""
+
+    catalog: TableSchema
+    recorded: dict[int, RecordedColumn]
+    names: dict[str, int] = field(default_factory=dict)  # every name a column had -> attnum
+    types: dict[int, ColumnType] = field(default_factory=dict)
+
+    def learn(self, catalog: TableSchema, recorded: dict[int, RecordedColumn],
+              renames: list[tuple[str, str]] = ()) -> None:  # fmt: skip
+        """Take in the catalog and the target's record after (possibly) evolving."""
+        by_name = {c.name: c.attnum for c in catalog.columns}
+        for old, new in renames:
+            if new in by_name:
+                self.names.setdefault(old, by_name[new])
+        for column in catalog.columns:
+            self.names[column.name] = column.attnum
+            self.types[column.attnum] = column.type
+        self.catalog, self.recorded = catalog, recorded
+
+    def layout(
+        self, stream_columns: tuple[str, ...]
+    ) -> tuple[list[str | None], TableSchema, tuple[Column, ...]]:
+        """For a stream layout: the raw name of each stream column (None: ignore it), the
+        schema of the mapped columns, and the raw columns the layout does not carry."""
+        current = {c.attnum: c for c in self.catalog.columns}
+        targets: list[str | None] = []
+        columns: list[Column] = []
+        for name in stream_columns:
+            attnum = self.names.get(name)
+            known = self.recorded.get(attnum) if attnum is not None else None
+            column_type = self.types.get(attnum) if attnum is not None else None
+            if known is None or column_type is None:
+                targets.append(None)
+                continue
+            targets.append(known.target_column)
+            columns.append(Column(known.target_column, column_type, True, attnum))
+        carried = {c.name for c in columns}
+        kept = []
+        for attnum, known in self.recorded.items():
+            if known.target_column in carried:
+                continue
+            source = current.get(attnum)
+            missing = source.missing_value if source is not None else None
+            # The type only matters to cast a missing value; a column dropped before this
+            # process started has none (its raw value is carried as it is).
+            column_type = self.types.get(attnum) or ColumnType("other", known.pg_type)
+            kept.append(Column(known.target_column, column_type, True, attnum, missing))
+        primary_key = tuple(
+            self.recorded[self.names[k]].target_column for k in self.catalog.primary_key
+        )
+        schema = TableSchema(self.catalog.schema, self.catalog.name, tuple(columns), primary_key,
+                             self.catalog.pages, self.catalog.estimated_rows)  # fmt: skip
+        return targets, schema, tuple(kept)
+
+
+def map_changes(
+    changes: pa.Table, stream_columns: tuple[str, ...], targets: list[str | None]
+) -> pa.Table:
+    """Rename the stream's columns (and their `__u` flags) to raw names; drop unmapped ones."""
+    renamed: dict[str, pa.ChunkedArray] = {"_op": changes["_op"], "_seq": changes["_seq"]}
+    for name, target in zip(stream_columns, targets, strict=True):
+        if target is None:
+            continue
+        renamed[target] = changes[name]
+        if f"{name}__u" in changes.column_names:
+            renamed[f"{target}__u"] = changes[f"{name}__u"]
+    return pa.table(renamed)
