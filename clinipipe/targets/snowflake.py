@@ -16,6 +16,7 @@ from clinipipe.sql.render import RenderedFile, Statement
 from clinipipe.targets.base import (
     BatchStream,
     CdcBatch,
+    SchemaChange,
     DeploymentRecord,
     DeployStatementError,
     RangeWork,
@@ -207,6 +208,9 @@ class SnowflakeTarget(Target):
             self._execute(Statement(0, "ROLLBACK"))
             raise
         return rows
+
+    def evolve_table(self, changes: Sequence[SchemaChange], lsn: int) -> None:
+        raise TargetError("schema evolution on Snowflake is not implemented yet")
 
     def apply_cdc_batch(self, batch: CdcBatch) -> None:
         raise TargetError(
