@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from typing import Annotated
 
@@ -91,7 +92,12 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
             f"SELECT applied_at, changes, latencies_ms FROM {target.control('cdc_batches')} "
             f"WHERE slot = {target.dialect.quote_literal(slot)} ORDER BY applied_at DESC LIMIT 1000"
         )
-    latencies = sorted(x for _, _, ls in batches for x in (ls or []))
+    # DuckDB returns a list; Snowflake returns its ARRAY as JSON text.
+    latencies = sorted(
+        float(x)
+        for _, _, ls in batches
+        for x in (json.loads(ls) if isinstance(ls, str) else ls or [])
+    )
     if len(latencies) == 1:
         cuts = latencies * 99
     else:

@@ -29,7 +29,7 @@ from clinipipe.pipeline.schema_evolution import (
     map_changes,
     plan_changes,
 )
-from clinipipe.source.catalog import TableSchema, introspect_table
+from clinipipe.source.catalog import EXPORT_SESSION_SETTINGS, TableSchema, introspect_table
 from clinipipe.source.pgoutput import (
     Begin,
     Change,
@@ -140,6 +140,9 @@ def run_cdc(
             """Bring the raw tables of `keys` in line with the source catalog."""
             source = connect(dsn)
             try:
+                with source.cursor() as cur:  # ADD COLUMN defaults read as the stream writes text
+                    for setting in EXPORT_SESSION_SETTINGS:
+                        cur.execute(setting)
                 catalogs = {k: introspect_table(source, *k) for k in keys}
             finally:
                 source.close()

@@ -16,6 +16,7 @@ import psycopg2.extras
 from clinipipe.secrets import mask_dsn
 from clinipipe.source.pgoutput import lsn_to_str
 from clinipipe.source.postgres import SourceError, connect
+from clinipipe.source.stream_settings import STREAM_SESSION_OPTIONS, verify_stream_settings
 
 HEARTBEAT_PREFIX = "clinipipe.heartbeat"
 
@@ -46,8 +47,10 @@ class ReplicationStream:
                 connection_factory=psycopg2.extras.LogicalReplicationConnection,
                 application_name="clinipipe-cdc",
                 connect_timeout=15,
+                options=STREAM_SESSION_OPTIONS,
             )
             self._cur = self._con.cursor()
+            verify_stream_settings(self._cur)
             # The warehouse casts the text PostgreSQL sends: fix the settings output depends on.
             self._cur.start_replication(
                 slot_name=self.slot,

@@ -30,7 +30,7 @@ from clinipipe.targets.base import (
     Target,
     TargetError,
 )
-from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_type
+from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_stream_cast, duckdb_type
 
 GIB = 1024**3
 
@@ -161,7 +161,8 @@ class DuckDBTarget(Target):
                 assert change.column_type is not None
                 default = ""
                 if change.missing_value is not None:
-                    default = f" DEFAULT {duckdb_cast(q(change.missing_value), change.column_type)}"
+                    value = duckdb_stream_cast(q(change.missing_value), change.column_type)
+                    default = f" DEFAULT {value}"
                 statements.append(
                     f"ALTER TABLE {raw} ADD COLUMN IF NOT EXISTS {quote(change.column)} "
                     f"{duckdb_type(change.column_type)}{default}"
@@ -365,10 +366,10 @@ def _apply_table_changes(
     key_cols = [quote(k) for k in table.primary_key]
     keys = ", ".join(key_cols)
     key_casts = ", ".join(
-        f"{duckdb_cast(f'f.{quote(k)}', by_name[k].type)}" for k in table.primary_key
+        f"{duckdb_stream_cast(f'f.{quote(k)}', by_name[k].type)}" for k in table.primary_key
     )
     key_match = " AND ".join(
-        f"cur.{quote(k)} = {duckdb_cast(f'f.{quote(k)}', by_name[k].type)}"
+        f"cur.{quote(k)} = {duckdb_stream_cast(f'f.{quote(k)}', by_name[k].type)}"
         for k in table.primary_key
     )
     toast = [c for c in table.columns if f"{c.name}__u" in changes.column_names]
@@ -391,11 +392,11 @@ def _apply_table_changes(
         toast_join = f" LEFT JOIN _cdc_toast USING ({keys})"
 
     def value(c: Column) -> str:
-        cast = duckdb_cast(f"f.{quote(c.name)}", c.type)
+        cast = duckdb_stream_cast(f"f.{quote(c.name)}", c.type)
         if c not in toast:
             return f"{cast} AS {quote(c.name)}"
         flag, sent = quote(c.name + "__u"), quote(c.name + "__sent")
-        earlier = duckdb_cast(f"{sent}[-1]", c.type)
+        earlier = duckdb_stream_cast(f"{sent}[-1]", c.type)
         return (
             f"CASE WHEN NOT coalesce(f.{flag}, false) THEN {cast} "
             f"WHEN len({sent}) > 0 THEN {earlier} ELSE cur.{quote(c.name)} END AS {quote(c.name)}"
@@ -407,7 +408,7 @@ def _apply_table_changes(
         fallback = (
             "NULL"
             if c.missing_value is None
-            else duckdb_cast(target.dialect.quote_literal(c.missing_value), c.type)
+            else duckdb_stream_cast(target.dialect.quote_literal(c.missing_value), c.type)
         )
         name = quote(c.name)
         return f"CASE WHEN {missing_row} THEN {fallback} ELSE cur.{name} END AS {name}"

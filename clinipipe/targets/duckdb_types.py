@@ -7,12 +7,36 @@ and returns a DuckDB expression of type `duckdb_type(t)`. A value that does not 
 statement (DuckDB conversion error); nothing is silently replaced by NULL. The mapping and its
 exactness are documented in ``docs/TYPE_MAPPING.md`` and pinned by ``tests/test_types.py``.
 
+`duckdb_stream_cast(expr, t)` does the same for CDC, from pgoutput's text of the value (its output
+function text under `clinipipe.source.stream_settings.STREAM_SESSION_OPTIONS`): `duckdb_cast`
+itself where that text is the export text, else a checked rewrite into it first.
+
 This module must not import `clinipipe.targets.duckdb` (which imports it).
 """
 
 from __future__ import annotations
 
 from clinipipe.source.catalog import ColumnType
+from clinipipe.source.stream_settings import (
+    ARRAY_MESSAGE,
+    ARRAY_UNESCAPE_PATTERN,
+    BYTEA_MESSAGE,
+    BYTEA_PATTERN,
+    INTERVAL_MESSAGE,
+    INTERVAL_PATTERN,
+    JSON_ARRAY_MESSAGE,
+    MONEY_MESSAGE,
+    MONEY_PATTERN,
+    any_array_pattern,
+    array_delimiter,
+    array_pattern,
+    array_token_pattern,
+    bytea_text,
+    interval_fields,
+    money_text,
+    stream_kind,
+    undecodable_array_message,
+)
 from clinipipe.sql.dialect import Dialect
 
 MAX_DECIMAL_WIDTH = 38
@@ -20,6 +44,7 @@ MAX_DECIMAL_WIDTH = 38
 
 _QUOTE = Dialect()  # DuckDB quotes identifiers exactly like the base dialect
 _ELEMENT = _QUOTE.quote_ident("__clinipipe_element")  # the lambda parameter of array casts
+_TOKEN = _QUOTE.quote_ident("__clinipipe_token")  # ... and of array text parsing
 
 _SIMPLE: dict[str, str] = {
     "bool": "BOOLEAN",
@@ -95,3 +120,82 @@ def duckdb_cast(expr: str, t: ColumnType) -> str:
             return as_list
         return f"list_transform({as_list}, lambda {_ELEMENT}: {element})"
     return f"CAST({expr} AS {duckdb_type(t)})"
+
+
+# --------------------------------------------------------------------------------------------
+# CDC: pgoutput's text
+# --------------------------------------------------------------------------------------------
+
+
+def duckdb_stream_cast(expr: str, t: ColumnType) -> str:
+    """A DuckDB expression turning the VARCHAR `expr`, pgoutput's text of a value of type `t`
+    (its output function text under `STREAM_SESSION_OPTIONS`), into a value of
+    `duckdb_type(t)`: the same value `duckdb_cast` makes of the backfill's export text.
+
+    Where the two texts differ (`stream_kind`), the value is first checked against the form
+    `clinipipe.source.stream_settings` describes and rewritten into the export text, then
+    `duckdb_cast` reads it; a value not in that form fails the statement with a message that
+    says why (it never contains the value). NULL stays NULL. `expr` is evaluated more than
+    once: pass a column reference.
+    """
+    kind = stream_kind(t)
+    if kind == "same":
+        return duckdb_cast(expr, t)
+    if kind == "interval":
+        pattern = _QUOTE.quote_string(INTERVAL_PATTERN)
+        months, days, micros = interval_fields(lambda n: f"regexp_extract({expr}, {pattern}, {n})")
+        text = (
+            f"CAST({months} AS VARCHAR) || ' months ' || CAST({days} AS VARCHAR) || ' days ' "
+            f"|| CAST({micros} AS VARCHAR) || ' microseconds'"
+        )
+        valid = f"regexp_full_match({expr}, {pattern}) AND {expr} <> ''"
+        return _checked(expr, valid, duckdb_cast(text, t), INTERVAL_MESSAGE)
+    if kind == "money":
+        pattern = _QUOTE.quote_string(MONEY_PATTERN)
+        text = money_text(lambda n: f"regexp_extract({expr}, {pattern}, {n})")
+        valid = f"regexp_full_match({expr}, {pattern})"
+        return _checked(expr, valid, duckdb_cast(text, t), MONEY_MESSAGE)
+    if kind == "bytes":
+        valid = f"regexp_full_match({expr}, {_QUOTE.quote_string(BYTEA_PATTERN)})"
+        return _checked(expr, valid, duckdb_cast(bytea_text(expr), t), BYTEA_MESSAGE)
+    if kind == "array":
+        delimiter = array_delimiter(t)
+        assert delimiter is not None
+        valid = f"regexp_full_match({expr}, {_QUOTE.quote_string(array_pattern(delimiter))})"
+        json = _array_as_json(expr, delimiter)
+        return _checked(expr, valid, duckdb_cast(json, t), ARRAY_MESSAGE)
+    if kind == "json_array":
+        valid = f"regexp_full_match({expr}, {_QUOTE.quote_string(any_array_pattern(','))})"
+        json = _array_as_json(f"substr({expr}, strpos({expr}, '{{'))", ",")
+        return _checked(expr, valid, duckdb_cast(json, t), JSON_ARRAY_MESSAGE)
+    assert kind == "undecodable_array"
+    nothing = f"CAST(NULL AS {duckdb_type(t)})"
+    return _checked(expr, f"{expr} IS NULL", nothing, undecodable_array_message(t))
+
+
+def _checked(expr: str, valid: str, value: str, message: str) -> str:
+    """`value` where `valid` holds, NULL for NULL, else the statement fails with `message`."""
+    return (
+        f"CASE WHEN {expr} IS NULL THEN NULL WHEN {valid} THEN {value} "
+        f"ELSE error({_QUOTE.quote_string(message)}) END"
+    )
+
+
+def _array_as_json(source: str, delimiter: str) -> str:
+    """The export's JSON text of the array text `source` (from its first ``{``): braces become
+    brackets, NULL null, every element a JSON string of its unescaped text."""
+    tokens = f"regexp_extract_all({source}, {_QUOTE.quote_string(array_token_pattern(delimiter))})"
+    unquoted = (
+        f"regexp_replace(substr({_TOKEN}, 2, length({_TOKEN}) - 2), "
+        f"{_QUOTE.quote_string(ARRAY_UNESCAPE_PATTERN)}, '\\1', 'g')"
+    )
+    element = (
+        f"CAST(to_json(CASE WHEN starts_with({_TOKEN}, '\"') THEN {unquoted} ELSE {_TOKEN} END) "
+        "AS VARCHAR)"
+    )
+    each = (
+        f"CASE {_TOKEN} WHEN '{{' THEN '[' WHEN '}}' THEN ']' "
+        f"WHEN {_QUOTE.quote_string(delimiter)} THEN ',' WHEN 'NULL' THEN 'null' "
+        f"ELSE {element} END"
+    )
+    return f"array_to_string(list_transform({tokens}, lambda {_TOKEN}: {each}), '')"

@@ -1,13 +1,34 @@
-"""Snowflake: the production target and distributed engine (snowflake-connector-python)."""
+"""Snowflake: the production target and distributed engine (snowflake-connector-python).
+
+Loading (backfill ranges and CDC batches) follows one pattern:
+
+1. **Stage, outside any transaction.** The rows go, as text, into a transient VARCHAR staging
+   table with `write_pandas` (Parquet -> PUT -> COPY INTO). `write_pandas` creates a temporary
+   stage (DDL), and DDL in Snowflake commits the open transaction, so staging must happen
+   before BEGIN, never inside it.
+2. **Apply, in one transaction.** ``BEGIN TRANSACTION``; the typed INSERT ... SELECT (backfill)
+   or one MERGE per table (CDC), typed per column (`snowflake_cast` reads the backfill's export
+   text, `snowflake_stream_cast` pgoutput's text); the bookkeeping rows (range record or
+   checkpoint, batch record, metering); ``COMMIT``. Only DML runs in between.
+
+A failure rolls the transaction back: the staged text is either dropped (backfill) or replaced
+by the next batch (CDC), never half applied.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
+import threading
+import uuid
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from clinipipe.secrets import environment
-from clinipipe.source.catalog import TableSchema
+from clinipipe.secrets import environment, scrub_values
+from clinipipe.source.catalog import Column, TableSchema
+from clinipipe.source.pgoutput import lsn_to_str
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import SnowflakeTarget as SnowflakeTargetSpec
 from clinipipe.sql.context import CONTROL_SCHEMA
@@ -16,14 +37,28 @@ from clinipipe.sql.render import RenderedFile, Statement
 from clinipipe.targets.base import (
     BatchStream,
     CdcBatch,
-    SchemaChange,
     DeploymentRecord,
     DeployStatementError,
     RangeWork,
+    SchemaChange,
     Target,
     TargetError,
 )
-from clinipipe.targets.snowflake_types import snowflake_cast, snowflake_type
+from clinipipe.targets.snowflake_types import (
+    snowflake_cast,
+    snowflake_stream_cast,
+    snowflake_type,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+BEGIN = "BEGIN TRANSACTION"
+"""Not a bare BEGIN, which Snowflake Scripting could read as the start of a block."""
+
+OP, SEQ = "_op", "_seq"
+"""The change columns of `TableChanges.to_arrow()`; `<column>__u` flags unchanged TOAST values."""
 
 
 class SnowflakeDialect(Dialect):
@@ -39,10 +74,40 @@ class SnowflakeDialect(Dialect):
         return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+@dataclass(frozen=True)
+class StagedChanges:
+    """One table's part of a CDC batch, as staged for the apply transaction.
+
+    `stage` is the qualified staging table holding the changes after the batch's last truncate
+    (None when none are left); `toast` names the columns that carry unchanged-TOAST flags;
+    `kept` are raw columns the changes do not carry (see `TableBatch.kept`).
+    """
+
+    table: TableSchema
+    stage: str | None
+    truncate: bool
+    toast: tuple[str, ...] = ()
+    refresh_keys: tuple[str, ...] = ()
+    kept: tuple[Column, ...] = ()
+
+
 class SnowflakeTarget(Target):
     """A Snowflake account. DDL auto-commits in Snowflake, so a deployment is not atomic:
     each template is recorded right after its last statement succeeded, and a re-run resumes
-    with the first template not recorded (every template statement is idempotent)."""
+    with the first template not recorded (every template statement is idempotent).
+
+    **One session per thread.** The backfill calls `load_range` from several worker threads at
+    once, and each range is a multi-statement transaction. Snowflake transactions belong to a
+    session (a connection), so two threads sharing one connection would interleave their
+    BEGIN/COMMIT and commit each other's rows. Each thread therefore gets its own connection,
+    opened on first use and closed by `close()`; the session settings chosen by
+    `use_warehouse` (USE WAREHOUSE, DATABASE and SCHEMA are per session) are replayed on it.
+    The cost is one login per worker thread (about a second) and one Snowflake session per
+    worker; the ranges then load truly in parallel on the warehouse. (A lock around
+    `load_range` would need a single session but serialise every range, staging and upload
+    included.) No connection object is ever used by two threads, so their own thread safety
+    is not relied on.
+    """
 
     type = "snowflake"
     dialect = SnowflakeDialect()
@@ -52,7 +117,12 @@ class SnowflakeTarget(Target):
         spec = loaded.spec.target
         assert isinstance(spec, SnowflakeTargetSpec)
         self.spec = spec
-        self._con: Any = None
+        self._con: Any = None  # the session of the thread that called connect()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions: list[Any] = []
+        self._session_sql: tuple[str, ...] = ()  # replayed on every session (USE ...)
+        self._cdc_stages: dict[str, tuple[str, ...]] = {}  # CDC staging table -> its columns
 
     def describe(self) -> str:
         return f"Snowflake account {self.spec.account!r} as user {self.spec.user!r}"
@@ -77,11 +147,11 @@ class SnowflakeTarget(Target):
             )
         return {"password": password}
 
-    def connect(self) -> None:
+    def _open(self) -> Any:
         import snowflake.connector
 
         try:
-            self._con = snowflake.connector.connect(
+            return snowflake.connector.connect(
                 account=self.spec.account,
                 user=self.spec.user,
                 login_timeout=30,
@@ -97,20 +167,56 @@ class SnowflakeTarget(Target):
                 "this machine can reach Snowflake."
             ) from None
 
+    def connect(self) -> None:
+        con = self._open()
+        with self._lock:
+            self._con = con
+            self._sessions.append(con)
+        self._local.con = con
+        self._local.settings = ()
+
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
             self._con = None
+            self._local = threading.local()
+            self._session_sql = ()
+            self._cdc_stages.clear()
+        for con in sessions:
+            with contextlib.suppress(Exception):  # a dead session is closed already
+                con.close()
+
+    def _session(self) -> Any:
+        """This thread's connection (opened on first use), with the current session settings."""
+        local = self._local
+        con = getattr(local, "con", None)
+        if con is None:
+            if self._con is None:
+                raise TargetError(f"{self.describe()} is not connected")
+            with self._lock:  # connecting is not thread-safe in every connector version
+                con = self._open()
+                self._sessions.append(con)
+            local.con, local.settings = con, ()
+        if local.settings != self._session_sql:
+            settings = self._session_sql
+            cursor = con.cursor()
+            try:
+                for sql in settings:
+                    cursor.execute(sql)
+            finally:
+                cursor.close()
+            local.settings = settings
+        return con
 
     def _execute(self, statement: Statement) -> None:
-        cursor = self._con.cursor()
+        cursor = self._session().cursor()
         try:
             cursor.execute(statement.sql)
         finally:
             cursor.close()
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        cursor = self._con.cursor()
+        cursor = self._session().cursor()
         try:
             cursor.execute(sql)
             return list(cursor.fetchall())
@@ -133,90 +239,355 @@ class SnowflakeTarget(Target):
         return self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, table)
 
     def use_warehouse(self, role: str) -> str:
+        """USE WAREHOUSE, DATABASE and SCHEMA (the control schema, so anything unqualified,
+        such as a temporary object, lands there), now and on every session opened later."""
         warehouse = getattr(self.loaded.spec.warehouses, role)
-        self._execute(Statement(0, f"USE WAREHOUSE {self.dialect.quote_ident(warehouse.name)}"))
-        self._execute(Statement(0, f"USE DATABASE {self.dialect.quote_ident(self.spec.database)}"))
+        self._session_sql = (
+            f"USE WAREHOUSE {self.dialect.quote_ident(warehouse.name)}",
+            f"USE DATABASE {self.dialect.quote_ident(self.spec.database)}",
+            f"USE SCHEMA {self.dialect.qualify(self.spec.database, CONTROL_SCHEMA)}",
+        )
+        self._session()
         return f"{warehouse.name} ({warehouse.size})"
 
     def execute_atomically(self, statements: Sequence[str]) -> None:
-        self._execute(Statement(0, "BEGIN"))
+        """BEGIN TRANSACTION, the statements, COMMIT; ROLLBACK on any failure.
+
+        Only DML may be passed: a DDL statement would commit the transaction implicitly.
+        """
+        self._execute(Statement(0, BEGIN))
         try:
             for statement in statements:
                 self._execute(Statement(0, statement))
             self._execute(Statement(0, "COMMIT"))
         except BaseException:
-            self._execute(Statement(0, "ROLLBACK"))
+            with contextlib.suppress(Exception):  # report the original failure
+                self._execute(Statement(0, "ROLLBACK"))
             raise
 
     def raw_name(self, table: str) -> str:
         return self.dialect.qualify(self.spec.database, self.spec.schema_, table)
 
+    def stage_name(self, name: str) -> str:
+        """A staging table in the control schema."""
+        return self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, name)
+
     def create_raw_table(self, table: TableSchema, *, replace: bool) -> None:
+        """Create the raw table (DDL, auto-committed), then record the source columns it was
+        built from (`_clinipipe.source_columns`, which CDC compares with the source catalog)."""
+        q = self.dialect.quote_literal
         columns = ", ".join(
             f"{self.dialect.quote_ident(c.name)} {snowflake_type(c.type)}" for c in table.columns
         )
-        staged = ", ".join(f"{self.dialect.quote_ident(c.name)} VARCHAR" for c in table.columns)
-        stage = self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, f"_stage_{table.name}")
         create = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
         # DDL auto-commits in Snowflake: run it outside the load transactions.
         self._execute(Statement(0, f"{create} {self.raw_name(table.name)} ({columns})"))
-        self._execute(Statement(0, f"CREATE TRANSIENT TABLE IF NOT EXISTS {stage} ({staged})"))
-
-    def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
-        """Parquet → PUT → COPY INTO a transient VARCHAR stage (write_pandas), then one
-        INSERT ... SELECT with casts, the range record and the metering row in one transaction.
-        """
-        from snowflake.connector.pandas_tools import write_pandas
-
-        stage_table = f"_stage_{table.name}"
-        stage = self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, stage_table)
-        names = ", ".join(self.dialect.quote_ident(c.name) for c in table.columns)
-        casts = ", ".join(
-            snowflake_cast(self.dialect.quote_ident(c.name), c.type) for c in table.columns
-        )
-        started = dt.datetime.now(dt.timezone.utc)
-        rows = 0
-        self._execute(Statement(0, "BEGIN"))
-        try:
-            self._execute(Statement(0, f"DELETE FROM {stage}"))
-            for batch in stream.batches:
-                frame = batch.to_pandas()
-                frame.columns = [c.upper() for c in frame.columns]
-                write_pandas(
-                    self._con, frame, stage_table.upper(), database=self.spec.database.upper(),
-                    schema=CONTROL_SCHEMA.upper(), quote_identifiers=True,
-                )  # fmt: skip
-                rows += batch.num_rows
-            if work.replace_keys:
-                keys = " AND ".join(
-                    f"t.{self.dialect.quote_ident(k)} = s.{self.dialect.quote_ident(k)}"
-                    for k in table.primary_key
-                )
-                self._execute(Statement(0, (
-                    f"DELETE FROM {self.raw_name(table.name)} t "
-                    f"USING (SELECT {casts} FROM {stage}) s WHERE {keys}"
-                )))  # fmt: skip
-            self._execute(Statement(0, (
-                f"INSERT INTO {self.raw_name(table.name)} ({names}) SELECT {casts} FROM {stage}"
-            )))  # fmt: skip
-            ended = dt.datetime.now(dt.timezone.utc)
-            for sql in self.range_done_sql(table, work, rows, stream.bytes_read, started, ended):
-                self._execute(Statement(0, sql))
-            self._execute(Statement(0, f"DELETE FROM {stage}"))
-            self._execute(Statement(0, "COMMIT"))
-        except BaseException:
-            self._execute(Statement(0, "ROLLBACK"))
-            raise
-        return rows
+        recorded = self.control("source_columns")
+        statements = [f"DELETE FROM {recorded} WHERE table_name = {q(table.name)}"]
+        if table.columns:
+            values = ", ".join(
+                f"({q(table.name)}, {c.attnum}, {q(c.name)}, {q(c.type.pg_type)}, FALSE)"
+                for c in table.columns
+            )
+            statements.append(
+                f"INSERT INTO {recorded} (table_name, attnum, target_column, pg_type, dropped) "
+                f"VALUES {values}"
+            )
+        self.execute_atomically(statements)
 
     def evolve_table(self, changes: Sequence[SchemaChange], lsn: int) -> None:
-        raise TargetError("schema evolution on Snowflake is not implemented yet")
+        raise TargetError(
+            "the source schema changed ("
+            + ", ".join(f"{c.kind} {c.table}.{c.column}" for c in changes)
+            + "), and applying schema changes to Snowflake is not implemented yet: run "
+            "`clinipipe cdc reset --yes` and `clinipipe backfill --force`"
+        )
+
+    # --- staging ----------------------------------------------------------------------------
+
+    def _create_stage(self, stage: str, columns: Sequence[tuple[str, str]]) -> None:
+        """(Re)create a transient staging table (no Fail-safe; no Time Travel to pay for)."""
+        definition = ", ".join(f"{self.dialect.quote_ident(n)} {t}" for n, t in columns)
+        self._execute(Statement(0, (
+            f"CREATE OR REPLACE TRANSIENT TABLE {stage} ({definition}) "
+            "DATA_RETENTION_TIME_IN_DAYS = 0"
+        )))  # fmt: skip
+
+    def _write_stage(self, name: str, frame: pd.DataFrame) -> int:
+        """Append `frame` to staging table `name` (control schema) with write_pandas; returns
+        the rows loaded. Runs DDL (a temporary stage): never call it inside a transaction."""
+        from snowflake.connector.pandas_tools import write_pandas
+
+        frame.columns = [c.upper() for c in frame.columns]
+        success, _, rows, _ = write_pandas(
+            self._session(), frame, name.upper(), database=self.spec.database.upper(),
+            schema=CONTROL_SCHEMA.upper(), quote_identifiers=True, compression="snappy",
+        )  # fmt: skip
+        if not success or int(rows) != len(frame):
+            raise TargetError(
+                f"staging into {name} loaded {rows} of {len(frame)} rows; nothing was applied"
+            )
+        return len(frame)
+
+    def _drop_stage(self, stage: str) -> None:
+        with contextlib.suppress(Exception):  # best effort: the next load replaces it anyway
+            self._execute(Statement(0, f"DROP TABLE IF EXISTS {stage}"))
+
+    @staticmethod
+    def _reason(exc: BaseException) -> str:
+        reason = getattr(exc, "raw_msg", None) or str(exc)
+        return scrub_values(str(reason).strip().splitlines()[0] if str(reason).strip() else "")
+
+    # --- backfill ---------------------------------------------------------------------------
+
+    def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
+        """Parquet -> PUT -> COPY INTO a transient VARCHAR staging table of this range
+        (write_pandas, before the transaction), then in one transaction the INSERT ... SELECT
+        with casts, the range record and the metering row; the staging table is dropped.
+
+        Thread-safe: each thread loads through its own session (see the class docstring), and
+        each range stages into its own table, ``_STAGE_<TABLE>_<RANGE>``.
+        """
+        import snowflake.connector
+
+        name = f"_stage_{table.name}_{work.range_no}"
+        stage = self.stage_name(name)
+        started = dt.datetime.now(dt.timezone.utc)
+        try:
+            self._create_stage(stage, [(c.name, "VARCHAR") for c in table.columns])
+            rows = 0
+            for batch in stream.batches:
+                rows += self._write_stage(name, batch.to_pandas())
+            ended = dt.datetime.now(dt.timezone.utc)
+            statements = self.load_range_sql(table, work, stage)
+            statements += self.range_done_sql(table, work, rows, stream.bytes_read, started, ended)
+            self.execute_atomically(statements)
+        except snowflake.connector.errors.Error as exc:
+            raise TargetError(
+                f"loading {table.name} range {work.range_no} into {self.describe()} failed: "
+                f"{self._reason(exc)} (nothing of this range was kept)"
+            ) from None
+        finally:
+            self._drop_stage(stage)
+        return rows
+
+    def load_range_sql(self, table: TableSchema, work: RangeWork, stage: str) -> list[str]:
+        """The DML that moves a staged range into its raw table (typed by `snowflake_cast`)."""
+        quote = self.dialect.quote_ident
+        raw = self.raw_name(table.name)
+        names = ", ".join(quote(c.name) for c in table.columns)
+        casts = ", ".join(snowflake_cast(f"c.{quote(c.name)}", c.type) for c in table.columns)
+        statements = []
+        if work.replace_keys:
+            by_name = {c.name: c for c in table.columns}
+            keys = ", ".join(
+                f"{snowflake_cast(f'c.{quote(k)}', by_name[k].type)} AS {quote(k)}"
+                for k in table.primary_key
+            )
+            match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in table.primary_key)
+            statements.append(
+                f"DELETE FROM {raw} t USING (SELECT DISTINCT {keys} FROM {stage} c) s WHERE {match}"
+            )
+        statements.append(f"INSERT INTO {raw} ({names}) SELECT {casts} FROM {stage} c")
+        return statements
+
+    # --- change data capture ------------------------------------------------------------------
 
     def apply_cdc_batch(self, batch: CdcBatch) -> None:
-        raise TargetError(
-            "CDC into Snowflake is not implemented yet (staging with write_pandas and one MERGE "
-            "per table is planned); use a DuckDB target for CDC for now"
+        """Stage each table's changes (write_pandas into ``_CDC_<TABLE>``, before the
+        transaction), then in one transaction: per table the truncate, the changed keys before,
+        one MERGE, the changed keys after and the emptying of its staging table; then the
+        checkpoint, the batch record and the metering row. See `cdc_apply_sql`."""
+        import pyarrow.compute as pc
+        import snowflake.connector
+
+        try:
+            staged = []
+            for table_batch in batch.tables:
+                table, changes = table_batch.table, table_batch.changes
+                truncated = pc.equal(changes[OP], "T")
+                truncate = bool(pc.any(truncated).as_py())
+                if truncate:  # what came before the last truncate is gone anyway
+                    last = pc.max(pc.filter(changes[SEQ], truncated)).as_py()
+                    changes = changes.filter(pc.greater(changes[SEQ], last))
+                toast = tuple(
+                    c.name for c in table.columns if f"{c.name}__u" in changes.column_names
+                )
+                stage = None
+                if changes.num_rows:
+                    stage = self._stage_changes(table, changes)
+                part = StagedChanges(table, stage, truncate, toast, table_batch.refresh_keys)
+                staged.append(dataclasses.replace(part, kept=table_batch.kept))
+            applied = dt.datetime.now(dt.timezone.utc)
+            self.execute_atomically(self.cdc_apply_sql(batch, staged, applied))
+        except snowflake.connector.errors.Error as exc:
+            raise TargetError(
+                f"applying a CDC batch to {self.describe()} failed: {self._reason(exc)} "
+                "(nothing of the batch was kept)"
+            ) from None
+
+    def _stage_changes(self, table: TableSchema, changes: pa.Table) -> str:
+        """Replace the content of the table's CDC staging table with `changes`."""
+        name = f"_cdc_{table.name}"
+        stage = self.stage_name(name)
+        layout = tuple(table.column_names)
+        if self._cdc_stages.get(stage) != layout:  # first use, or the source columns changed
+            columns = [(OP, "VARCHAR(1)"), (SEQ, "NUMBER(19,0)")]
+            columns += [(c.name, "VARCHAR") for c in table.columns]
+            columns += [(f"{c.name}__u", "BOOLEAN") for c in table.columns]
+            self._create_stage(stage, columns)
+            self._cdc_stages[stage] = layout
+        else:  # normally empty already: the apply transaction empties it
+            self._execute(Statement(0, f"DELETE FROM {stage}"))
+        self._write_stage(name, changes.to_pandas())
+        return stage
+
+    def cdc_apply_sql(
+        self, batch: CdcBatch, staged: Sequence[StagedChanges], applied: dt.datetime
+    ) -> list[str]:
+        """The statements of a batch's apply transaction (without BEGIN/COMMIT)."""
+        statements = []
+        for part in staged:
+            statements += self.cdc_table_sql(part, batch.end_lsn)
+        statements += self.cdc_batch_sql(batch, applied)
+        return statements
+
+    def cdc_table_sql(self, part: StagedChanges, lsn: int) -> list[str]:
+        """Apply one table's staged changes: the semantics of the DuckDB target's
+        `_apply_table_changes` (last change per key wins, TOAST-aware, truncate first)."""
+        quote, q = self.dialect.quote_ident, self.dialect.quote_literal
+        table = part.table
+        raw = self.raw_name(table.name)
+        statements = [f"DELETE FROM {raw}"] if part.truncate else []
+        if part.stage is None:
+            return statements
+        by_name = {c.name: c for c in table.columns}
+        keys = [quote(k) for k in table.primary_key]
+        key_set = ", ".join(
+            f"{snowflake_stream_cast(f'c.{quote(k)}', by_name[k].type)} AS {quote(k)}"
+            for k in table.primary_key
         )
+        batch_keys = f"(SELECT DISTINCT {key_set} FROM {part.stage} c) s"
+        key_match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        changed_keys = self.control("changed_keys")
+        for key in part.refresh_keys:  # pre-images: the rows about to be replaced or deleted
+            statements.append(
+                f"INSERT INTO {changed_keys} (table_name, key_column, key_value, lsn) "
+                f"SELECT {q(table.name)}, {q(key)}, CAST(t.{quote(key)} AS VARCHAR), {lsn} "
+                f"FROM {raw} t JOIN {batch_keys} ON {key_match}"
+            )
+        statements.append(self.cdc_merge_sql(part))
+        for key in part.refresh_keys:  # post-images: the rows as they are now
+            statements.append(
+                f"INSERT INTO {changed_keys} (table_name, key_column, key_value, lsn) "
+                f"SELECT DISTINCT {q(table.name)}, {q(key)}, CAST(t.{quote(key)} AS VARCHAR), "
+                f"{lsn} FROM {raw} t JOIN {batch_keys} ON {key_match}"
+            )
+        statements.append(f"DELETE FROM {part.stage}")
+        return statements
+
+    def cdc_merge_sql(self, part: StagedChanges) -> str:
+        """One MERGE of a table's staged changes into its raw table.
+
+        The source is the last change per primary key (QUALIFY ROW_NUMBER() ... = 1, so no two
+        source rows can match one target row), typed by `snowflake_stream_cast` (the values
+        are pgoutput's text, not the backfill's export text). A TOAST column
+        flagged unchanged takes the last value sent for that key earlier in the batch (its
+        change's `_seq` is found with a window over the batch), else the target's current
+        value. A kept column (not carried by the changes) is inserted with its ADD COLUMN
+        default or NULL and left as it is by updates. Every expression is in the source, so the
+        WHEN clauses are plain column copies.
+        """
+        assert part.stage is not None
+        quote = self.dialect.quote_ident
+        table = part.table
+        raw = self.raw_name(table.name)
+        keys = [quote(k) for k in table.primary_key]
+        partition = ", ".join(f"c.{k}" for k in keys)
+        op, seq = quote(OP), quote(SEQ)
+        toast = [c for c in table.columns if c.name in part.toast]
+        sent = "".join(
+            f", MAX(IFF(COALESCE(c.{quote(t.name + '__u')}, FALSE), NULL, c.{seq})) "
+            f"OVER (PARTITION BY {partition}) AS {quote(t.name + '__sent')}"
+            for t in toast
+        )
+        final = (
+            f"(SELECT c.*{sent} FROM {part.stage} c "
+            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY c.{seq} DESC) = 1) f"
+        )
+        joins = "".join(
+            f" LEFT JOIN {part.stage} e{i} ON e{i}.{seq} = f.{quote(c.name + '__sent')}"
+            for i, c in enumerate(toast)
+        )
+        if toast:
+            by_name = {c.name: c for c in table.columns}
+            current = " AND ".join(
+                f"cur.{quote(k)} = {snowflake_stream_cast(f'f.{quote(k)}', by_name[k].type)}"
+                for k in table.primary_key
+            )
+            joins += f" LEFT JOIN {raw} cur ON {current}"
+
+        def value(c: Column) -> str:
+            name = quote(c.name)
+            cast = snowflake_stream_cast(f"f.{name}", c.type)
+            if c not in toast:
+                return f"{cast} AS {name}"
+            i = toast.index(c)
+            flag, sent_seq = quote(c.name + "__u"), quote(c.name + "__sent")
+            earlier = snowflake_stream_cast(f"e{i}.{name}", c.type)
+            return (
+                f"CASE WHEN NOT COALESCE(f.{flag}, FALSE) THEN {cast} "
+                f"WHEN f.{sent_seq} IS NOT NULL THEN {earlier} ELSE cur.{name} END AS {name}"
+            )
+
+        def kept(c: Column) -> str:  # only inserted: an updated row keeps its value
+            if c.missing_value is None:
+                return f"NULL AS {quote(c.name)}"
+            literal = self.dialect.quote_literal(c.missing_value)
+            return f"{snowflake_cast(literal, c.type)} AS {quote(c.name)}"
+
+        values = [*(value(c) for c in table.columns), *(kept(c) for c in part.kept)]
+        source = f"SELECT f.{op}, {', '.join(values)} FROM {final}{joins}"
+        match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        names = [quote(c.name) for c in (*table.columns, *part.kept)]
+        updates = ", ".join(
+            f"{quote(c.name)} = s.{quote(c.name)}"
+            for c in table.columns
+            if c.name not in table.primary_key
+        )
+        update = f" WHEN MATCHED THEN UPDATE SET {updates}" if updates else ""
+        return (
+            f"MERGE INTO {raw} t USING ({source}) s ON {match} "
+            f"WHEN MATCHED AND s.{op} = 'D' THEN DELETE{update} "
+            f"WHEN NOT MATCHED AND s.{op} <> 'D' THEN INSERT ({', '.join(names)}) "
+            f"VALUES ({', '.join(f's.{n}' for n in names)})"
+        )
+
+    def cdc_batch_sql(self, batch: CdcBatch, applied: dt.datetime) -> list[str]:
+        """The checkpoint (DELETE + INSERT), the `cdc_batches` row and the metering row."""
+        q = self.dialect.quote_literal
+        latencies = ", ".join(
+            q(round((applied - t).total_seconds() * 1000, 3)) for t in batch.commit_times
+        )
+        tables = ",".join(t.table.name for t in batch.tables)
+        received, done = q(batch.received_at.isoformat()), q(applied.isoformat())
+        return [
+            f"DELETE FROM {self.control('cdc_checkpoints')} WHERE slot = {q(batch.slot)}",
+            f"INSERT INTO {self.control('cdc_checkpoints')} (slot, lsn, lsn_text, applied_at) "
+            f"VALUES ({q(batch.slot)}, {batch.end_lsn}, {q(lsn_to_str(batch.end_lsn))}, {done})",
+            # ARRAY_CONSTRUCT is not allowed in a VALUES clause: INSERT ... SELECT.
+            f"INSERT INTO {self.control('cdc_batches')} (batch_id, slot, lsn, changes, tables, "
+            "transactions, received_at, applied_at, latencies_ms) "
+            f"SELECT {q(uuid.uuid4().hex)}, {q(batch.slot)}, {batch.end_lsn}, {batch.changes}, "
+            f"{q(tables)}, {len(batch.commit_times)}, {received}::TIMESTAMP_TZ, "
+            f"{done}::TIMESTAMP_TZ, ARRAY_CONSTRUCT({latencies})",
+            f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, warehouse_role, "
+            "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
+            f"({q(uuid.uuid4().hex)}, 'cdc:batch', {q(batch.warehouse)}, 'incremental', "
+            f"{q(batch.size)}, {received}, {done}, {batch.changes}, NULL)",
+        ]
+
+    # --- deployment ---------------------------------------------------------------------------
 
     def apply_deployment(
         self,
