@@ -21,6 +21,7 @@ from clinipipe.source.loader import (
     create_hospital_schema,
     hospital_schema_sql,
 )
+from clinipipe.spec.model import RESTRICTED_ZIP3
 from clinipipe.synth import (
     PRIMARY_KEYS,
     REFERENCE_DATE,
@@ -34,25 +35,6 @@ from clinipipe.synth import (
 from clinipipe.synth import runner as synth_runner
 from clinipipe.synth.vocab import load_vocab
 
-RESTRICTED_ZIP3 = [
-    "036",
-    "059",
-    "063",
-    "102",
-    "203",
-    "556",
-    "692",
-    "790",
-    "821",
-    "823",
-    "830",
-    "831",
-    "878",
-    "879",
-    "884",
-    "890",
-    "893",
-]
 HOSPITAL_PATIENTS = 2_000
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clinipipe.source.loader import HOSPITAL_TABLES
 from clinipipe.synth.notes import FieldTable, render_notes
 from clinipipe.synth.textfmt import Digits, civil, fixed_text, format_days
 from clinipipe.synth.vocab import Vocab, load_vocab
@@ -55,15 +56,7 @@ CHUNK_PATIENTS = 1_000
 #: Encounters span this many years before :data:`REFERENCE_DATE`.
 HISTORY_YEARS = 10
 
-TABLES: tuple[str, ...] = (
-    "providers",
-    "patients",
-    "encounters",
-    "labs",
-    "medications",
-    "claims",
-    "clinical_notes",
-)
+TABLES: tuple[str, ...] = HOSPITAL_TABLES
 PRIMARY_KEYS: dict[str, str] = {
     "providers": "provider_id",
     "patients": "patient_id",
