@@ -197,3 +197,24 @@ def test_reconnects_after_the_connection_drops(hospital_project: Path, pg_dsn: s
     assert result["summary"].reconnects >= 1  # type: ignore[attr-defined]
     catch_up(hospital_project)
     assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_large_transaction_is_compacted_into_arrow(
+    hospital_project: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction far larger than the compaction size (and TOAST flags in some chunks
+    only) applies exactly."""
+    import clinipipe.source.pgoutput as pgoutput
+
+    monkeypatch.setattr(pgoutput, "COMPACT_ROWS", 500)
+    big = "x" * 300_000
+    execute(pg_dsn, f"UPDATE clinical_notes SET note_text = '{big}' || note_id WHERE note_id < 5")
+    run_backfill(load_spec(hospital_project))
+    execute(
+        pg_dsn,
+        "UPDATE labs SET unit = unit || '.'",  # ~10k rows in one transaction
+        "UPDATE clinical_notes SET note_type = 'bulk'",  # unchanged TOAST for notes 1-4 only
+        "DELETE FROM medications WHERE medication_id % 3 = 0",
+    )
+    catch_up(hospital_project)
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")

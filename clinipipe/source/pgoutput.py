@@ -25,6 +25,10 @@ _BEGIN = struct.Struct("!QqI")
 _COMMIT = struct.Struct("!bQQq")
 
 
+COMPACT_ROWS = 20_000
+"""Buffered changes of one table are moved into Arrow every this many rows."""
+
+
 class DecodeError(Exception):
     """A message that does not follow the protocol (a bug, or an unsupported server option)."""
 
@@ -108,16 +112,40 @@ class TableChanges:
     seqs: list[int] = field(default_factory=list)
     values: list[list[bytes | None]] = field(default_factory=list)
     unchanged: dict[int, list[bool]] = field(default_factory=dict)
+    chunks: list[pa.Table] = field(default_factory=list)
+    compacted_rows: int = 0
 
     def __post_init__(self) -> None:
         if not self.values:
             self.values = [[] for _ in self.relation.columns]
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return self.compacted_rows + len(self.ops)
+
+    def compact(self) -> None:
+        """Move the buffered values into an Arrow chunk (about 10x smaller than Python
+        objects), so a transaction of millions of rows fits in memory."""
+        if self.ops:
+            self.chunks.append(self._lists_to_arrow())
+            self.compacted_rows += len(self.ops)
+            self.ops, self.seqs, self.unchanged = [], [], {}
+            self.values = [[] for _ in self.relation.columns]
 
     def to_arrow(self) -> pa.Table:
         """`_op`, `_seq`, one string column per source column, `<col>__u` flags where needed."""
+        self.compact()
+        if len(self.chunks) == 1:
+            return self.chunks[0]
+        flags = {f for chunk in self.chunks for f in chunk.column_names if f.endswith("__u")}
+        aligned = []
+        for chunk in self.chunks:
+            for flag in sorted(flags - set(chunk.column_names)):
+                chunk = chunk.append_column(flag, pa.repeat(False, chunk.num_rows))
+            aligned.append(chunk.select(self.chunks[0].column_names + sorted(
+                flags - set(self.chunks[0].column_names))))  # fmt: skip
+        return pa.concat_tables(aligned)
+
+    def _lists_to_arrow(self) -> pa.Table:
         arrays: dict[str, pa.Array] = {
             "_op": pa.array(self.ops, pa.string()),
             "_seq": pa.array(self.seqs, pa.int64()),
@@ -264,6 +292,8 @@ class Decoder:
         buffer.ops.append(op)
         self.seq += 1
         buffer.seqs.append(self.seq)
+        if len(buffer.ops) >= COMPACT_ROWS:
+            buffer.compact()
 
     def _append_values(self, oid: int, op: str, values_in: list[bytes | None]) -> None:
         buffer = self._buffer(oid)
