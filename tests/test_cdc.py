@@ -127,6 +127,15 @@ def test_status_and_reset(
     catch_up(hospital_project)
     code, out, _ = cli(capsys, "-c", str(hospital_project), "cdc", "status", "--json")
     assert code == 0 and '"slot_exists": true' in out and '"p99"' in out
+    execute(
+        pg_dsn, "CREATE TABLE filler AS SELECT g, md5(g::text) FROM generate_series(1, 30000) g"
+    )
+    spec_text = hospital_project.read_text().replace(
+        "  slot: clinipipe_slot", "  slot: clinipipe_slot\n  lag_warning_mb: 1"
+    )
+    hospital_project.write_text(spec_text)
+    code, out, err = cli(capsys, "-c", str(hospital_project), "cdc", "status", "--json")
+    assert code == 3 and '"lag_warning": true' in out and "holds back" in err
     code, _, err = cli(capsys, "-c", str(hospital_project), "cdc", "reset")
     assert code == 2 and "--yes" in err
     code, out, _ = cli(capsys, "-c", str(hospital_project), "cdc", "reset", "--yes")

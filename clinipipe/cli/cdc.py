@@ -110,6 +110,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
         "confirmed_lsn": slot_state.confirmed_flush_lsn if slot_state else None,
         "checkpoint_lsn": lsn_to_str(checkpoint) if checkpoint is not None else None,
         "lag_bytes": lag,
+        "lag_warning": lag is not None and lag > loaded.spec.source.lag_warning_mb * 1024 * 1024,
         "last_batch_at": batches[0][0] if batches else None,
         "last_batch_changes": batches[0][1] if batches else None,
         "latency_ms": {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]} if cuts else None,
@@ -121,6 +122,13 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
         for key, value in data.items():
             table.add_row(key.replace("_", " "), str(value))
         out.print(table)
+    if data["lag_warning"]:
+        err.print(
+            f"warning: the slot holds back {lag / 1024 / 1024:,.0f} MB of WAL (more than "
+            f"source.lag_warning_mb = {loaded.spec.source.lag_warning_mb}); is `clinipipe cdc "
+            "start` running?",
+            style="yellow",
+        )
     if slot_state is None or slot_state.wal_status == "lost":
         err.print(
             f"replication slot {slot!r} is {'missing' if slot_state is None else 'invalidated'}: "
@@ -128,6 +136,8 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
             style="red",
         )
         raise typer.Exit(ExitCode.FAILURE)
+    if data["lag_warning"]:
+        raise typer.Exit(ExitCode.FOUND)
 
 
 def reset(

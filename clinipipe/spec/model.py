@@ -82,6 +82,8 @@ class SourceSpec(Model):
     """libpq DSN. Put it in the environment (`${CLINIPIPE_SOURCE_DSN}`): it may hold a password."""
     publication: Identifier = "clinipipe_pub"
     slot: Identifier = "clinipipe_slot"
+    lag_warning_mb: Annotated[int, Field(ge=1)] = 1024
+    """`cdc status` warns (exit 3) when the slot holds back more WAL than this."""
     tables: Annotated[list[TableSpec], Field(min_length=1)]
 
     @field_validator("dsn")
