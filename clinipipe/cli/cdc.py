@@ -88,6 +88,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
     with open_target(loaded, read_only=True) as target:
         target.require_deployed()
         checkpoint = target.cdc_checkpoint(slot)
+        paused = target.paused_tables(slot)
         batches = target.query(
             f"SELECT applied_at, changes, latencies_ms FROM {target.control('cdc_batches')} "
             f"WHERE slot = {target.dialect.quote_literal(slot)} ORDER BY applied_at DESC LIMIT 1000"
@@ -114,6 +115,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
         "last_batch_at": batches[0][0] if batches else None,
         "last_batch_changes": batches[0][1] if batches else None,
         "latency_ms": {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]} if cuts else None,
+        "paused_tables": paused,
     }
     if as_json:
         print_json(data)
@@ -136,7 +138,9 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
             style="red",
         )
         raise typer.Exit(ExitCode.FAILURE)
-    if data["lag_warning"]:
+    for table, reason in paused.items():
+        err.print(f"paused: {table}: {reason}", style="yellow", markup=False)
+    if data["lag_warning"] or paused:
         raise typer.Exit(ExitCode.FOUND)
 
 

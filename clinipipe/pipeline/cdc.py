@@ -23,13 +23,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import pyarrow.compute as pc
+
 from clinipipe.pipeline.schema_evolution import (
     ColumnMap,
     IncompatibleChange,
     map_changes,
     plan_changes,
 )
-from clinipipe.source.catalog import EXPORT_SESSION_SETTINGS, TableSchema, introspect_table
+from clinipipe.source.catalog import (
+    EXPORT_SESSION_SETTINGS,
+    ColumnType,
+    TableSchema,
+    introspect_table,
+    resolve_column_types,
+)
 from clinipipe.source.pgoutput import (
     Begin,
     Change,
@@ -76,6 +84,7 @@ class CdcSummary:
     latencies_ms: list[float] = field(default_factory=list)
     reconnects: int = 0
     schema_changes: int = 0
+    paused_tables: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -135,9 +144,41 @@ def run_cdc(
         summary.start_lsn = summary.end_lsn = checkpoint
 
         maps: dict[tuple[str, str], ColumnMap] = {}
+        # Tables CDC stopped applying (an incompatible schema change), with the stream
+        # sequence number from which their changes are dropped.
+        paused: dict[str, int] = {t: -1 for t in target.paused_tables(slot)}
+
+        pending_pause: dict[str, str] = {}
+        stream_types: dict[Relation, tuple[ColumnType, ...]] = {}
+
+        def types_of(relation: Relation) -> tuple[ColumnType, ...]:
+            """The types the stream writes `relation`'s values in (cached per layout)."""
+            if relation not in stream_types:
+                source = connect(dsn)
+                try:
+                    pairs = list(zip(relation.type_oids, relation.type_mods, strict=True))
+                    resolved = resolve_column_types(source, pairs)
+                finally:
+                    source.close()
+                stream_types[relation] = tuple(resolved[p] for p in pairs)
+            return stream_types[relation]
+
+        def pause(table: str, reason: str, lsn: int) -> None:
+            full = (
+                f"{reason}; changes to this table after {lsn_to_str(lsn)} are not applied. "
+                "Reload with `clinipipe cdc reset --yes` and `clinipipe backfill --force`."
+            )
+            target.pause_table(slot, table, full, lsn)
+            paused[table] = decoder.seq if decoder is not None else -1
+            pending_pause.pop(table, None)
+            summary.paused_tables.append(table)
 
         def evolve(keys: list[tuple[str, str]], lsn: int) -> None:
-            """Bring the raw tables of `keys` in line with the source catalog."""
+            """Bring the raw tables of `keys` in line with the source catalog.
+
+            An incompatible change is only noted here: the table is paused where the stream
+            reaches it (its first change in the new layout), or once CDC is idle.
+            """
             source = connect(dsn)
             try:
                 with source.cursor() as cur:  # ADD COLUMN defaults read as the stream writes text
@@ -147,17 +188,16 @@ def run_cdc(
             finally:
                 source.close()
             for key, catalog in catalogs.items():
+                if catalog.name in paused:
+                    continue
                 known = maps.get(key)
                 if known is not None and _same_columns(known.catalog, catalog):
                     continue
                 try:
                     changes = plan_changes(catalog, target.recorded_columns(catalog.name))
                 except IncompatibleChange as exc:
-                    raise CdcError(
-                        f"{exc}. CDC stopped before applying it; nothing after "
-                        f"{lsn_to_str(lsn)} was applied. Reload with `clinipipe cdc reset --yes` "
-                        "and `clinipipe backfill --force`, or revert the change."
-                    ) from None
+                    pending_pause[catalog.name] = str(exc)
+                    changes = []
                 if changes:
                     target.evolve_table(changes, lsn)
                     summary.schema_changes += len(changes)
@@ -168,6 +208,7 @@ def run_cdc(
                 )  # fmt: skip
                 maps[key] = column_map
 
+        decoder: Decoder | None = None
         evolve([(t.schema_, t.name) for t in spec.source.tables], checkpoint)
         last_catalog_check = time.monotonic()
         # --until-caught-up: stop once the stream passed a marker written now.
@@ -191,9 +232,14 @@ def run_cdc(
                 if not isinstance(buffer, TableChanges) or not len(buffer):
                     continue
                 relation = buffer.relation
+                arrow = buffer.to_arrow()
+                if relation.name in paused:  # keep only what came before the pause
+                    arrow = arrow.filter(pc.less_equal(arrow["_seq"], paused[relation.name]))
+                    if not arrow.num_rows:
+                        continue
                 column_map = _map_for(maps, relation)
-                targets, schema, kept = column_map.layout(relation.columns)
-                changes = map_changes(buffer.to_arrow(), relation.columns, targets)
+                targets, schema, kept = column_map.layout(relation.columns, types_of(relation))
+                changes = map_changes(arrow, relation.columns, targets)
                 keys = tuple(sorted(refresh_columns & set(schema.column_names)))
                 tables.append(TableBatch(schema, changes, keys, kept))
             batch = CdcBatch(
@@ -226,6 +272,7 @@ def run_cdc(
                     # stream again from the last applied position.
                     stream.close()
                     decoder = Decoder()
+                    paused.update(dict.fromkeys(paused, -1))  # sequence numbers restart
                     commit_times.clear()
                     in_transaction = skipping = False
                     batch_started = received_at = None
@@ -253,9 +300,17 @@ def run_cdc(
                                 batch_started = time.monotonic()
                                 received_at = dt.datetime.now(dt.timezone.utc)
                         skipping = False
-                    elif isinstance(event, Relation):
+                    elif isinstance(event, Relation) and event.name not in paused:
                         column_map = _map_for(maps, event)
-                        if event.columns != tuple(column_map.catalog.column_names):
+                        problem = column_map.incompatibility(event.columns, types_of(event))
+                        if problem is not None:
+                            pause(event.name, problem, batch_end)
+                        elif event.columns != tuple(column_map.catalog.column_names) or any(
+                            t.pg_type != c.type.pg_type
+                            for t, c in zip(
+                                types_of(event), column_map.catalog.columns, strict=False
+                            )
+                        ):
                             evolve([(event.schema, event.name)], batch_end)
                     elif isinstance(event, LogicalMessage) and not event.transactional:
                         if event.prefix == HEARTBEAT_PREFIX and not commit_times:
@@ -281,6 +336,8 @@ def run_cdc(
                         # and nothing written) is found in the catalog, not in the stream.
                         last_catalog_check = time.monotonic()
                         evolve(list(maps), stream.confirmed)
+                        for table, reason in list(pending_pause.items()):
+                            pause(table, reason, stream.confirmed)  # all before it is applied
                 if caught_up and not in_transaction and not commit_times:
                     break
             if commit_times and not in_transaction:

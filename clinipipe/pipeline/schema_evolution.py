@@ -114,19 +114,35 @@ class ColumnMap:
             self.types[column.attnum] = column.type
         self.catalog, self.recorded = catalog, recorded
 
+    def incompatibility(
+        self, stream_columns: tuple[str, ...], stream_types: tuple[ColumnType, ...]
+    ) -> str | None:
+        """Why a stream layout cannot be applied to the raw table (a type change that is not
+        a widening), or None."""
+        for name, column_type in zip(stream_columns, stream_types, strict=True):
+            attnum = self.names.get(name)
+            known = self.recorded.get(attnum) if attnum is not None else None
+            changed = known is not None and known.pg_type != column_type.pg_type
+            if changed and not is_widening(known.pg_type, column_type.pg_type):  # type: ignore[union-attr]
+                return (
+                    f"column {self.catalog.schema}.{self.catalog.name}.{name} changed type "
+                    f"from {known.pg_type} to {column_type.pg_type}, which is not a widening"  # type: ignore[union-attr]
+                )
+        return None
+
     def layout(
-        self, stream_columns: tuple[str, ...]
+        self, stream_columns: tuple[str, ...], stream_types: tuple[ColumnType, ...]
     ) -> tuple[list[str | None], TableSchema, tuple[Column, ...]]:
-        """For a stream layout: the raw name of each stream column (None: ignore it), the
-        schema of the mapped columns, and the raw columns the layout does not carry."""
+        """For a stream layout (names and the types its values are written in): the raw name
+        of each stream column (None: ignore it), the schema of the mapped columns, and the raw
+        columns the layout does not carry."""
         current = {c.attnum: c for c in self.catalog.columns}
         targets: list[str | None] = []
         columns: list[Column] = []
-        for name in stream_columns:
+        for name, column_type in zip(stream_columns, stream_types, strict=True):
             attnum = self.names.get(name)
             known = self.recorded.get(attnum) if attnum is not None else None
-            column_type = self.types.get(attnum) if attnum is not None else None
-            if known is None or column_type is None:
+            if known is None:
                 targets.append(None)
                 continue
             targets.append(known.target_column)

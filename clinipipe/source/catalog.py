@@ -40,6 +40,7 @@ array               a JSON array of the elements' texts (as above) or null, e.g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,6 +353,28 @@ def introspect_table(con: Any, schema: str, table: str) -> TableSchema:
         pages=int(heap_bytes) // int(block),
         estimated_rows=max(0, int(rows)),
     )
+
+
+def resolve_column_types(
+    con: Any, pairs: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], ColumnType]:
+    """The `ColumnType` of each (type oid, typmod) pair, e.g. from a pgoutput Relation message.
+
+    The same resolution as `introspect_table` (domains, arrays, enums), one catalog round trip
+    per step whatever the number of pairs.
+    """
+    with con.cursor() as cur:
+        types = _load_types(cur, {oid for oid, _ in pairs})
+        resolved = {pair: _resolve(types, *pair) for pair in pairs}
+        wanted = {(oid, typmod) for oid, typmod, _ in resolved.values()}
+        for oid, typmod in list(wanted):
+            if types[oid].is_array:
+                wanted.add(_resolve(types, types[oid].element, typmod)[:2])
+        formatted = _format_types(cur, wanted)
+    return {
+        pair: _column_type(types, formatted, base, typmod)
+        for pair, (base, typmod, _) in resolved.items()
+    }
 
 
 def _load_types(cur: Any, oids: set[int]) -> dict[int, _PgType]:

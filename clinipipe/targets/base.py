@@ -307,6 +307,9 @@ class Target(ABC):
         ]
         statements.append(f"DELETE FROM {self.control('backfill_runs')} WHERE slot = {q(run.slot)}")
         statements.append(
+            f"DELETE FROM {self.control('cdc_paused_tables')} WHERE slot = {q(run.slot)}"
+        )
+        statements.append(
             f"INSERT INTO {self.control('backfill_runs')} (run_id, slot, consistent_point, tables, "
             f"started_at, completed_at) VALUES ({q(run.run_id)}, {q(run.slot)}, NULL, "
             f"{q(','.join(run.tables))}, {q(run.started_at.isoformat())}, NULL)"
@@ -407,12 +410,32 @@ class Target(ABC):
         """Apply schema changes to raw tables and record them (`source_columns`,
         `schema_history`), atomically. Idempotent: a change already applied is skipped."""
 
+    def paused_tables(self, slot: str) -> dict[str, str]:
+        """Tables whose changes CDC no longer applies (table -> reason)."""
+        rows = self.query(
+            f"SELECT table_name, reason FROM {self.control('cdc_paused_tables')} "
+            f"WHERE slot = {self.dialect.quote_literal(slot)}"
+        )
+        return {str(t): str(r) for t, r in rows}
+
+    def pause_table(self, slot: str, table: str, reason: str, lsn: int) -> None:
+        """Record that CDC stopped applying `table` at `lsn` (other tables keep flowing)."""
+        q = self.dialect.quote_literal
+        now = q(dt.datetime.now(dt.timezone.utc).isoformat())
+        self.execute_atomically(
+            [
+                f"INSERT INTO {self.control('cdc_paused_tables')} (slot, table_name, reason, lsn, "
+                f"paused_at) VALUES ({q(slot)}, {q(table)}, {q(reason)}, {lsn}, {now})"
+            ]
+        )
+
     def reset_cdc(self, slot: str) -> None:
         """Forget the checkpoints and the backfill of `slot` (before a fresh backfill)."""
         q = self.dialect.quote_literal
         self.execute_atomically(
             [
                 f"DELETE FROM {self.control('cdc_checkpoints')} WHERE slot = {q(slot)}",
+                f"DELETE FROM {self.control('cdc_paused_tables')} WHERE slot = {q(slot)}",
                 f"DELETE FROM {self.control('backfill_ranges')} WHERE run_id IN (SELECT run_id "
                 f"FROM {self.control('backfill_runs')} WHERE slot = {q(slot)})",
                 f"DELETE FROM {self.control('backfill_plan')} WHERE run_id IN (SELECT run_id "

@@ -73,6 +73,13 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."cdc_batches" (
     applied_at        TIMESTAMPTZ NOT NULL,
     latencies_ms      DOUBLE[]
 );
+CREATE TABLE IF NOT EXISTS "_clinipipe"."cdc_paused_tables" (
+    slot              VARCHAR NOT NULL,
+    table_name        VARCHAR NOT NULL,
+    reason            VARCHAR NOT NULL,
+    lsn               BIGINT NOT NULL,
+    paused_at         TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS "_clinipipe"."changed_keys" (
     table_name        VARCHAR NOT NULL,
     key_column        VARCHAR NOT NULL,

@@ -105,6 +105,13 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CDC_BATCHES" (
     applied_at        TIMESTAMP_TZ NOT NULL,
     latencies_ms      ARRAY
 );
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CDC_PAUSED_TABLES" (
+    slot              VARCHAR NOT NULL,
+    table_name        VARCHAR NOT NULL,
+    reason            VARCHAR NOT NULL,
+    lsn               BIGINT NOT NULL,
+    paused_at         TIMESTAMP_TZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CHANGED_KEYS" (
     table_name        VARCHAR NOT NULL,
     key_column        VARCHAR NOT NULL,

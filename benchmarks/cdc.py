@@ -1,0 +1,1154 @@
+"""Benchmark `clinipipe cdc start` (PostgreSQL → DuckDB) against the raw pgoutput read rate.
+
+Starts a throwaway PostgreSQL (``clinipipe.embedded.EmbeddedPostgres``), creates two tables of
+the shape of ``../shared/reference/measured-here.md`` with server-side SQL, ``enc`` (``--rows``,
+the table the workloads write) and ``big`` (``--big-rows``, for the big transaction), writes a
+one-project spec, runs ``clinipipe deploy`` and ``clinipipe backfill`` through the real CLI in
+subprocesses (so the slot exists), and then measures, in one run on the same machine:
+
+1. **Apply throughput.** With CDC stopped, a mixed workload of ``--changes`` changes
+   (60 % UPDATE, 30 % INSERT, 10 % DELETE; ``--tx-changes`` changes per transaction, all
+   server-side SQL: ``DELETE ... WHERE id`` range, ``UPDATE ... WHERE id`` range,
+   ``INSERT ... SELECT generate_series``) is written to ``enc``. Before it, the CDC slot is copied
+   (``pg_copy_logical_replication_slot``) so the very same stream can be read several times:
+
+   * **raw pgoutput read** (the limit): a copy of the slot read by psycopg2
+     ``start_replication(decode=False, options={'proto_version': '1', 'publication_names':
+     'clinipipe_pub'})`` in a ``read_message`` loop that only counts messages (and looks at each
+     message's first byte to count changes and commits) until every workload transaction's Commit
+     arrived; messages/s;
+   * **clinipipe**: ``python -m clinipipe -q -c <spec> cdc start --until-caught-up --json`` in a
+     subprocess, with the default options and with ``--batch-rows 200000``. Before each run the
+     DuckDB file and the slot are restored to their state before the workload, so every run
+     applies the same changes. changes/s = ``changes`` / ``seconds`` of the JSON summary
+     (in-process time: target open, catalog check, streaming and applying); wall time adds the
+     interpreter start-up. Peak RSS is the child's ``ru_maxrss`` (``os.wait4``). After each run
+     the target's ``enc`` is compared with the source (row count, sum of ids, sum of costs).
+
+   The ratio printed is clinipipe changes/s ÷ raw messages/s of the same stream (the issue's
+   "raw rate"; with 1,000 changes per transaction the stream has 1.002 messages per change).
+2. **End-to-end latency** (source commit → visible in the target). ``cdc start`` runs in a
+   subprocess with the default options while paced, open-loop writers insert into ``enc``:
+   single-row INSERT transactions at 1,000 events/min for ``--latency-seconds``, then
+   ``--burst-tx-rows``-row INSERT transactions at ``--burst-rate`` events/s for
+   ``--burst-seconds`` from ``--burst-writers`` threads. CDC is then stopped with SIGINT (it
+   finishes its batch and exits) and the latencies clinipipe records itself are read from
+   ``_clinipipe.cdc_batches.latencies_ms``: one value per source transaction, the time the
+   batch was applied minus the source commit timestamp (both clocks are this machine's). A
+   reader cannot poll the DuckDB file while CDC holds it open read-write (DuckDB's lock excludes
+   other processes), so the independent check is done on the source side: a thread polls the
+   slot's ``confirmed_flush_lsn`` every ~5 ms (clinipipe confirms a batch only after the DuckDB
+   COMMIT); each writer records ``pg_current_wal_insert_lsn()`` inside its transaction just
+   before COMMIT, and "independent" latency = the first poll that saw the slot confirmed past
+   that position minus the moment COMMIT was sent. It is an upper bound (it adds the DuckDB commit,
+   the feedback message and the polling interval), clinipipe's own figure a slight lower bound
+   (taken just before its DuckDB COMMIT).
+3. **Peak RSS with one big transaction**: ``UPDATE big SET cost = cost + 1`` (``--big-rows``
+   rows) in ONE transaction, then ``cdc start --until-caught-up --json`` in a subprocess: peak
+   RSS and time; for reference a raw read of the same transaction (through another slot copy),
+   and the peak RSS of the same command with nothing to apply (interpreter + libraries).
+
+Targets (the issue): ≥ 100 k changes/s and ≥ 0.3x the raw rate; p99 ≤ 1 s at 1 k events/min
+and ≤ 5 s at 20 k events/s; peak RSS ≤ 500 MB with the 1 M-row transaction. They are checked for
+the default options.
+
+Machines are shared and noisy: everything is measured in one run, compare the ratios, not
+absolute figures across runs; ``--repeat N`` runs the throughput methods N times round-robin and
+keeps each one's fastest run. A script, never part of the test suite::
+
+    python benchmarks/cdc.py [--changes 1000000] [--rows 200000] [--big-rows 1000000]
+        [--latency-seconds 60] [--burst-seconds 15] [--repeat 1] [--json]
+    python benchmarks/cdc.py --quick     # small sizes, a sanity run of about a minute
+
+A full run takes about five to ten minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import duckdb
+import psycopg2
+import psycopg2.extras
+from rich.console import Console
+from rich.table import Table
+
+from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.sql.context import CONTROL_SCHEMA, RAW_SCHEMA
+
+SLOT = "clinipipe_slot"
+PUBLICATION = "clinipipe_pub"
+SAVED_SLOT = "bench_saved"
+TARGET_CHANGES_PER_SECOND = 100_000
+TARGET_VS_RAW = 0.3
+TARGET_STEADY_P99_MS = 1_000.0
+TARGET_BURST_P99_MS = 5_000.0
+TARGET_RSS_BYTES = 500_000_000
+STEADY_EVENTS_PER_SECOND = 1_000 / 60
+CHILD_TIMEOUT_SECONDS = 1_800.0
+BIG_BATCH_ROWS = 200_000
+
+# --------------------------------------------------------------------------------------------
+# Source
+# --------------------------------------------------------------------------------------------
+
+_CREATE_SQL = """
+CREATE TABLE {table} (
+    id bigint PRIMARY KEY,
+    patient_id bigint,
+    admit timestamptz,
+    dept text,
+    dx text,
+    cost numeric(12, 2)
+)
+"""
+
+_ROWS_SELECT = """
+SELECT g,
+       1 + floor(random() * 200000)::bigint,
+       timestamptz '2015-01-01 00:00:00+00' + random() * interval '3650 days',
+       (ARRAY['cardiology', 'oncology', 'emergency', 'pediatrics', 'radiology', 'neurology',
+              'orthopedics', 'obstetrics', 'psychiatry', 'internal medicine'])
+           [1 + floor(random() * 10)::int],
+       CASE WHEN random() < 0.05 THEN NULL
+            ELSE chr(65 + floor(random() * 26)::int)
+                 || lpad(floor(random() * 100)::int::text, 2, '0')
+                 || '.' || floor(random() * 10)::int::text END,
+       round((random() * 50000)::numeric, 2)
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
+"""
+
+# One round trip per transaction: the change, then the WAL insert position before COMMIT.
+_INSERT_WITH_LSN = (
+    "INSERT INTO enc " + _ROWS_SELECT + "; SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+)
+
+_MIXED_TX = (
+    "DELETE FROM enc WHERE id >= %(del_first)s AND id < %(del_end)s; "
+    "UPDATE enc SET cost = cost + 1, admit = admit + interval '1 hour' "
+    "WHERE id >= %(upd_first)s AND id < %(upd_end)s; "
+    "INSERT INTO enc "
+    + _ROWS_SELECT.replace("%(first)s", "%(ins_first)s").replace("%(last)s", "%(ins_last)s")
+)
+
+
+def execute(dsn: str, statement: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> Any:
+    """Run one statement in autocommit mode; the first column of its first row, if any."""
+    con = psycopg2.connect(dsn)
+    try:
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute(statement, params or None)
+            if cur.description is None:
+                return None
+            row = cur.fetchone()
+            return row[0] if row else None
+    finally:
+        con.close()
+
+
+def create_tables(dsn: str, rows: int, big_rows: int) -> None:
+    con = psycopg2.connect(dsn)
+    try:
+        with con, con.cursor() as cur:
+            cur.execute("SELECT setseed(0.42)")
+            for table, count in (("enc", rows), ("big", big_rows)):
+                cur.execute(_CREATE_SQL.format(table=table))
+                cur.execute(f"INSERT INTO {table} " + _ROWS_SELECT, {"first": 1, "last": count})
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute("VACUUM ANALYZE enc")
+            cur.execute("VACUUM ANALYZE big")
+    finally:
+        con.close()
+
+
+def current_lsn(dsn: str) -> int:
+    return int(execute(dsn, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
+
+
+def copy_slot(dsn: str, source: str, copy: str) -> None:
+    execute(dsn, "SELECT pg_copy_logical_replication_slot(%s, %s)", (source, copy))
+
+
+def drop_slot(dsn: str, slot: str) -> None:
+    execute(
+        dsn,
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
+
+
+def table_fingerprint(dsn: str, table: str) -> tuple[int, int, str]:
+    """(rows, sum of ids, sum of costs) of a source table."""
+    con = psycopg2.connect(dsn)
+    try:
+        with con.cursor() as cur:
+            cur.execute(
+                f"SELECT count(*), coalesce(sum(id), 0), coalesce(sum(cost), 0) FROM {table}"
+            )
+            count, ids, cost = cur.fetchone()
+    finally:
+        con.close()
+    return int(count), int(ids), f"{cost:.2f}"
+
+
+def target_fingerprint(path: Path, table: str) -> tuple[int, int, str]:
+    """The same from the DuckDB target (opened read-only: no CDC process may hold it)."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        row = con.execute(
+            f"SELECT count(*), coalesce(sum(id), 0)::HUGEINT, coalesce(sum(cost), 0) "
+            f'FROM "{RAW_SCHEMA}"."{table}"'
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), f"{row[2]:.2f}"
+
+
+@dataclass
+class Workload:
+    """The mixed workload as written to the source."""
+
+    transactions: int = 0
+    changes: int = 0
+    updates: int = 0
+    inserts: int = 0
+    deletes: int = 0
+    seconds: float = 0.0
+    wal_bytes: int = 0
+
+
+@dataclass
+class IdSpace:
+    """Live ids of `enc` are exactly [low, high): inserts append at the top, deletes remove from
+    the bottom, updates sweep the live range."""
+
+    low: int
+    high: int
+    cursor: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take(self, count: int) -> int:
+        """`count` fresh ids above every live one; returns the first."""
+        with self.lock:
+            first = self.high
+            self.high += count
+            return first
+
+
+def mixed_workload(dsn: str, ids: IdSpace, changes: int, per_tx: int) -> Workload:
+    """`changes` changes, 60 % UPDATE / 30 % INSERT / 10 % DELETE, `per_tx` per transaction."""
+    work = Workload()
+    before = current_lsn(dsn)
+    con = psycopg2.connect(dsn)
+    try:
+        started = time.perf_counter()
+        with con.cursor() as cur:
+            while work.changes < changes:
+                size = min(per_tx, changes - work.changes)
+                updates = round(size * 0.6)
+                inserts = round(size * 0.3)
+                deletes = size - updates - inserts
+                if ids.high - ids.low < updates + deletes + 1:
+                    raise SystemExit("--rows is too small for --tx-changes")
+                del_first = ids.low
+                ids.low += deletes
+                if ids.cursor < ids.low or ids.cursor + updates > ids.high:
+                    ids.cursor = ids.low
+                upd_first = ids.cursor
+                ids.cursor += updates
+                ins_first = ids.take(inserts)
+                cur.execute(_MIXED_TX, {
+                    "del_first": del_first, "del_end": del_first + deletes,
+                    "upd_first": upd_first, "upd_end": upd_first + updates,
+                    "ins_first": ins_first, "ins_last": ins_first + inserts - 1,
+                })  # fmt: skip
+                con.commit()
+                work.transactions += 1
+                work.changes += size
+                work.updates += updates
+                work.inserts += inserts
+                work.deletes += deletes
+        work.seconds = time.perf_counter() - started
+    finally:
+        con.close()
+    work.wal_bytes = current_lsn(dsn) - before
+    return work
+
+
+# --------------------------------------------------------------------------------------------
+# Raw read of the pgoutput stream (the limit)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawRead:
+    label: str
+    messages: int
+    changes: int
+    transactions: int
+    payload_bytes: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def messages_per_second(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    @property
+    def changes_per_second(self) -> float:
+        return self.changes / self.seconds if self.seconds else 0.0
+
+
+def raw_read(dsn: str, slot: str, transactions: int, label: str, timeout: float) -> RawRead:
+    """Read `slot` undecoded until `transactions` transactions with changes were received."""
+    con = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    try:
+        cur = con.cursor()
+        messages = changes = commits = in_tx = payload_bytes = 0
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        cur.start_replication(
+            slot_name=slot,
+            decode=False,
+            options={"proto_version": "1", "publication_names": PUBLICATION},
+        )
+        while commits < transactions:
+            message = cur.read_message()
+            if message is None:
+                if time.perf_counter() - started > timeout:
+                    raise RuntimeError(f"raw read: {commits} of {transactions} commits in time")
+                select.select([cur], [], [], 1.0)
+                continue
+            payload = message.payload
+            messages += 1
+            payload_bytes += len(payload)
+            kind = payload[:1]
+            if kind in (b"I", b"U", b"D"):
+                in_tx += 1
+            elif kind == b"C":
+                if in_tx:  # PG 14 also sends empty transactions
+                    commits += 1
+                changes += in_tx
+                in_tx = 0
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    finally:
+        con.close()
+    return RawRead(label, messages, changes, commits, payload_bytes, seconds, cpu)
+
+
+# --------------------------------------------------------------------------------------------
+# clinipipe in subprocesses
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChildResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_seconds: float
+    peak_rss_bytes: int
+    cpu_seconds: float
+
+
+@dataclass
+class Child:
+    """A started subprocess whose stdout and stderr go to temporary files."""
+
+    proc: subprocess.Popen[bytes]
+    out: IO[bytes]
+    err: IO[bytes]
+    started: float
+
+
+def spawn(cmd: list[str], env: dict[str, str], cwd: Path) -> Child:
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by reap
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by reap
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+    return Child(proc, out, err, started)
+
+
+def reap(child: Child, timeout: float) -> ChildResult:
+    """Wait for `child` (killing it after `timeout` s); its own rusage from ``os.wait4``."""
+    proc = child.proc
+    deadline = time.perf_counter() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.02)
+    wall = time.perf_counter() - child.started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
+    outputs = []
+    for handle in (child.out, child.err):
+        handle.seek(0)
+        outputs.append(handle.read().decode(errors="replace"))
+        handle.close()
+    return ChildResult(
+        proc.returncode,
+        outputs[0],
+        outputs[1],
+        wall,
+        usage.ru_maxrss * 1024,
+        usage.ru_utime + usage.ru_stime,
+    )
+
+
+def run_child(cmd: list[str], env: dict[str, str], cwd: Path) -> ChildResult:
+    return reap(spawn(cmd, env, cwd), CHILD_TIMEOUT_SECONDS)
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+@dataclass
+class Project:
+    dsn: str
+    directory: Path
+    saved: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.directory / "clinipipe.yaml"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.directory / "bench.duckdb"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CLINIPIPE_SOURCE_DSN": self.dsn}
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "clinipipe", "-q", "-c", str(self.spec), *args]
+
+    def run(self, *args: str) -> ChildResult:
+        child = run_child(self.command(*args), self.env, self.directory)
+        if child.returncode != 0:
+            raise RuntimeError(
+                f"clinipipe {' '.join(args)} failed (exit {child.returncode}):\n"
+                f"{_tail(child.stderr)}"
+            )
+        return child
+
+    def save_warehouse(self) -> None:
+        """Copy the DuckDB file (no process may have it open)."""
+        self.saved.mkdir(exist_ok=True)
+        for suffix in ("", ".wal"):
+            source = Path(f"{self.warehouse}{suffix}")
+            kept = self.saved / source.name
+            kept.unlink(missing_ok=True)
+            if source.exists():
+                shutil.copy2(source, kept)
+
+    def restore_warehouse(self) -> None:
+        for suffix in ("", ".wal"):
+            current = Path(f"{self.warehouse}{suffix}")
+            kept = self.saved / current.name
+            current.unlink(missing_ok=True)
+            if kept.exists():
+                shutil.copy2(kept, current)
+
+
+_SPEC = f"""\
+version: 1
+name: bench_cdc
+source:
+  dsn: ${{CLINIPIPE_SOURCE_DSN}}
+  publication: {PUBLICATION}
+  slot: {SLOT}
+  tables:
+    - {{name: enc, primary_key: [id]}}
+    - {{name: big, primary_key: [id]}}
+target: {{type: duckdb, path: bench.duckdb}}
+"""
+
+
+@dataclass
+class CdcRun:
+    label: str
+    changes: int
+    transactions: int
+    batches: int
+    seconds: float
+    wall_seconds: float
+    peak_rss_bytes: int
+    cpu_seconds: float
+    check: str = ""
+
+    @property
+    def changes_per_second(self) -> float:
+        return self.changes / self.seconds if self.seconds else 0.0
+
+
+def catch_up(project: Project, label: str, *options: str) -> CdcRun:
+    """`cdc start --until-caught-up --json` in a subprocess."""
+    child = project.run("cdc", "start", "--until-caught-up", "--json", *options)
+    summary = json.loads(child.stdout)
+    return CdcRun(
+        label,
+        int(summary["changes"]),
+        int(summary["transactions"]),
+        int(summary["batches"]),
+        float(summary["seconds"]),
+        child.wall_seconds,
+        child.peak_rss_bytes,
+        child.cpu_seconds,
+    )
+
+
+def check_table(project: Project, table: str) -> str:
+    source = table_fingerprint(project.dsn, table)
+    target = target_fingerprint(project.warehouse, table)
+    if source != target:
+        raise RuntimeError(f"{table}: the target {target} differs from the source {source}")
+    return f"{table} = source ({source[0]:,} rows)"
+
+
+# --------------------------------------------------------------------------------------------
+# Throughput
+# --------------------------------------------------------------------------------------------
+
+
+def throughput(
+    project: Project, ids: IdSpace, changes: int, per_tx: int, repeat: int
+) -> tuple[Workload, list[RawRead], list[CdcRun]]:
+    """The mixed workload with CDC stopped, then the raw read and clinipipe, round-robin."""
+    dsn = project.dsn
+    copy_slot(dsn, SLOT, SAVED_SLOT)
+    project.save_warehouse()
+    print(f"writing {changes:,} changes ...", file=sys.stderr)
+    work = mixed_workload(dsn, ids, changes, per_tx)
+    print(
+        f"  {work.transactions:,} transactions in {work.seconds:.1f} s, "
+        f"{work.wal_bytes / 1e6:,.0f} MB of WAL",
+        file=sys.stderr,
+    )
+    raws: list[RawRead] = []
+    runs: dict[str, list[CdcRun]] = {}
+    variants = {"clinipipe, default options": (), "clinipipe, --batch-rows 200000": (
+        "--batch-rows", str(BIG_BATCH_ROWS))}  # fmt: skip
+    for number in range(max(1, repeat)):
+        print(f"[round {number + 1}] raw pgoutput read ...", file=sys.stderr)
+        copy = f"bench_raw_{number}"
+        copy_slot(dsn, SAVED_SLOT, copy)
+        try:
+            raws.append(raw_read(dsn, copy, work.transactions, "raw pgoutput read", 900))
+        finally:
+            drop_slot(dsn, copy)
+        for label, options in variants.items():
+            print(f"[round {number + 1}] {label} ...", file=sys.stderr)
+            drop_slot(dsn, SLOT)
+            copy_slot(dsn, SAVED_SLOT, SLOT)
+            project.restore_warehouse()
+            run = catch_up(project, label, *options)
+            if run.changes != work.changes:
+                raise RuntimeError(f"{label}: applied {run.changes:,} of {work.changes:,} changes")
+            run.check = check_table(project, "enc")
+            runs.setdefault(label, []).append(run)
+    drop_slot(dsn, SAVED_SLOT)
+    best_raw = min(raws, key=lambda r: r.seconds)
+    best = []
+    for label, measured in runs.items():
+        fastest = min(measured, key=lambda r: r.seconds)
+        fastest.peak_rss_bytes = max(r.peak_rss_bytes for r in measured)
+        best.append(fastest)
+        if len(measured) > 1:
+            seconds = ", ".join(f"{r.seconds:.2f}" for r in measured)
+            print(f"  {label}: {seconds} s", file=sys.stderr)
+    if len(raws) > 1:
+        print(f"  raw: {', '.join(f'{r.seconds:.2f}' for r in raws)} s", file=sys.stderr)
+    return work, [best_raw], best
+
+
+# --------------------------------------------------------------------------------------------
+# Latency
+# --------------------------------------------------------------------------------------------
+
+
+class ConfirmPoller(threading.Thread):
+    """Polls the slot's confirmed_flush_lsn; keeps (time, lsn) each time it advances."""
+
+    def __init__(self, dsn: str, slot: str, interval: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.slot = slot
+        self.interval = interval
+        self.times: list[float] = []
+        self.lsns: list[int] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            con = psycopg2.connect(self.dsn)
+            con.autocommit = True
+            with con.cursor() as cur:
+                while not self.stopping.is_set():
+                    cur.execute(
+                        "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+                        "WHERE slot_name = %s",
+                        (self.slot,),
+                    )
+                    row = cur.fetchone()
+                    seen = time.perf_counter()
+                    lsn = int(row[0]) if row and row[0] is not None else 0
+                    if not self.lsns or lsn > self.lsns[-1]:
+                        self.times.append(seen)
+                        self.lsns.append(lsn)
+                    time.sleep(self.interval)
+            con.close()
+        except BaseException as exc:
+            self.error = exc
+
+    @property
+    def confirmed(self) -> int:
+        return self.lsns[-1] if self.lsns else 0
+
+    def confirmed_past(self, lsn: int) -> float | None:
+        """When the slot was first seen confirmed beyond `lsn` (None: not yet)."""
+        index = bisect.bisect_right(self.lsns, lsn)
+        return self.times[index] if index < len(self.times) else None
+
+
+@dataclass
+class Tx:
+    rows: int
+    lsn_before_commit: int
+    commit_sent: float
+    commit_done: float
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    events_per_second: float
+    rows_per_tx: int
+    seconds: float
+    writers: int
+    target_p99_ms: float
+
+
+def paced_writer(
+    dsn: str, stage: Stage, number: int, t0: float, ids: IdSpace, out: list[Tx]
+) -> None:
+    """Open loop: transaction i of writer `number` is due at t0 + (i + number / writers) *
+    interval, whether or not the previous ones were slow (a late one goes at once)."""
+    interval = stage.rows_per_tx / stage.events_per_second * stage.writers
+    end = t0 + stage.seconds
+    con = psycopg2.connect(dsn)
+    try:
+        with con.cursor() as cur:
+            i = 0
+            while True:
+                due = t0 + (i + number / stage.writers) * interval
+                if due >= end:
+                    break
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                first = ids.take(stage.rows_per_tx)
+                cur.execute(
+                    _INSERT_WITH_LSN, {"first": first, "last": first + stage.rows_per_tx - 1}
+                )
+                row = cur.fetchone()
+                assert row is not None
+                sent = time.perf_counter()
+                con.commit()
+                out.append(Tx(stage.rows_per_tx, int(row[0]), sent, time.perf_counter()))
+                i += 1
+    finally:
+        con.close()
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    """p50/p95/p99 (linear interpolation between closest ranks) and max."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def at(p: float) -> float:
+        position = (len(ordered) - 1) * p
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
+
+
+@dataclass
+class LatencyResult:
+    stage: str
+    offered_events_per_second: float
+    achieved_events_per_second: float
+    transactions: int
+    events: int
+    batches: int
+    applied_transactions: int
+    clinipipe_ms: dict[str, float] | None
+    independent_ms: dict[str, float] | None
+    unconfirmed: int
+    target_p99_ms: float
+
+
+@dataclass
+class StageWindow:
+    stage: Stage
+    start_lsn: int
+    end_lsn: int
+    txs: list[Tx]
+    independent_ms: list[float]
+    unconfirmed: int
+
+
+def wait_streaming(dsn: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("cdc start exited before streaming")
+        active = execute(
+            dsn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)
+        )
+        if active:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("cdc start did not start streaming in time")
+
+
+def run_stage(dsn: str, stage: Stage, ids: IdSpace, poller: ConfirmPoller) -> StageWindow:
+    print(f"latency: {stage.name} for {stage.seconds:g} s ...", file=sys.stderr)
+    start_lsn = current_lsn(dsn)
+    outputs: list[list[Tx]] = [[] for _ in range(stage.writers)]
+    t0 = time.perf_counter() + 0.2
+    threads = [
+        threading.Thread(target=paced_writer, args=(dsn, stage, n, t0, ids, outputs[n]))
+        for n in range(stage.writers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    txs = sorted((tx for out in outputs for tx in out), key=lambda tx: tx.commit_sent)
+    last = max((tx.lsn_before_commit for tx in txs), default=0)
+    deadline = time.perf_counter() + 120
+    while poller.confirmed <= last and time.perf_counter() < deadline:
+        if poller.error is not None:
+            raise RuntimeError(f"polling the slot failed: {poller.error}")
+        time.sleep(0.05)
+    time.sleep(1.0)
+    end_lsn = current_lsn(dsn)
+    independent, unconfirmed = [], 0
+    for tx in txs:
+        seen = poller.confirmed_past(tx.lsn_before_commit)
+        if seen is None:
+            unconfirmed += 1
+        else:
+            independent.append((seen - tx.commit_sent) * 1000)
+    return StageWindow(stage, start_lsn, end_lsn, txs, independent, unconfirmed)
+
+
+@dataclass
+class LatencyRun:
+    results: list[LatencyResult]
+    peak_rss_bytes: int
+    cpu_seconds: float
+    wall_seconds: float
+
+
+def latency(project: Project, ids: IdSpace, stages: list[Stage]) -> LatencyRun:
+    """`cdc start` (default options) in a subprocess while the stages run one after another."""
+    dsn = project.dsn
+    child = spawn(project.command("cdc", "start"), project.env, project.directory)
+    proc = child.proc
+    windows: list[StageWindow] = []
+    poller = ConfirmPoller(dsn, SLOT)
+    try:
+        wait_streaming(dsn, proc)
+        time.sleep(1.0)
+        poller.start()
+        for stage in stages:
+            windows.append(run_stage(dsn, stage, ids, poller))
+    finally:
+        poller.stopping.set()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # finishes its batch and exits cleanly
+        result = reap(child, 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"cdc start failed (exit {result.returncode}):\n{_tail(result.stderr)}")
+    poller.join(5)
+    with duckdb.connect(str(project.warehouse), read_only=True) as con:
+        batches = con.execute(
+            f'SELECT lsn, transactions, changes, latencies_ms FROM "{CONTROL_SCHEMA}".cdc_batches '
+            "WHERE slot = ? ORDER BY lsn",
+            [SLOT],
+        ).fetchall()
+    results = []
+    for window in windows:
+        inside = [b for b in batches if window.start_lsn < b[0] <= window.end_lsn]
+        latencies = [float(x) for b in inside for x in (b[3] or [])]
+        events = sum(tx.rows for tx in window.txs)
+        span = window.txs[-1].commit_done - window.txs[0].commit_sent if window.txs else 0.0
+        results.append(
+            LatencyResult(
+                window.stage.name,
+                window.stage.events_per_second,
+                events / span if span else 0.0,
+                len(window.txs),
+                events,
+                len(inside),
+                sum(int(b[1]) for b in inside),
+                percentiles(latencies),
+                percentiles(window.independent_ms),
+                window.unconfirmed,
+                window.stage.target_p99_ms,
+            )
+        )
+    return LatencyRun(results, result.peak_rss_bytes, result.cpu_seconds, result.wall_seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# One big transaction
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BigTransaction:
+    rows: int
+    update_seconds: float
+    wal_bytes: int
+    raw: RawRead
+    idle: CdcRun
+    run: CdcRun
+
+
+def big_transaction(project: Project) -> BigTransaction:
+    dsn = project.dsn
+    print("big transaction: idle baseline ...", file=sys.stderr)
+    idle = catch_up(project, "clinipipe, nothing to apply")
+    copy_slot(dsn, SLOT, "bench_big_raw")
+    try:
+        before = current_lsn(dsn)
+        started = time.perf_counter()
+        rows = execute(dsn, "WITH u AS (UPDATE big SET cost = cost + 1 RETURNING 1) "
+                       "SELECT count(*) FROM u")  # fmt: skip
+        update_seconds = time.perf_counter() - started
+        wal_bytes = current_lsn(dsn) - before
+        print(f"  UPDATE of {rows:,} rows: {update_seconds:.1f} s; raw read ...", file=sys.stderr)
+        raw = raw_read(dsn, "bench_big_raw", 1, "raw pgoutput read", 900)
+    finally:
+        drop_slot(dsn, "bench_big_raw")
+    print("  clinipipe ...", file=sys.stderr)
+    run = catch_up(project, "clinipipe, default options")
+    if run.changes != rows:
+        raise RuntimeError(f"big transaction: applied {run.changes:,} of {rows:,} changes")
+    run.check = check_table(project, "big")
+    return BigTransaction(int(rows), update_seconds, wal_bytes, raw, idle, run)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    check: str
+    value: float | None
+    target: str
+    passed: bool | None
+
+
+def verdicts(
+    raw: RawRead, runs: list[CdcRun], lat: LatencyRun, big: BigTransaction
+) -> list[Verdict]:
+    default = next(r for r in runs if r.label == "clinipipe, default options")
+    ratio = default.changes_per_second / raw.messages_per_second
+    found = [
+        Verdict("apply throughput, mixed workload (changes/s)", default.changes_per_second,
+                f">= {TARGET_CHANGES_PER_SECOND:,}",
+                default.changes_per_second >= TARGET_CHANGES_PER_SECOND),
+        Verdict("throughput vs raw pgoutput read", ratio, f">= {TARGET_VS_RAW}x",
+                ratio >= TARGET_VS_RAW),
+    ]  # fmt: skip
+    for result in lat.results:
+        p99 = result.clinipipe_ms["p99"] if result.clinipipe_ms else None
+        found.append(
+            Verdict(
+                f"latency p99 (ms), {result.stage}",
+                p99,
+                f"<= {result.target_p99_ms:,.0f} ms",
+                None if p99 is None else p99 <= result.target_p99_ms,
+            )
+        )
+    rss = big.run.peak_rss_bytes
+    found.append(
+        Verdict(f"peak RSS (MB), one {big.rows:,}-row transaction", rss / 1e6,
+                f"<= {TARGET_RSS_BYTES / 1e6:,.0f} MB", rss <= TARGET_RSS_BYTES)
+    )  # fmt: skip
+    return found
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _ms(values: dict[str, float] | None) -> list[str]:
+    if values is None:
+        return ["—"] * 4
+    return [f"{values[k]:,.0f}" for k in ("p50", "p95", "p99", "max")]
+
+
+def print_report(
+    console: Console,
+    header: dict[str, Any],
+    work: Workload,
+    raw: RawRead,
+    runs: list[CdcRun],
+    lat: LatencyRun,
+    big: BigTransaction,
+    found: list[Verdict],
+) -> None:
+    console.print(
+        f"clinipipe CDC benchmark (commit {header['clinipipe_commit']}, working tree as is): "
+        f"PostgreSQL {header['postgres']}, duckdb {header['duckdb']}, {header['cpus']} CPUs, "
+        f"best of {header['repeat']} round(s), total run {header['run_seconds']:.0f} s"
+        + (" [--quick]" if header["quick"] else "")
+    )
+    console.print(
+        "load average (1/5/15 min) before "
+        + "/".join(f"{x:.1f}" for x in header["load_average_before"])
+        + ", after "
+        + "/".join(f"{x:.1f}" for x in header["load_average_after"])
+        + " (a shared machine: compare ratios within this run)"
+    )
+    console.print(
+        f"setup: enc {header['rows']:,} rows, big {header['big_rows']:,} rows; "
+        f"deploy {header['deploy_seconds']:.1f} s, backfill {header['backfill_seconds']:.1f} s"
+    )
+    console.print(
+        f"workload: {work.changes:,} changes ({work.updates:,} updates, {work.inserts:,} inserts, "
+        f"{work.deletes:,} deletes) in {work.transactions:,} transactions, written in "
+        f"{work.seconds:.1f} s ({work.changes / work.seconds:,.0f} changes/s), "
+        f"{work.wal_bytes / 1e6:,.0f} MB of WAL"
+    )
+    table = Table(
+        title="Apply throughput (seconds: in-process as the JSON reports them; wall s: "
+        "subprocess incl. start-up; client CPU s: user + system of the client)"
+    )
+    for column in ("method", "changes", "messages", "seconds", "wall s", "client CPU s",
+                   "changes/s", "messages/s", "vs raw msgs/s", "peak RSS MB", "note"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("method", "note") else "right")
+    table.add_row(
+        raw.label, f"{raw.changes:,}", f"{raw.messages:,}", f"{raw.seconds:.2f}", "—",
+        f"{raw.cpu_seconds:.2f}", f"{raw.changes_per_second:,.0f}",
+        f"{raw.messages_per_second:,.0f}", "1.00x", "—",
+        f"{raw.payload_bytes / 1e6:,.0f} MB of payload",
+    )  # fmt: skip
+    for run in runs:
+        table.add_row(
+            run.label, f"{run.changes:,}", "—", f"{run.seconds:.2f}", f"{run.wall_seconds:.2f}",
+            f"{run.cpu_seconds:.2f}", f"{run.changes_per_second:,.0f}", "—",
+            f"{run.changes_per_second / raw.messages_per_second:.2f}x",
+            f"{run.peak_rss_bytes / 1e6:,.0f}", f"{run.batches} batches; {run.check}",
+        )  # fmt: skip
+    console.print(table)
+    table = Table(
+        title="End-to-end latency, source commit -> applied in DuckDB, ms (clinipipe: its own "
+        "cdc_batches.latencies_ms; independent: slot confirmed_flush_lsn polled, an upper bound)"
+    )
+    for column in ("stage", "offered ev/s", "achieved ev/s", "tx", "events", "batches",
+                   "clinipipe p50", "p95", "p99", "max", "independent p50", "p95 ", "p99 ",
+                   "max ", "note"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("stage", "note") else "right")
+    for r in lat.results:
+        note = f"{r.applied_transactions:,} tx in cdc_batches"
+        if r.unconfirmed:
+            note += f"; {r.unconfirmed} never seen confirmed"
+        table.add_row(
+            r.stage, f"{r.offered_events_per_second:,.1f}",
+            f"{r.achieved_events_per_second:,.1f}", f"{r.transactions:,}", f"{r.events:,}",
+            f"{r.batches:,}", *_ms(r.clinipipe_ms), *_ms(r.independent_ms), note,
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"cdc start during the latency stages: peak RSS {lat.peak_rss_bytes / 1e6:,.0f} MB, "
+        f"client CPU {lat.cpu_seconds:.1f} s over {lat.wall_seconds:.1f} s wall"
+    )
+    table = Table(title=f"One {big.rows:,}-row transaction (UPDATE took "
+                  f"{big.update_seconds:.1f} s, {big.wal_bytes / 1e6:,.0f} MB of WAL)")  # fmt: skip
+    for column in ("method", "changes", "seconds", "wall s", "client CPU s", "changes/s",
+                   "peak RSS MB", "note"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("method", "note") else "right")
+    table.add_row(
+        big.raw.label, f"{big.raw.changes:,}", f"{big.raw.seconds:.2f}", "—",
+        f"{big.raw.cpu_seconds:.2f}", f"{big.raw.changes_per_second:,.0f}", "—",
+        f"{big.raw.messages:,} messages",
+    )  # fmt: skip
+    for run in (big.run, big.idle):
+        table.add_row(
+            run.label, f"{run.changes:,}", f"{run.seconds:.2f}", f"{run.wall_seconds:.2f}",
+            f"{run.cpu_seconds:.2f}", f"{run.changes_per_second:,.0f}",
+            f"{run.peak_rss_bytes / 1e6:,.0f}", run.check or "baseline",
+        )  # fmt: skip
+    console.print(table)
+    table = Table(title="Targets (clinipipe, default options)")
+    for column in ("check", "measured", "target", "result"):
+        table.add_column(column, justify="right" if column == "measured" else "left")
+    for v in found:
+        result = {True: "[green]pass[/]", False: "[red]miss[/]", None: "not measured"}[v.passed]
+        table.add_row(v.check, _fmt(v.value, ",.2f"), v.target, result)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def _git_head() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head.stdout.strip()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark clinipipe CDC against the raw pgoutput read (see the docstring)."
+    )
+    parser.add_argument("--changes", type=int, default=1_000_000, help="mixed workload size")
+    parser.add_argument("--tx-changes", type=int, default=1_000, help="changes per transaction")
+    parser.add_argument("--rows", type=int, default=200_000, help="initial rows of enc")
+    parser.add_argument("--big-rows", type=int, default=1_000_000, help="rows of the big tx")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=60.0, help="duration at 1 k events/min"
+    )
+    parser.add_argument("--burst-seconds", type=float, default=15.0, help="duration of the burst")
+    parser.add_argument("--burst-rate", type=float, default=20_000.0, help="burst events/s")
+    parser.add_argument("--burst-tx-rows", type=int, default=200, help="rows per burst tx")
+    parser.add_argument("--burst-writers", type=int, default=2, help="burst writer threads")
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="rounds of the throughput methods (round-robin); the fastest run of each is kept",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a sanity run: 100 k changes, 50 k + 100 k rows, 10 s + 5 s of latency",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.changes, args.rows, args.big_rows = 100_000, 50_000, 100_000
+        args.latency_seconds, args.burst_seconds = 10.0, 5.0
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    run_started = time.perf_counter()
+    load_before = os.getloadavg()
+    # A larger max_wal_size: no checkpoint storm in the middle of a measure.
+    with (
+        EmbeddedPostgres(settings={"max_wal_size": "8GB"}) as pg,
+        tempfile.TemporaryDirectory(prefix="clinipipe-bench-cdc-") as tmp,
+    ):
+        dsn = pg.create_database("bench")
+        version = str(execute(dsn, "SHOW server_version"))
+        started = time.perf_counter()
+        create_tables(dsn, args.rows, args.big_rows)
+        print(f"generated the tables in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        project = Project(dsn, Path(tmp) / "project", Path(tmp) / "saved")
+        project.directory.mkdir()
+        project.spec.write_text(_SPEC)
+        deploy = project.run("deploy")
+        backfill = project.run("backfill", "--json")
+        print(f"deploy + backfill in {deploy.wall_seconds + backfill.wall_seconds:.1f} s",
+              file=sys.stderr)  # fmt: skip
+        ids = IdSpace(low=1, high=args.rows + 1)
+
+        work, raws, runs = throughput(project, ids, args.changes, args.tx_changes, args.repeat)
+        stages = [
+            Stage("1 k events/min, 1-row tx", STEADY_EVENTS_PER_SECOND, 1, args.latency_seconds,
+                  1, TARGET_STEADY_P99_MS),
+            Stage(f"{args.burst_rate / 1000:g} k events/s, {args.burst_tx_rows}-row tx",
+                  args.burst_rate, args.burst_tx_rows, args.burst_seconds, args.burst_writers,
+                  TARGET_BURST_P99_MS),
+        ]  # fmt: skip
+        lat = latency(project, ids, stages)
+        check_table(project, "enc")
+        big = big_transaction(project)
+
+    raw = raws[0]
+    found = verdicts(raw, runs, lat, big)
+    header = {
+        "postgres": version,
+        "duckdb": duckdb.__version__,
+        "clinipipe_commit": _git_head(),
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "rows": args.rows,
+        "big_rows": args.big_rows,
+        "changes": args.changes,
+        "tx_changes": args.tx_changes,
+        "repeat": args.repeat,
+        "quick": args.quick,
+        "deploy_seconds": deploy.wall_seconds,
+        "backfill_seconds": backfill.wall_seconds,
+        "run_seconds": time.perf_counter() - run_started,
+    }
+    if args.json:
+        document = {
+            **header,
+            "workload": asdict(work),
+            "raw": {**asdict(raw), "messages_per_second": raw.messages_per_second},
+            "clinipipe": [
+                {
+                    **asdict(r),
+                    "changes_per_second": r.changes_per_second,
+                    "vs_raw": r.changes_per_second / raw.messages_per_second,
+                }
+                for r in runs
+            ],
+            "latency": asdict(lat),
+            "big_transaction": {
+                **asdict(big),
+                "raw": {**asdict(big.raw), "changes_per_second": big.raw.changes_per_second},
+            },
+            "targets": [asdict(v) for v in found],
+        }
+        print(json.dumps(document, indent=2))
+        return
+    print_report(Console(width=220), header, work, raw, runs, lat, big, found)
+
+
+if __name__ == "__main__":
+    main()
