@@ -227,3 +227,49 @@ def test_large_transaction_is_compacted_into_arrow(
     )
     catch_up(hospital_project)
     assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_a_failing_target_is_retried(
+    hospital_project: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warehouse refuses a batch twice (e.g. a lock held by a reader): the same batch is
+    applied again (it was rolled back) and nothing is lost or doubled."""
+    import clinipipe.pipeline.cdc as cdc_module
+    from clinipipe.targets.base import TargetError
+    from clinipipe.targets.duckdb import DuckDBTarget
+
+    run_backfill(load_spec(hospital_project))
+    real = DuckDBTarget.apply_cdc_batch
+    failures = {"left": 2}
+
+    def flaky(self: DuckDBTarget, batch: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise TargetError("the warehouse is busy")
+        real(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DuckDBTarget, "apply_cdc_batch", flaky)
+    monkeypatch.setattr(cdc_module, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+    execute(pg_dsn, "UPDATE labs SET unit = 'mmol/L' WHERE lab_id < 50", "DELETE FROM claims")
+    catch_up(hospital_project)
+    assert failures["left"] == 0
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_sigterm_finishes_the_batch_and_exits_0(hospital_project: Path, pg_dsn: str) -> None:
+    run_backfill(load_spec(hospital_project))
+    env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital_project), "cdc", "start"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    workload = Workload(pg_dsn, seed=4, pause=0.01)
+    workload.start()
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    workload.stop()
+    assert proc.returncode == 0, err
+    assert "Applied" in out
+    catch_up(hospital_project)
+    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")

@@ -223,9 +223,17 @@ def _select_tables(loaded: LoadedSpec, names: tuple[str, ...]):
     return [t for t in tables if t.name in names]
 
 
+ROWS_PER_RANGE = 2 * 122_880
+"""Two of DuckDB's row groups: a range that fills whole row groups is written as it commits,
+instead of leaving a partial group for the final checkpoint."""
+MAX_PAGES_PER_RANGE = 8192  # 64 MiB of heap: bounds the memory a range in flight can take
+
+
 def _pages_per_range(schema: TableSchema) -> int:
-    # ~64 MiB ranges, but at least 8 ranges for tables big enough to parallelize.
-    return max(128, min(8192, schema.pages // 8 or 1))
+    if schema.pages <= 0 or schema.estimated_rows <= 0:
+        return MAX_PAGES_PER_RANGE
+    rows_per_page = schema.estimated_rows / schema.pages
+    return max(1, min(MAX_PAGES_PER_RANGE, round(ROWS_PER_RANGE / rows_per_page)))
 
 
 def _load_ranges(

@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 
 from clinipipe.source.catalog import TableSchema
 
-DEFAULT_BLOCK_SIZE = 32 * 1024 * 1024
+DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
 """Bytes per CSV block (and so roughly per Arrow batch); also the practical limit of one row."""
 
 

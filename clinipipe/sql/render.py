@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
-from snowflake.connector.util_text import split_statements
 
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.dialect import Dialect
@@ -73,6 +72,9 @@ def split_sql(text: str) -> list[Statement]:
 
     A statement whose leading comments contain `-- check: <message>` becomes a check.
     """
+    # Imported here: the Snowflake connector costs a second of start-up for every command.
+    from snowflake.connector.util_text import split_statements
+
     out: list[Statement] = []
     for chunk, _ in split_statements(_StringReader(text), remove_comments=False):
         body = _strip_comments(chunk)
