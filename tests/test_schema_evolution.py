@@ -144,8 +144,10 @@ def test_incompatible_change_pauses_only_that_table(
         department = con.execute(
             "SELECT department FROM raw.providers WHERE provider_id = 5"
         ).fetchone()
-        status = con.execute("SELECT data_type FROM information_schema.columns WHERE "
-                             "table_name = 'claims' AND column_name = 'status'").fetchone()  # fmt: skip
+        status = con.execute(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'claims' AND column_name = 'status'"
+        ).fetchone()
     assert payer == ("Before",) and department == ("Still flowing",) and status == ("VARCHAR",)
     assert not [h for h in history(warehouse) if h[0] == "claims"]
     execute(dsn, "UPDATE providers SET department = 'Later' WHERE provider_id = 5")
