@@ -226,7 +226,7 @@ def _select_tables(loaded: LoadedSpec, names: tuple[str, ...]):
 ROWS_PER_RANGE = 2 * 122_880
 """Two of DuckDB's row groups: a range that fills whole row groups is written as it commits,
 instead of leaving a partial group for the final checkpoint."""
-MAX_PAGES_PER_RANGE = 8192  # 64 MiB of heap: bounds the memory a range in flight can take
+MAX_PAGES_PER_RANGE = 4096  # 32 MiB of heap: bounds the memory a range in flight can take
 
 
 def _pages_per_range(schema: TableSchema) -> int:
