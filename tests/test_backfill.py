@@ -204,3 +204,12 @@ def test_target_disk_full_leaves_no_range_half_done(hospital_project: Path, pg_d
     done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert_target_equals_source(pg_dsn, warehouse)
+
+
+def test_unreachable_source_is_a_clear_error(
+    hospital_project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", "postgresql://u:topsecret@127.0.0.1:9/none")
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill")
+    assert code == 1 and "cannot connect to the source PostgreSQL" in err
+    assert "topsecret" not in out + err and "Traceback" not in out + err

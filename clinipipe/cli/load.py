@@ -61,6 +61,7 @@ def backfill(
         BarColumn(),
         TextColumn("{task.completed:>12,.0f} rows"),
         TextColumn("{task.fields[mb]:>9,.1f} MB"),
+        TextColumn("{task.fields[rate]:>7,.1f} MB/s"),
         TimeRemainingColumn(),
         console=err,
         disable=Verbosity.quiet or as_json,
@@ -73,12 +74,16 @@ def backfill(
         # Totals are PostgreSQL's row estimates (reltuples): the bar is a guide, not a count.
         for name, schema in schemas.items():
             megabytes[name] = 0.0
-            tasks[name] = progress.add_task(name, total=schema.estimated_rows or None, mb=0.0)
+            tasks[name] = progress.add_task(
+                name, total=schema.estimated_rows or None, mb=0.0, rate=0.0
+            )
 
     def on_progress(table: str, row_delta: int, byte_delta: int) -> None:
         with lock:
             megabytes[table] += byte_delta / 1e6
-            progress.update(tasks[table], advance=row_delta, mb=megabytes[table])
+            elapsed = progress.tasks[tasks[table]].elapsed or 0.0
+            rate = megabytes[table] / elapsed if elapsed else 0.0
+            progress.update(tasks[table], advance=row_delta, mb=megabytes[table], rate=rate)
 
     try:
         with progress:
