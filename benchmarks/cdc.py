@@ -31,8 +31,12 @@ subprocesses (so the slot exists), and then measures, in one run on the same mac
    subprocess with the default options while paced, open-loop writers insert into ``enc``:
    single-row INSERT transactions at 1,000 events/min for ``--latency-seconds``, then
    ``--burst-tx-rows``-row INSERT transactions at ``--burst-rate`` events/s for
-   ``--burst-seconds`` from ``--burst-writers`` threads. CDC is then stopped with SIGINT (it
-   finishes its batch and exits) and the latencies clinipipe records itself are read from
+   ``--burst-seconds`` from ``--burst-writers`` threads. The writers' sessions use
+   ``synchronous_commit = on`` as a production source does (the embedded server defaults to off
+   for speed; then a commit reaches the walsender only when the WAL writer flushes, every
+   ``wal_writer_delay`` = 200 ms, which adds ~140 ms p50 to every latency here; measure that with
+   ``--async-commit``). CDC is then stopped with SIGINT (it finishes its batch and exits) and
+   the latencies clinipipe records itself are read from
    ``_clinipipe.cdc_batches.latencies_ms``: one value per source transaction, the time the
    batch was applied minus the source commit timestamp (both clocks are this machine's). A
    reader cannot poll the DuckDB file while CDC holds it open read-write (DuckDB's lock excludes
@@ -40,9 +44,10 @@ subprocesses (so the slot exists), and then measures, in one run on the same mac
    slot's ``confirmed_flush_lsn`` every ~5 ms (clinipipe confirms a batch only after the DuckDB
    COMMIT); each writer records ``pg_current_wal_insert_lsn()`` inside its transaction just
    before COMMIT, and "independent" latency = the first poll that saw the slot confirmed past
-   that position minus the moment COMMIT was sent. It is an upper bound (it adds the DuckDB commit,
-   the feedback message and the polling interval), clinipipe's own figure a slight lower bound
-   (taken just before its DuckDB COMMIT).
+   that position minus the moment COMMIT was sent. It is an upper bound (it adds the DuckDB
+   commit, the feedback message and the polling interval), clinipipe's own figure a slight lower
+   bound (taken just before its DuckDB COMMIT). Also shown, per batch: first change received ->
+   applied (``cdc_batches.applied_at - received_at``), the part spent inside clinipipe.
 3. **Peak RSS with one big transaction**: ``UPDATE big SET cost = cost + 1`` (``--big-rows``
    rows) in ONE transaction, then ``cdc start --until-caught-up --json`` in a subprocess: peak
    RSS and time; for reference a raw read of the same transaction (through another slot copy),
@@ -57,10 +62,11 @@ absolute figures across runs; ``--repeat N`` runs the throughput methods N times
 keeps each one's fastest run. A script, never part of the test suite::
 
     python benchmarks/cdc.py [--changes 1000000] [--rows 200000] [--big-rows 1000000]
-        [--latency-seconds 60] [--burst-seconds 15] [--repeat 1] [--json]
-    python benchmarks/cdc.py --quick     # small sizes, a sanity run of about a minute
+        [--latency-seconds 60] [--burst-seconds 15] [--async-commit] [--repeat 1] [--json]
+    python benchmarks/cdc.py --quick     # small sizes, a sanity run of about 40 s
 
-A full run takes about five to ten minutes on 2 cores.
+A full run takes about 2.5 minutes on 2 cores (3 with ``--repeat 3``), 75 s of it the paced
+latency stages.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ from typing import IO, Any
 
 import duckdb
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 from rich.console import Console
 from rich.table import Table
@@ -185,12 +192,23 @@ def copy_slot(dsn: str, source: str, copy: str) -> None:
     execute(dsn, "SELECT pg_copy_logical_replication_slot(%s, %s)", (source, copy))
 
 
-def drop_slot(dsn: str, slot: str) -> None:
-    execute(
-        dsn,
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-        (slot,),
-    )
+def drop_slot(dsn: str, slot: str, timeout: float = 30.0) -> None:
+    """Drop `slot` if it exists, waiting for its walsender to go (it exits shortly after its
+    client disconnects)."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            execute(
+                dsn,
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (slot,),
+            )
+            return
+        except psycopg2.errors.ObjectInUse:
+            if time.perf_counter() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def table_fingerprint(dsn: str, table: str) -> tuple[int, int, str]:
@@ -648,6 +666,7 @@ class Stage:
     seconds: float
     writers: int
     target_p99_ms: float
+    synchronous_commit: bool = True
 
 
 def paced_writer(
@@ -660,6 +679,8 @@ def paced_writer(
     con = psycopg2.connect(dsn)
     try:
         with con.cursor() as cur:
+            cur.execute(f"SET synchronous_commit = {'on' if stage.synchronous_commit else 'off'}")
+            con.commit()
             i = 0
             while True:
                 due = t0 + (i + number / stage.writers) * interval
@@ -710,6 +731,8 @@ class LatencyResult:
     independent_ms: dict[str, float] | None
     unconfirmed: int
     target_p99_ms: float
+    in_clinipipe_ms: dict[str, float] | None
+    """Per batch: first change received -> applied (the part of the latency inside clinipipe)."""
 
 
 @dataclass
@@ -799,8 +822,9 @@ def latency(project: Project, ids: IdSpace, stages: list[Stage]) -> LatencyRun:
     poller.join(5)
     with duckdb.connect(str(project.warehouse), read_only=True) as con:
         batches = con.execute(
-            f'SELECT lsn, transactions, changes, latencies_ms FROM "{CONTROL_SCHEMA}".cdc_batches '
-            "WHERE slot = ? ORDER BY lsn",
+            "SELECT lsn, transactions, changes, latencies_ms, "
+            "(epoch_us(applied_at) - epoch_us(received_at)) / 1000.0 "
+            f'FROM "{CONTROL_SCHEMA}".cdc_batches WHERE slot = ? ORDER BY lsn',
             [SLOT],
         ).fetchall()
     results = []
@@ -822,6 +846,7 @@ def latency(project: Project, ids: IdSpace, stages: list[Stage]) -> LatencyRun:
                 percentiles(window.independent_ms),
                 window.unconfirmed,
                 window.stage.target_p99_ms,
+                percentiles([float(b[4]) for b in inside]),
             )
         )
     return LatencyRun(results, result.peak_rss_bytes, result.cpu_seconds, result.wall_seconds)
@@ -930,7 +955,7 @@ def print_report(
     found: list[Verdict],
 ) -> None:
     console.print(
-        f"clinipipe CDC benchmark (commit {header['clinipipe_commit']}, working tree as is): "
+        f"clinipipe CDC benchmark (commit {header['clinipipe_commit']}; the working tree as is): "
         f"PostgreSQL {header['postgres']}, duckdb {header['duckdb']}, {header['cpus']} CPUs, "
         f"best of {header['repeat']} round(s), total run {header['run_seconds']:.0f} s"
         + (" [--quick]" if header["quick"] else "")
@@ -983,6 +1008,8 @@ def print_report(
         table.add_column(column, justify="left" if column in ("stage", "note") else "right")
     for r in lat.results:
         note = f"{r.applied_transactions:,} tx in cdc_batches"
+        if r.in_clinipipe_ms:
+            note += f"; batch recv->applied p50 {r.in_clinipipe_ms['p50']:,.0f} ms"
         if r.unconfirmed:
             note += f"; {r.unconfirmed} never seen confirmed"
         table.add_row(
@@ -991,6 +1018,12 @@ def print_report(
             f"{r.batches:,}", *_ms(r.clinipipe_ms), *_ms(r.independent_ms), note,
         )  # fmt: skip
     console.print(table)
+    console.print(
+        "latency writers: synchronous_commit = "
+        + ("on" if header["writers_synchronous_commit"] else "off (embedded default)")
+        + "; a reader cannot poll the DuckDB file while CDC holds it read-write, hence the "
+        "source-side independent check"
+    )
     console.print(
         f"cdc start during the latency stages: peak RSS {lat.peak_rss_bytes / 1e6:,.0f} MB, "
         f"client CPU {lat.cpu_seconds:.1f} s over {lat.wall_seconds:.1f} s wall"
@@ -1026,18 +1059,26 @@ def print_report(
 # --------------------------------------------------------------------------------------------
 
 
-def _git_head() -> str:
+def _git(*args: str) -> str:
+    """Output of a read-only git command in this repository ('' if git fails)."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+        done = subprocess.run(
+            ["git", "--no-optional-locks", *args],  # never rewrites the index
             capture_output=True,
             text=True,
             check=True,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.CalledProcessError):
-        return "?"
-    return head.stdout.strip()
+        return ""
+    return done.stdout.strip()
+
+
+def _git_head() -> str:
+    """The commit, with "+ uncommitted changes" when tracked files differ from it."""
+    head = _git("rev-parse", "--short", "HEAD") or "?"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{head} + uncommitted changes" if dirty else head
 
 
 def parse_args() -> argparse.Namespace:
@@ -1055,6 +1096,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--burst-rate", type=float, default=20_000.0, help="burst events/s")
     parser.add_argument("--burst-tx-rows", type=int, default=200, help="rows per burst tx")
     parser.add_argument("--burst-writers", type=int, default=2, help="burst writer threads")
+    parser.add_argument(
+        "--async-commit", action="store_true",
+        help="latency writers keep the embedded server's synchronous_commit = off",
+    )  # fmt: skip
     parser.add_argument(
         "--repeat", type=int, default=1,
         help="rounds of the throughput methods (round-robin); the fastest run of each is kept",
@@ -1097,10 +1142,10 @@ def main() -> None:
         work, raws, runs = throughput(project, ids, args.changes, args.tx_changes, args.repeat)
         stages = [
             Stage("1 k events/min, 1-row tx", STEADY_EVENTS_PER_SECOND, 1, args.latency_seconds,
-                  1, TARGET_STEADY_P99_MS),
+                  1, TARGET_STEADY_P99_MS, not args.async_commit),
             Stage(f"{args.burst_rate / 1000:g} k events/s, {args.burst_tx_rows}-row tx",
                   args.burst_rate, args.burst_tx_rows, args.burst_seconds, args.burst_writers,
-                  TARGET_BURST_P99_MS),
+                  TARGET_BURST_P99_MS, not args.async_commit),
         ]  # fmt: skip
         lat = latency(project, ids, stages)
         check_table(project, "enc")
@@ -1121,6 +1166,7 @@ def main() -> None:
         "tx_changes": args.tx_changes,
         "repeat": args.repeat,
         "quick": args.quick,
+        "writers_synchronous_commit": not args.async_commit,
         "deploy_seconds": deploy.wall_seconds,
         "backfill_seconds": backfill.wall_seconds,
         "run_seconds": time.perf_counter() - run_started,
@@ -1147,7 +1193,7 @@ def main() -> None:
         }
         print(json.dumps(document, indent=2))
         return
-    print_report(Console(width=220), header, work, raw, runs, lat, big, found)
+    print_report(Console(width=240), header, work, raw, runs, lat, big, found)
 
 
 if __name__ == "__main__":

@@ -255,7 +255,8 @@ class Decoder:
     def _buffer(self, oid: int) -> TableChanges:
         buffer = self._current.get(oid)
         relation = self._relation(oid)
-        if buffer is None or buffer.relation != relation:
+        # `is not` first: comparing dataclasses field by field on every row is costly.
+        if buffer is None or (buffer.relation is not relation and buffer.relation != relation):
             buffer = TableChanges(relation)
             self._current[oid] = buffer
             self.pending.append(buffer)
