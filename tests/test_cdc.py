@@ -273,3 +273,21 @@ def test_sigterm_finishes_the_batch_and_exits_0(hospital_project: Path, pg_dsn: 
     assert "Applied" in out
     catch_up(hospital_project)
     assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+
+
+def test_cdc_start_builds_and_refreshes_dynamic_tables_on_schedule(
+    hospital_project: Path, pg_dsn: str
+) -> None:
+    import duckdb
+
+    run_backfill(load_spec(hospital_project))
+    summary = run_cdc(load_spec(hospital_project), CdcOptions(until_caught_up=True))
+    assert summary.refreshes >= 2  # patient_summary and daily_census were due (never built)
+    with duckdb.connect(str(hospital_project.parent / "warehouse.duckdb"), read_only=True) as con:
+        built = con.execute(
+            "SELECT name, refresh_action, warehouse FROM _clinipipe.dynamic_table_refresh_history "
+            "WHERE state = 'SUCCEEDED' ORDER BY name"
+        ).fetchall()
+        rows = con.execute("SELECT count(*) FROM derived.patient_summary").fetchone()
+    assert [b[0] for b in built] == ["daily_census", "patient_summary"]
+    assert {b[1] for b in built} == {"INITIALIZATION"} and rows == (300,)

@@ -9,6 +9,7 @@ import typer
 
 from clinipipe import __version__
 from clinipipe.cli import cdc, later, load, project, source
+from clinipipe.cli import refresh as refresh_cli
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
 from clinipipe.secrets import mask_dsn
@@ -62,6 +63,7 @@ project.register(app)
 source.register(app)
 load.register(app)
 cdc.register(app)
+refresh_cli.register(app)
 later.register(app)
 
 

@@ -29,10 +29,6 @@ def _stub(parent: typer.Typer, name: str, full_name: str, what: str, help_text: 
 def register(app: typer.Typer) -> None:
     """Add every command of the tree that later work fills in."""
     top = [
-        ("refresh", "incremental dynamic-table refresh",
-         "Refresh a dynamic table now (changed keys only, or --full)."),
-        ("status", "dynamic/interactive table status",
-         "Show each derived table's lag against its target and its last refresh."),
         ("scan", "PHI leak detection", "Scan for PHI where it must not be."),
         ("redact", "HIPAA de-identification", "Build a de-identified research dataset."),
         ("bench", "dashboard load benchmark", "Open-loop load test of the dashboards."),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
+from clinipipe.pipeline.refresh import refresh_due
 from clinipipe.pipeline.schema_evolution import (
     ColumnMap,
     IncompatibleChange,
@@ -58,6 +59,7 @@ from clinipipe.targets.base import CdcBatch, TableBatch, TargetError
 
 HEARTBEAT_SECONDS = 10.0
 CATALOG_CHECK_SECONDS = 5.0
+REFRESH_CHECK_SECONDS = 1.0
 
 
 class CdcError(Exception):
@@ -85,6 +87,7 @@ class CdcSummary:
     reconnects: int = 0
     schema_changes: int = 0
     paused_tables: list[str] = field(default_factory=list)
+    refreshes: int = 0
 
 
 @contextmanager
@@ -211,6 +214,7 @@ def run_cdc(
         decoder: Decoder | None = None
         evolve([(t.schema_, t.name) for t in spec.source.tables], checkpoint)
         last_catalog_check = time.monotonic()
+        next_refresh = 0.0
         # --until-caught-up: stop once the stream passed a marker written now.
         stop_at = emit_marker(dsn) if options.until_caught_up else None
         caught_up = False
@@ -338,6 +342,11 @@ def run_cdc(
                         evolve(list(maps), stream.confirmed)
                         for table, reason in list(pending_pause.items()):
                             pause(table, reason, stream.confirmed)  # all before it is applied
+                if not in_transaction and not commit_times and time.monotonic() >= next_refresh:
+                    # Between batches the raw tables match the checkpoint: refresh the dynamic
+                    # tables whose lag would otherwise pass their target (on this connection).
+                    summary.refreshes += len(refresh_due(loaded, target))
+                    next_refresh = time.monotonic() + REFRESH_CHECK_SECONDS
                 if caught_up and not in_transaction and not commit_times:
                     break
             if commit_times and not in_transaction:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Iterator
 
 from clinipipe.spec.model import Spec
@@ -61,6 +63,8 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
                 ),
             )
 
+    yield from _dynamic_table_references(spec)
+
 
 def _duplicates(paths: list[Path], names: list[str], what: str) -> Iterator[tuple[Path, str]]:
     first: dict[str, int] = {}
@@ -72,3 +76,130 @@ def _duplicates(paths: list[Path], names: list[str], what: str) -> Iterator[tupl
             )
         else:
             first[name.lower()] = index
+
+
+# --- dynamic-table references -------------------------------------------------------------------
+
+DERIVED_SCHEMA_NAME = "derived"
+"""The schema dynamic tables live in (`clinipipe.sql.context.DERIVED_SCHEMA`)."""
+
+_SQL_SKIP = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\$\$.*?\$\$", re.S)
+_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_DOTTED = re.compile(rf"{_NAME}(?:\s*\.\s*{_NAME})+")
+_PART = re.compile(_NAME)
+
+
+def table_references(sql: str, schema: str) -> list[str]:
+    """Names of the tables `sql` reads as `<schema>.<name>`, in order of first mention.
+
+    A lexical scan, the same for every dialect: comments and string literals are skipped,
+    identifiers may be quoted (`"derived"."x"`), whitespace may surround the dot and a catalog
+    may precede the schema (`db.derived.x`). An unquoted schema matches case-insensitively.
+    It cannot tell a table alias spelled like the schema from the schema itself.
+    """
+    found: list[str] = []
+    text = _SQL_SKIP.sub(" ", sql)
+    for chain in _DOTTED.finditer(text):
+        parts = [
+            p[1:-1].replace('""', '"') if p.startswith('"') else p
+            for p in _PART.findall(chain.group(0))
+        ]
+        for first, second in itertools.pairwise(parts):
+            if first.lower() == schema.lower() and second not in found:
+                found.append(second)
+                break
+    return found
+
+
+def dynamic_table_upstreams(spec: Spec) -> dict[str, list[str]]:
+    """Dynamic table -> the dynamic tables of the spec its SQL reads (`derived.<name>`)."""
+    names = {d.name.lower(): d.name for d in spec.dynamic_tables}
+    return {
+        d.name: [
+            names[r.lower()]
+            for r in table_references(d.sql, DERIVED_SCHEMA_NAME)
+            if r.lower() in names
+        ]
+        for d in spec.dynamic_tables
+    }
+
+
+def dynamic_table_cycles(spec: Spec) -> list[list[str]]:
+    """Each cycle among the dynamic tables once, as [a, b, ..., a] (a reads b reads ... a)."""
+    upstreams = dynamic_table_upstreams(spec)
+    order = {d.name: i for i, d in enumerate(spec.dynamic_tables)}
+    cycles: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+    done: set[str] = set()
+
+    def visit(node: str, stack: list[str]) -> None:
+        if node in stack:
+            cycle = stack[stack.index(node) :]
+            key = frozenset(cycle)
+            if key not in seen:
+                seen.add(key)
+                start = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+                cycle = cycle[start:] + cycle[:start]
+                cycles.append([*cycle, cycle[0]])
+            return
+        if node in done:
+            return
+        stack.append(node)
+        for upstream in upstreams[node]:
+            visit(upstream, stack)
+        stack.pop()
+        done.add(node)
+
+    for d in spec.dynamic_tables:
+        visit(d.name, [])
+    return cycles
+
+
+def dynamic_table_order(spec: Spec) -> list[str]:
+    """The dynamic tables with every one after the dynamic tables it reads (spec order
+    otherwise). Raises ValueError on a cycle (a validated spec has none)."""
+    upstreams = dynamic_table_upstreams(spec)
+    ordered: list[str] = []
+    placed: set[str] = set()
+    pending = [d.name for d in spec.dynamic_tables]
+    while pending:
+        ready = [n for n in pending if all(u in placed for u in upstreams[n])]
+        if not ready:
+            raise ValueError(f"dynamic tables form a cycle: {', '.join(pending)}")
+        ordered.append(ready[0])
+        placed.add(ready[0])
+        pending.remove(ready[0])
+    return ordered
+
+
+def _dynamic_table_references(spec: Spec) -> Iterator[tuple[Path, str]]:
+    """Every `derived.<x>` a dynamic table reads is a dynamic table of the spec, every
+    `<raw>.<x>` a source table, and the dynamic tables form no cycle."""
+    from clinipipe.sql.context import schema_names  # spec -> sql -> spec: import late
+
+    raw_schema = schema_names(spec)["raw"]
+    index = {d.name: i for i, d in enumerate(spec.dynamic_tables)}
+    dynamic = {d.name.lower() for d in spec.dynamic_tables}
+    sources = {t.name.lower() for t in spec.source.tables}
+    for i, dt in enumerate(spec.dynamic_tables):
+        for name in table_references(dt.sql, DERIVED_SCHEMA_NAME):
+            if name.lower() not in dynamic:
+                yield (
+                    ("dynamic_tables", i, "sql"),
+                    f"reads {DERIVED_SCHEMA_NAME}.{name}, which is not a dynamic table of this "
+                    f"spec; dynamic tables: {', '.join(sorted(index))}",
+                )
+        for name in table_references(dt.sql, raw_schema):
+            if name.lower() not in sources:
+                yield (
+                    ("dynamic_tables", i, "sql"),
+                    f"reads {raw_schema}.{name}, which is not a source table of this spec; "
+                    f"source tables: {', '.join(sorted(t.name for t in spec.source.tables))}",
+                )
+    for cycle in dynamic_table_cycles(spec):
+        path = " -> ".join(cycle)
+        yield (
+            ("dynamic_tables", index[cycle[0]], "sql"),
+            f"dynamic tables form a cycle: {path} (each reads the next as "
+            f"{DERIVED_SCHEMA_NAME}.<name>); no table can be refreshed before the others",
+        )

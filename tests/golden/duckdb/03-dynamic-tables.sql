@@ -27,6 +27,19 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."dynamic_table_refresh_history" (
     rows_deleted        BIGINT,
     keys_changed        BIGINT
 );
+ALTER TABLE "_clinipipe"."dynamic_table_refresh_history"
+    ADD COLUMN IF NOT EXISTS refresh_trigger VARCHAR;   -- MANUAL | SCHEDULED | ...
+-- What each dynamic table reflects, committed with its last successful refresh: the digest of
+-- its definition (SQL, refresh key, the columns of what it reads, the backfill run it was built
+-- from; a different digest means rebuild) and the high-water mark: every row of
+-- changed_keys with lsn <= high_water_lsn is reflected in the table.
+CREATE TABLE IF NOT EXISTS "_clinipipe"."dynamic_table_state" (
+    name                VARCHAR PRIMARY KEY,
+    definition_digest   VARCHAR NOT NULL,
+    high_water_lsn      BIGINT NOT NULL,
+    data_timestamp      TIMESTAMPTZ NOT NULL,
+    built_at            TIMESTAMPTZ NOT NULL
+);
 INSERT OR REPLACE INTO "_clinipipe"."dynamic_tables" VALUES
     ('patient_summary', 'select p.patient_id,
        count(distinct e.encounter_id) as encounters,

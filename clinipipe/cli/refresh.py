@@ -1,0 +1,179 @@
+"""`refresh` and `status`: dynamic tables, refreshed now or watched against their target lag."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from clinipipe.cli.output import ExitCode, err, info, out, print_json
+from clinipipe.cli.state import State
+
+if TYPE_CHECKING:
+    from clinipipe.targets.base import RefreshResult
+
+
+def register(app: typer.Typer) -> None:
+    app.command("refresh")(refresh)
+    app.command("status")(status)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.1f} s"
+    if value < 120:
+        return f"{value:.0f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _result_dict(r: RefreshResult) -> dict[str, object]:
+    return {
+        "name": r.name,
+        "state": r.state,
+        "action": r.refresh_action,
+        "message": r.state_message,
+        "trigger": r.refresh_trigger,
+        "data_timestamp": r.data_timestamp,
+        "start": r.refresh_start_time,
+        "end": r.refresh_end_time,
+        "seconds": r.seconds,
+        "warehouse": r.warehouse,
+        "rows_inserted": r.rows_inserted,
+        "rows_deleted": r.rows_deleted,
+        "keys_changed": r.keys_changed,
+    }
+
+
+def refresh(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="The dynamic table to refresh (default: all of them).", show_default=False
+        ),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="Rebuild on the initialization warehouse instead of changed keys only."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Refresh a dynamic table now (changed keys only, or --full). Exit 1 if any refresh failed.
+
+    The tables it reads are refreshed first. On DuckDB each table's refresh is one transaction:
+    a failed one changes nothing and is recorded as FAILED in
+    _clinipipe.dynamic_table_refresh_history.
+    """
+    from clinipipe.pipeline.refresh import RefreshError
+    from clinipipe.pipeline.refresh import refresh as run_refresh
+
+    state: State = ctx.obj
+    loaded = state.spec()
+    if not loaded.spec.dynamic_tables:
+        info("The spec has no dynamic tables; nothing to refresh.")
+        if as_json:
+            print_json([])
+        return
+    try:
+        results = run_refresh(loaded, name, full=full)
+    except RefreshError as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
+    if as_json:
+        print_json([_result_dict(r) for r in results])
+    else:
+        table = Table(title="Dynamic table refreshes", box=box.SIMPLE_HEAD)
+        table.add_column("table", no_wrap=True)
+        table.add_column("refresh", overflow="fold")
+        for column in ("rows", "keys", "time"):
+            table.add_column(column, no_wrap=True, justify="right")
+        table.add_column("warehouse", overflow="fold")
+        for r in results:
+            rows = "-"
+            if r.rows_inserted is not None or r.rows_deleted is not None:
+                rows = f"+{r.rows_inserted or 0:,} -{r.rows_deleted or 0:,}"
+            keys = "-" if r.keys_changed is None else f"{r.keys_changed:,}"
+            done = r.refresh_action if r.state == "SUCCEEDED" else r.state
+            if r.state == "FAILED":
+                done = f"FAILED ({r.refresh_action})"
+            style = {"FAILED": "red", "SKIPPED": "yellow"}.get(r.state)
+            table.add_row(
+                r.name, done, rows, keys, _seconds(r.seconds), r.warehouse or "-", style=style
+            )
+        out.print(table)
+        for r in results:
+            if r.state_message:
+                colour = "red" if r.state == "FAILED" else "dim"
+                err.print(f"{r.name}: {r.state_message}", style=colour, markup=False)
+    if any(r.state == "FAILED" for r in results):
+        raise typer.Exit(ExitCode.FAILURE)
+
+
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Show each dynamic table's lag against its target and its last refresh.
+
+    Lag is now minus the data timestamp of the table's last successful refresh (the moment up
+    to which it reflects its inputs). Exit 3 when a table is behind: its lag exceeds its
+    target_lag, it was never built, or its last refresh failed (`cdc start` keeps tables within
+    their lag; `clinipipe refresh` catches up by hand). Opens the warehouse read-only.
+    """
+    from clinipipe.pipeline.refresh import dynamic_table_status
+    from clinipipe.targets import open_target
+
+    state: State = ctx.obj
+    loaded = state.spec()
+    with open_target(loaded, read_only=True) as target:
+        target.require_deployed()
+        statuses = dynamic_table_status(loaded, target)
+    if as_json:
+        print_json([s.as_dict() for s in statuses])
+    else:
+        table = Table(title="Dynamic tables", box=box.SIMPLE_HEAD)
+        table.add_column("table", no_wrap=True)
+        table.add_column("lag / target", overflow="fold")
+        table.add_column("state", overflow="fold")
+        table.add_column("last refresh", min_width=14, overflow="fold")
+        table.add_column("changes", no_wrap=True)
+        table.add_column("warehouse", overflow="fold")
+        for s in statuses:
+            last = s.last
+            flag = "ok"
+            if last is None:
+                flag = "never built"
+            elif last.state != "SUCCEEDED":
+                flag = last.state
+            elif s.behind:
+                flag = "BEHIND"
+            target_lag = (
+                "downstream" if s.target_lag_seconds is None else _seconds(s.target_lag_seconds)
+            )
+            cells = ["-", "-", "-"]
+            if last is not None:
+                started = f"{last.refresh_start_time.astimezone():%H:%M:%S}"
+                rows = "-"
+                if last.rows_inserted is not None or last.rows_deleted is not None:
+                    rows = f"+{last.rows_inserted or 0:,} -{last.rows_deleted or 0:,}"
+                keys = "" if last.keys_changed is None else f"\n{last.keys_changed:,} keys"
+                cells = [f"{last.refresh_action}\n{started}, {_seconds(last.seconds)}",
+                         rows + keys, last.warehouse or "-"]  # fmt: skip
+            table.add_row(
+                s.name, f"{_seconds(s.lag_seconds)} / {target_lag}", flag, *cells,
+                style="yellow" if s.behind else None,
+            )  # fmt: skip
+        out.print(table)
+        for s in statuses:
+            if s.last is not None and s.last.state != "SUCCEEDED" and s.last.state_message:
+                err.print(f"{s.name}: {s.last.state_message}", style="red", markup=False)
+    if any(s.behind for s in statuses):
+        raise typer.Exit(ExitCode.FOUND)
