@@ -12,7 +12,7 @@ from clinipipe.cli.output import ExitCode, err, info, out, print_json
 from clinipipe.cli.state import State
 
 if TYPE_CHECKING:
-    from clinipipe.targets.base import RefreshResult
+    pass
 
 
 def register(app: typer.Typer) -> None:
@@ -30,24 +30,6 @@ def _seconds(value: float | None) -> str:
     if value < 7200:
         return f"{value / 60:.1f} min"
     return f"{value / 3600:.1f} h"
-
-
-def _result_dict(r: RefreshResult) -> dict[str, object]:
-    return {
-        "name": r.name,
-        "state": r.state,
-        "action": r.refresh_action,
-        "message": r.state_message,
-        "trigger": r.refresh_trigger,
-        "data_timestamp": r.data_timestamp,
-        "start": r.refresh_start_time,
-        "end": r.refresh_end_time,
-        "seconds": r.seconds,
-        "warehouse": r.warehouse,
-        "rows_inserted": r.rows_inserted,
-        "rows_deleted": r.rows_deleted,
-        "keys_changed": r.keys_changed,
-    }
 
 
 def refresh(
@@ -88,7 +70,7 @@ def refresh(
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
     if as_json:
-        print_json([_result_dict(r) for r in results])
+        print_json([r.as_dict() for r in results])
     else:
         table = Table(title="Dynamic table refreshes", box=box.SIMPLE_HEAD)
         table.add_column("table", no_wrap=True)

@@ -494,20 +494,9 @@ class DynamicTableStatus:
         def result(r: RefreshResult | None) -> dict[str, object] | None:
             if r is None:
                 return None
-            return {
-                "state": r.state,
-                "action": r.refresh_action,
-                "message": r.state_message,
-                "trigger": r.refresh_trigger,
-                "data_timestamp": r.data_timestamp,
-                "start": r.refresh_start_time,
-                "end": r.refresh_end_time,
-                "seconds": r.seconds,
-                "warehouse": r.warehouse,
-                "rows_inserted": r.rows_inserted,
-                "rows_deleted": r.rows_deleted,
-                "keys_changed": r.keys_changed,
-            }
+            data = r.as_dict()
+            data.pop("name")
+            return data
 
         return {
             "name": self.name,

@@ -657,6 +657,24 @@ class RefreshResult:
             return None
         return (self.refresh_end_time - self.refresh_start_time).total_seconds()
 
+    def as_dict(self) -> dict[str, object]:
+        """For `--json` output."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "action": self.refresh_action,
+            "message": self.state_message,
+            "trigger": self.refresh_trigger,
+            "data_timestamp": self.data_timestamp,
+            "start": self.refresh_start_time,
+            "end": self.refresh_end_time,
+            "seconds": self.seconds,
+            "warehouse": self.warehouse,
+            "rows_inserted": self.rows_inserted,
+            "rows_deleted": self.rows_deleted,
+            "keys_changed": self.keys_changed,
+        }
+
 
 @dataclass(frozen=True)
 class DynamicTableState:
