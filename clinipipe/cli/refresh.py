@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich import box
@@ -10,9 +10,6 @@ from rich.table import Table
 
 from clinipipe.cli.output import ExitCode, err, info, out, print_json
 from clinipipe.cli.state import State
-
-if TYPE_CHECKING:
-    pass
 
 
 def register(app: typer.Typer) -> None:
