@@ -291,3 +291,10 @@ def test_cdc_start_builds_and_refreshes_dynamic_tables_on_schedule(
         rows = con.execute("SELECT count(*) FROM derived.patient_summary").fetchone()
     assert [b[0] for b in built] == ["daily_census", "patient_summary"]
     assert {b[1] for b in built} == {"INITIALIZATION"} and rows == (300,)
+    # ... and the interactive table reading patient_summary was published for dashboards.
+    from clinipipe.serving import ServingReader
+
+    assert summary.publishes == 1
+    with ServingReader(hospital_project.parent / "warehouse.duckdb") as reader:
+        served = reader.query("patient_dashboard", "SELECT count(*) FROM patient_dashboard")
+    assert served == [(300,)]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
+from clinipipe.pipeline.publish import publish_refreshed
 from clinipipe.pipeline.refresh import refresh_due
 from clinipipe.pipeline.schema_evolution import (
     ColumnMap,
@@ -88,6 +89,7 @@ class CdcSummary:
     schema_changes: int = 0
     paused_tables: list[str] = field(default_factory=list)
     refreshes: int = 0
+    publishes: int = 0
 
 
 @contextmanager
@@ -345,7 +347,9 @@ def run_cdc(
                 if not in_transaction and not commit_times and time.monotonic() >= next_refresh:
                     # Between batches the raw tables match the checkpoint: refresh the dynamic
                     # tables whose lag would otherwise pass their target (on this connection).
-                    summary.refreshes += len(refresh_due(loaded, target))
+                    refreshed = refresh_due(loaded, target)
+                    summary.refreshes += len(refreshed)
+                    summary.publishes += len(publish_refreshed(loaded, target, refreshed))
                     next_refresh = time.monotonic() + REFRESH_CHECK_SECONDS
                 if caught_up and not in_transaction and not commit_times:
                     break

@@ -1,0 +1,198 @@
+"""Reader side of the interactive tables on DuckDB (a dashboard process's handle).
+
+See :mod:`clinipipe.pipeline.publish` for the layout. Guarantees of :class:`ServingReader`:
+
+* **Whole generations only.** A query runs against exactly one published generation file,
+  opened read-only after CURRENT named it; CURRENT only ever names complete files.
+* **The file stays while in use.** The reader holds a shared ``flock`` on each generation it
+  has open (verified to be the file still at that path, so a file deleted between ``open`` and
+  ``flock`` is not used); the publisher deletes only files it can lock exclusively without
+  waiting. The reader never takes an exclusive lock, so it never blocks the writer.
+* **Fresh within `recheck_seconds`.** CURRENT is re-checked (one ``stat``: inode and mtime) at
+  most every `recheck_seconds`; when it names a newer generation the reader opens it, and
+  releases the old one once no query of any thread still runs on it.
+* **Thread-safe.** Queries of different threads run concurrently, each on its own cursor of
+  the generation's connection.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from clinipipe.pipeline.publish import CURRENT, read_current, serving_root
+
+
+class ServingError(Exception):
+    """An interactive table has no published generation (yet)."""
+
+
+class _Generation:
+    """One open generation file: its shared flock, its read-only connection, its users."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.con = duckdb.connect(str(path), read_only=True)
+        self.users = 0
+        self.retired = False
+
+    def close(self) -> None:
+        try:
+            self.con.close()
+        finally:
+            os.close(self.fd)  # releases the shared flock
+
+
+def _lock_shared(path: Path) -> int | None:
+    """An fd holding a shared flock on the file at `path`, or None if it was deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        # The publisher may have deleted the file between our open and our flock.
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            os.close(fd)
+            return None
+    except FileNotFoundError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Table:
+    """The state of one interactive table inside a reader."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.current: _Generation | None = None
+        self.stamp: tuple[int, int] | None = None
+        self.checked = 0.0
+
+
+class ServingReader:
+    """Query published interactive tables of the DuckDB warehouse file `warehouse`.
+
+    `recheck_seconds` bounds how long a reader keeps answering from a generation after a newer
+    one was published (plus the time of one open). Use as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(self, warehouse: Path | str, *, recheck_seconds: float = 0.1) -> None:
+        self.root = serving_root(Path(warehouse))
+        self.recheck_seconds = recheck_seconds
+        self._lock = threading.Lock()
+        self._tables: dict[str, _Table] = {}
+        self._closed = False
+
+    def __enter__(self) -> ServingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generation(self, name: str) -> str:
+        """The generation file name queries of `name` currently run on (opening it if needed)."""
+        gen = self._acquire(name)
+        try:
+            return gen.path.name
+        finally:
+            self._release(gen)
+
+    def query(
+        self, name: str, sql: str, params: Sequence[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run `sql` (naming table `name`) with `params` on the current generation of `name`."""
+        gen = self._acquire(name)
+        try:
+            cur = gen.con.cursor()
+            try:
+                return cur.execute(sql, params or []).fetchall()
+            finally:
+                cur.close()
+        finally:
+            self._release(gen)
+
+    def close(self) -> None:
+        """Close every generation (those still in use close when their last query ends)."""
+        with self._lock:
+            self._closed = True
+            for table in self._tables.values():
+                if table.current is not None:
+                    self._retire(table.current)
+                    table.current = None
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _acquire(self, name: str) -> _Generation:
+        with self._lock:
+            if self._closed:
+                raise ServingError("the serving reader is closed")
+            table = self._tables.get(name)
+            if table is None:
+                table = self._tables[name] = _Table(self.root / name)
+            now = time.monotonic()
+            if table.current is None or now - table.checked >= self.recheck_seconds:
+                self._refresh(table)
+                table.checked = now
+            assert table.current is not None
+            table.current.users += 1
+            return table.current
+
+    def _release(self, gen: _Generation) -> None:
+        with self._lock:
+            gen.users -= 1
+            if gen.retired and gen.users == 0:
+                gen.close()
+
+    def _retire(self, gen: _Generation) -> None:
+        gen.retired = True
+        if gen.users == 0:
+            gen.close()
+
+    def _refresh(self, table: _Table) -> None:
+        """Switch `table` to the generation CURRENT names, if it changed (lock held)."""
+        for _ in range(100):
+            try:
+                st = os.stat(table.folder / CURRENT)
+            except FileNotFoundError:
+                st = None
+            if st is None:
+                if table.current is not None:
+                    return  # keep serving what we have
+                raise ServingError(f"interactive table {table.folder.name!r} is not published")
+            stamp = (st.st_ino, st.st_mtime_ns)
+            if table.current is not None and stamp == table.stamp:
+                return
+            file_name = read_current(table.folder)
+            if file_name is None:
+                raise ServingError(f"{table.folder / CURRENT} names no generation")
+            if table.current is not None and table.current.path.name == file_name:
+                table.stamp = stamp
+                return
+            path = table.folder / file_name
+            fd = _lock_shared(path)
+            if fd is None:
+                continue  # superseded and deleted meanwhile: read CURRENT again
+            try:
+                gen = _Generation(path, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            old, table.current, table.stamp = table.current, gen, stamp
+            if old is not None:
+                self._retire(old)
+            return
+        raise ServingError(f"could not open a generation of {table.folder.name!r}")
