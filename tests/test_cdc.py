@@ -127,15 +127,17 @@ def test_status_and_reset(
     catch_up(hospital_project)
     code, out, _ = cli(capsys, "-c", str(hospital_project), "cdc", "status", "--json")
     assert code == 0 and '"slot_exists": true' in out and '"p99"' in out
-    execute(
-        pg_dsn, "CREATE TABLE filler AS SELECT g, md5(g::text) FROM generate_series(1, 30000) g"
+    execute(  # about 20 MB of WAL that no running CDC confirms
+        pg_dsn,
+        "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 4) AS pad "
+        "FROM generate_series(1, 100000) g",
     )
     spec_text = hospital_project.read_text().replace(
         "  slot: clinipipe_slot", "  slot: clinipipe_slot\n  lag_warning_mb: 1"
     )
     hospital_project.write_text(spec_text)
     code, out, err = cli(capsys, "-c", str(hospital_project), "cdc", "status", "--json")
-    assert code == 3 and '"lag_warning": true' in out and "holds back" in err
+    assert code == 3 and '"lag_warning": true' in out and "holds back" in err, out + err
     code, _, err = cli(capsys, "-c", str(hospital_project), "cdc", "reset")
     assert code == 2 and "--yes" in err
     code, out, _ = cli(capsys, "-c", str(hospital_project), "cdc", "reset", "--yes")
@@ -145,15 +147,16 @@ def test_status_and_reset(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [42, 7, 2026])
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(
-    hospital_project: Path, pg_dsn: str
+    hospital_project: Path, pg_dsn: str, seed: int
 ) -> None:
     run_backfill(load_spec(hospital_project))
     env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
     command = [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital_project), "cdc", "start",
                "--batch-ms", "50", "--batch-rows", "500"]  # fmt: skip
-    rng = random.Random(42)
-    workload = Workload(pg_dsn, seed=9, pause=0.005)
+    rng = random.Random(seed)
+    workload = Workload(pg_dsn, seed=seed, pause=0.005)
     workload.start()
     try:
         for _ in range(6):
