@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 
 from clinipipe.cli.app import run
+from clinipipe.spec import LoadedSpec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "hospital.yaml"
@@ -74,3 +75,20 @@ def assert_target_equals_source(dsn: str, warehouse: Path) -> None:
         actual = target_rows(warehouse, table)
         assert len(actual) == len(expected), table
         assert actual == expected, f"{table} differs"
+
+
+def execute(dsn: str, *statements: str) -> None:
+    """Run `statements` on the source PostgreSQL in one committed transaction."""
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    con.close()
+
+
+def catch_up(spec: Path | LoadedSpec) -> None:
+    """Run CDC until everything committed on the source is applied."""
+    from clinipipe.pipeline.cdc import CdcOptions, run_cdc
+    from clinipipe.spec import load_spec
+
+    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
+    run_cdc(loaded, CdcOptions(until_caught_up=True, max_seconds=120))

@@ -16,19 +16,8 @@ import pytest
 from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
 from clinipipe.pipeline.cdc import CdcOptions, run_cdc
 from clinipipe.spec import load_spec
-from tests.helpers import assert_target_equals_source, target_rows
+from tests.helpers import assert_target_equals_source, catch_up, execute, target_rows
 from tests.workload import Workload, random_transaction
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg2.connect(dsn) as con, con.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    con.close()
-
-
-def catch_up(spec: Path) -> None:
-    run_cdc(load_spec(spec), CdcOptions(until_caught_up=True, max_seconds=120))
 
 
 def test_backfill_under_concurrent_writes_then_cdc_is_exact(

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from clinipipe import targets
 from clinipipe.cli.app import run
 from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
-from clinipipe.pipeline.cdc import CdcOptions, run_cdc
 from clinipipe.pipeline.refresh import (
     RefreshError,
     RefreshResult,
@@ -28,18 +27,7 @@ from clinipipe.spec import LoadedSpec, SpecError, load_spec, parse_spec
 from clinipipe.synth import run_synth
 from clinipipe.targets import Target
 from clinipipe.targets.snowflake import SnowflakeTarget
-from tests.helpers import cli, example_text, snowflake_text, write_spec
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg2.connect(dsn) as con, con.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    con.close()
-
-
-def catch_up(loaded: LoadedSpec) -> None:
-    run_cdc(loaded, CdcOptions(until_caught_up=True, max_seconds=120))
+from tests.helpers import catch_up, cli, example_text, execute, snowflake_text, write_spec
 
 
 def warehouse_of(loaded: LoadedSpec) -> Path:

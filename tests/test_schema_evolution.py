@@ -5,25 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
-import psycopg2
 import pytest
 
 from clinipipe.pipeline.backfill import run_backfill
 from clinipipe.pipeline.cdc import CdcOptions, run_cdc
 from clinipipe.pipeline.schema_evolution import is_widening
 from clinipipe.spec import load_spec
-from tests.helpers import assert_target_equals_source
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg2.connect(dsn) as con, con.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    con.close()
-
-
-def catch_up(spec: Path, **options: object) -> None:
-    run_cdc(load_spec(spec), CdcOptions(until_caught_up=True, max_seconds=120, **options))
+from tests.helpers import assert_target_equals_source, catch_up, execute
 
 
 def raw_columns(warehouse: Path, table: str) -> list[tuple[str, str]]:

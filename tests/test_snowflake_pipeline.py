@@ -44,7 +44,6 @@ from pathlib import Path
 
 import fakesnow
 import pandas as pd
-import psycopg2
 import pyarrow as pa
 import pytest
 import snowflake.connector
@@ -58,7 +57,7 @@ from clinipipe.sql.render import Statement
 from clinipipe.synth import run_synth
 from clinipipe.targets.base import CdcBatch, RangeWork, TableBatch
 from clinipipe.targets.snowflake import SnowflakeTarget
-from tests.helpers import KEYS, TABLES, cli, snowflake_text, source_rows, write_spec
+from tests.helpers import KEYS, TABLES, cli, execute, snowflake_text, source_rows, write_spec
 from tests.test_snowflake_fakesnow import FAKESNOW_CANNOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -120,13 +119,6 @@ def project(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, fake: 
     spec = write_spec(tmp_path, snowflake_text())
     deploy(load_spec(spec))
     return spec
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg2.connect(dsn) as con, con.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    con.close()
 
 
 def query(spec: Path, sql: str) -> list[tuple[object, ...]]:
