@@ -50,3 +50,10 @@ def scrub_values(message: str) -> str:
     for patient data that value may be PHI, which must never reach a log or a terminal.
     """
     return _QUOTED.sub("'…'", message)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (its type name when empty), for one-line reports.
+    Not scrubbed: pass it through `scrub_values` / `mask_dsn` as its origin requires."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

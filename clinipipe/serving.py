@@ -21,13 +21,17 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from clinipipe.pipeline.publish import CURRENT, read_current, serving_root
+from clinipipe.sql.context import SERVING_SCHEMA
+
+
+_SEARCH_PATH = f"SET search_path = '{SERVING_SCHEMA},main'"
 
 
 class ServingError(Exception):
@@ -112,14 +116,27 @@ class ServingReader:
             self._release(gen)
 
     def query(
-        self, name: str, sql: str, params: Sequence[Any] | None = None
+        self, name: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        """Run `sql` (naming table `name`) with `params` on the current generation of `name`."""
+        """Run `sql` (reading table `name`, as `serving.<name>` or `<name>`) with `params`
+        (positional `?` or named `$x`) on the current generation of `name`."""
+        return self.execute(name, sql, params)[1]
+
+    def execute(
+        self, name: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]], str]:
+        """As `query`, also returning the result's column names and the generation file name
+        the query ran on."""
         gen = self._acquire(name)
         try:
             cur = gen.con.cursor()
             try:
-                return cur.execute(sql, params or []).fetchall()
+                # Queries name `serving.<table>`; bare names resolve there too (the setting
+                # belongs to the cursor's own connection).
+                cur.execute(_SEARCH_PATH)
+                cur.execute(sql, params if params is not None else [])
+                columns = [d[0] for d in cur.description or []]
+                return columns, cur.fetchall(), gen.path.name
             finally:
                 cur.close()
         finally:

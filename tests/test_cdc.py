@@ -274,19 +274,19 @@ def test_cdc_start_builds_and_refreshes_dynamic_tables_on_schedule(
 
     run_backfill(load_spec(hospital_project))
     summary = run_cdc(load_spec(hospital_project), CdcOptions(until_caught_up=True))
-    assert summary.refreshes >= 2  # patient_summary and daily_census were due (never built)
+    assert summary.refreshes >= 3  # every dynamic table was due (never built)
     with duckdb.connect(str(hospital_project.parent / "warehouse.duckdb"), read_only=True) as con:
         built = con.execute(
             "SELECT name, refresh_action, warehouse FROM _clinipipe.dynamic_table_refresh_history "
             "WHERE state = 'SUCCEEDED' ORDER BY name"
         ).fetchall()
         rows = con.execute("SELECT count(*) FROM derived.patient_summary").fetchone()
-    assert [b[0] for b in built] == ["daily_census", "patient_summary"]
+    assert [b[0] for b in built] == ["daily_census", "patient_summary", "recent_labs"]
     assert {b[1] for b in built} == {"INITIALIZATION"} and rows == (300,)
-    # ... and the interactive table reading patient_summary was published for dashboards.
+    # ... and the interactive tables reading them were published for dashboards.
     from clinipipe.serving import ServingReader
 
-    assert summary.publishes == 1
+    assert summary.publishes == 3 and summary.publish_failures == []
     with ServingReader(hospital_project.parent / "warehouse.duckdb") as reader:
         served = reader.query("patient_dashboard", "SELECT count(*) FROM patient_dashboard")
     assert served == [(300,)]

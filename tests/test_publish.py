@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing as mp
 import os
 import random
@@ -19,6 +20,8 @@ from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
 from clinipipe.pipeline.publish import (
     GENERATION_RE,
     PublishError,
+    PublishScheduler,
+    due_publishes,
     generation_name,
     publish,
     read_current,
@@ -29,6 +32,7 @@ from clinipipe.serving import ServingReader
 from clinipipe.spec import LoadedSpec, load_spec
 from clinipipe.targets import open_target
 from clinipipe.targets.duckdb import DuckDBTarget
+from tests.helpers import catch_up, cli, execute
 
 TABLE = "patient_dashboard"
 
@@ -57,7 +61,7 @@ def generation_files(target: DuckDBTarget) -> list[str]:
 def test_publish_copies_the_dynamic_table_sorted_and_records_it(
     built: LoadedSpec, warehouse: DuckDBTarget
 ) -> None:
-    [result] = publish(built, warehouse)
+    [result] = publish(built, warehouse, [TABLE])
     assert result.name == TABLE and result.generation == 1
     assert result.path == serving_root(warehouse.path) / TABLE / generation_name(1)
     assert read_current(result.path.parent) == result.path.name
@@ -73,7 +77,7 @@ def test_publish_copies_the_dynamic_table_sorted_and_records_it(
     # Stored sorted: the file's physical order is the cluster order.
     con = duckdb.connect(str(result.path), read_only=True)
     try:
-        ids = [r[0] for r in con.execute(f"SELECT patient_id FROM {TABLE}").fetchall()]
+        ids = [r[0] for r in con.execute(f"SELECT patient_id FROM serving.{TABLE}").fetchall()]
     finally:
         con.close()
     assert ids == sorted(ids)
@@ -134,7 +138,7 @@ def _reader_main(warehouse: str, ids: list[int], stop: Any, out: Any) -> None:
 def test_readers_in_other_processes_see_whole_generations_only(
     built: LoadedSpec, warehouse: DuckDBTarget
 ) -> None:
-    base = publish(built, warehouse)[0].rows
+    base = publish(built, warehouse, [TABLE])[0].rows
     published = {base}
     ids = [r[0] for r in warehouse.query("SELECT patient_id FROM derived.patient_summary")]
     ctx = mp.get_context("spawn")
@@ -154,13 +158,13 @@ def test_readers_in_other_processes_see_whole_generations_only(
                 "INSERT INTO derived.patient_summary (patient_id) "
                 f"SELECT -i FROM range({done + 1}, {done + k + 1}) r(i)"
             )
-            result = publish(built, warehouse)[0]
+            result = publish(built, warehouse, [TABLE])[0]
             assert result.rows == base + k * (k + 1) // 2
             published.add(result.rows)
             time.sleep(0.1)
         time.sleep(0.3)
         # (c) readers moved on: one more publish deletes everything they released.
-        publish(built, warehouse)
+        publish(built, warehouse, [TABLE])
         assert len(generation_files(warehouse)) <= 3
     finally:
         stop.set()
@@ -176,7 +180,7 @@ def test_readers_in_other_processes_see_whole_generations_only(
     assert len(seen) >= 5, "readers should follow the publishes"
     assert max(seen) == max(published)
     # Once no reader is left, the next publish leaves only the current generation.
-    publish(built, warehouse)
+    publish(built, warehouse, [TABLE])
     assert generation_files(warehouse) == [read_current(serving_root(warehouse.path) / TABLE)]
 
 
@@ -192,7 +196,7 @@ def _crashing_publisher(spec: str) -> None:
     publish_module.write_current = die  # type: ignore[assignment]
     loaded = load_spec(Path(spec))
     with open_target(loaded) as target:
-        publish(loaded, target)
+        publish(loaded, target, [TABLE])
 
 
 def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
@@ -200,7 +204,7 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
 ) -> None:
     with open_target(built) as target:
         assert isinstance(target, DuckDBTarget)
-        first = publish(built, target)[0]
+        first = publish(built, target, [TABLE])[0]
         path = target.path
     folder = serving_root(path) / TABLE
     reader = ServingReader(path, recheck_seconds=0)
@@ -228,7 +232,7 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
         with open_target(built) as target:
             assert isinstance(target, DuckDBTarget)
             target.con.execute("DELETE FROM derived.patient_summary WHERE patient_id % 2 = 0")
-            after = publish(built, target)[0]
+            after = publish(built, target, [TABLE])[0]
         assert after.generation == 4
         assert set(after.removed) == {generation_name(2), generation_name(3)}
         assert (folder / first.path.name).exists()
@@ -238,5 +242,151 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
         reader.close()
     with open_target(built) as target:
         assert isinstance(target, DuckDBTarget)
-        publish(built, target)
+        publish(built, target, [TABLE])
         assert generation_files(target) == [generation_name(5)]
+
+
+# --- scheduling, status, the CLI, dashboards ------------------------------------------------
+
+
+def test_due_publishes_follow_the_dynamic_tables_and_the_target_lag(
+    built: LoadedSpec, warehouse: DuckDBTarget, pg_dsn: str
+) -> None:
+    names = [t.name for t in built.spec.interactive_tables]
+    assert due_publishes(built, warehouse) == names  # never published, every source built
+    published, failures = PublishScheduler().step(built, warehouse)
+    assert [p.name for p in published] == names and failures == []
+    assert due_publishes(built, warehouse) == []
+
+    # A refresh that changed rows makes only its interactive table due; NO_DATA does not.
+    warehouse.close()
+    execute(pg_dsn, "UPDATE labs SET abnormal_flag = 'H' WHERE patient_id = (SELECT min(patient_id) FROM labs)")
+    catch_up(built)
+    warehouse.connect()
+    results = {r.name: r.refresh_action for r in refresh(built, target=warehouse)}
+    assert results["patient_summary"] == "INCREMENTAL" and results["daily_census"] == "FULL"
+    assert due_publishes(built, warehouse) == ["patient_dashboard", "lab_dashboard",
+                                               "census_dashboard"]  # fmt: skip
+    PublishScheduler().step(built, warehouse)
+    results = {r.name: r.refresh_action for r in refresh(built, "patient_summary",
+                                                         target=warehouse)}  # fmt: skip
+    assert results["patient_summary"] == "NO_DATA"
+    assert due_publishes(built, warehouse) == []
+
+
+def test_a_sql_interactive_table_is_republished_within_its_target_lag(
+    hospital_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = hospital_project.read_text().replace(
+        "  - name: census_dashboard\n    from: daily_census\n",
+        "  - name: census_dashboard\n    sql: select * from derived.daily_census\n",
+    )
+    hospital_project.write_text(text)
+    loaded = load_spec(hospital_project)
+    run_backfill(loaded, BackfillOptions())
+    refresh(loaded)
+    with open_target(loaded) as target:
+        assert "census_dashboard" in due_publishes(loaded, target)
+        scheduler = PublishScheduler(retry_seconds=3600)
+        scheduler.step(loaded, target)
+        assert due_publishes(loaded, target) == []
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+        assert due_publishes(loaded, target, now=later) == ["census_dashboard"]
+
+        # A failing publish is reported (no values), not raised, and not retried at once.
+        monkeypatch.setattr(publish_module, "due_publishes", lambda *a, **k: ["census_dashboard"])
+        target.con.execute("DROP TABLE derived.daily_census")
+        published, failures = scheduler.step(loaded, target)
+        assert published == [] and [n for n, _ in failures] == ["census_dashboard"]
+        assert "daily_census" in failures[0][1]
+        assert scheduler.step(loaded, target) == ([], [])  # waits before retrying
+
+
+def test_publish_status_and_dashboards_through_the_cli(
+    built: LoadedSpec, hospital_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    spec = str(hospital_project)
+    code, out, _ = cli(capsys, "-c", spec, "status", "--json")
+    served = {s["name"]: s for s in json.loads(out)["interactive_tables"]}
+    assert code == 3 and served[TABLE]["behind"] and served[TABLE]["generation"] is None
+
+    code, out, err = cli(capsys, "-c", spec, "publish", "--json")
+    assert code == 0, err
+    assert [r["name"] for r in json.loads(out)] == [t.name for t in built.spec.interactive_tables]
+    code, out, _ = cli(capsys, "-c", spec, "status", "--json")
+    served = {s["name"]: s for s in json.loads(out)["interactive_tables"]}
+    assert code == 0 and served[TABLE]["generation"] == 1 and not served[TABLE]["behind"]
+    assert served[TABLE]["source"] == "derived.patient_summary"
+    code, out, _ = cli(capsys, "-c", spec, "status")
+    assert code == 0 and "Interactive tables" in out and "lab_dashboard" in out, out
+
+    code, out, _ = cli(capsys, "-c", spec, "dashboard")
+    assert code == 0 and "recent_labs_of_patient" in out and "patient_id: bigint" in out
+
+    # Dashboards run in another process while this one holds the warehouse read-write.
+    with open_target(built) as target:
+        pid = target.query("SELECT min(patient_id) FROM raw.labs")[0][0]
+        expected_labs = target.query(
+            "SELECT test_name, value_numeric FROM raw.labs WHERE patient_id = "
+            f"{pid} ORDER BY collected_ts DESC, lab_id DESC LIMIT 10"
+        )
+        summary = target.query(f"SELECT * FROM derived.patient_summary WHERE patient_id = {pid}")
+        day, census = target.query(
+            "SELECT census_date, sum(admissions) FROM derived.daily_census "
+            "GROUP BY ALL ORDER BY census_date DESC LIMIT 1"
+        )[0]
+
+        def board(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "clinipipe", "-c", spec, "dashboard", *args],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+
+        labs = board("recent_labs_of_patient", "-p", f"patient_id={pid}", "--json")
+        assert labs.returncode == 0, labs.stderr
+        result = json.loads(labs.stdout)
+        columns = result["columns"]
+        got = [(r[columns.index("test_name")], r[columns.index("value_numeric")])
+               for r in result["rows"]]  # fmt: skip
+        expected = [(name, None if value is None else str(value)) for name, value in expected_labs]
+        assert got == expected and 1 <= len(got) <= 10  # JSON carries decimals as text
+        overview = board("patient_overview", "-p", f"patient_id={pid}", "--json")
+        assert json.loads(overview.stdout)["rows"][0][:2] == [summary[0][0], summary[0][1]]
+        wards = board("census_by_department", "-p", f"day={day}", "--json")
+        assert sum(r[1] for r in json.loads(wards.stdout)["rows"]) == census
+
+    code, _, err = cli(capsys, "-c", spec, "dashboard", "patient_overview")
+    assert code == 2 and "needs --param patient_id=<bigint>" in err
+    code, _, err = cli(capsys, "-c", spec, "dashboard", "patient_overview", "-p",
+                       "patient_id=MRN-0012345")  # fmt: skip
+    assert code == 2 and "not a valid bigint" in err and "0012345" not in err
+    code, _, err = cli(capsys, "-c", spec, "dashboard", "nope")
+    assert code == 2 and "no dashboard named 'nope'" in err and "patient_overview" in err
+
+
+def test_dashboards_must_read_one_interactive_table_and_declare_their_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", "postgresql://u@localhost/db")
+    from clinipipe.spec import parse_spec
+    from clinipipe.spec.errors import SpecError
+    from tests.helpers import example_text
+
+    text = example_text(**{
+        "sql: select * from serving.patient_dashboard where patient_id = $patient_id":
+        "sql: select * from derived.patient_summary where patient_id = $patient",
+    })  # fmt: skip
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text, "clinipipe.yaml")
+    problems = [str(p) for p in caught.value.problems]
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "$patient\n" in s + "\n")
+    wrong_table = "reads exactly one interactive table as serving.<name> (it reads: none)"
+    assert any(p.startswith(f"clinipipe.yaml:{line}:") and wrong_table in p for p in problems)
+    assert any("uses $patient, which is not declared" in p for p in problems), problems
+    assert any("dashboards[0].params.patient_id" in p and "declared but not used" in p
+               for p in problems), problems  # fmt: skip
+    assert len(problems) == 3, problems

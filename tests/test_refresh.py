@@ -495,7 +495,7 @@ def test_a_cycle_is_a_spec_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> N
     gamma = next(i for i, line in enumerate(lines, 1) if "derived.gamma join" in line)
     col = lines[alpha - 1].index("select") + 1
     assert (
-        f"clinipipe.yaml:{alpha}:{col}: dynamic_tables[2].sql: dynamic tables form a cycle: "
+        f"clinipipe.yaml:{alpha}:{col}: dynamic_tables[3].sql: dynamic tables form a cycle: "
         "alpha -> beta -> alpha" in "\n".join(problems)
     ), problems
     assert any(
@@ -518,7 +518,7 @@ def test_status_shows_lag_and_last_refresh_and_metering_names_the_warehouse(
     spec = str(hospital_project)
     code, out, _ = cli(capsys, "-c", spec, "status", "--json")
     assert code == 3  # deployed, nothing built yet: behind
-    assert [s["last_refresh"] for s in json.loads(out)] == [None, None]
+    assert [s["last_refresh"] for s in json.loads(out)["dynamic_tables"]] == [None] * 3
     code, _, err = cli(capsys, "-c", spec, "refresh")
     assert code == 1 and "run `clinipipe backfill` first" in err
 
@@ -528,7 +528,10 @@ def test_status_shows_lag_and_last_refresh_and_metering_names_the_warehouse(
     assert code == 0, err
     assert [(r["name"], r["action"]) for r in json.loads(out)] == [
         ("patient_summary", "INITIALIZATION"), ("daily_census", "INITIALIZATION"),
+        ("recent_labs", "INITIALIZATION"),
     ]  # fmt: skip
+    code, out, _ = cli(capsys, "-c", spec, "publish")  # dashboards served: status can be ok
+    assert code == 0
     execute(pg_dsn, "UPDATE labs SET abnormal_flag = 'H' WHERE patient_id = 1")
     catch_up(loaded)
     code, out, _ = cli(capsys, "-c", spec, "refresh", "patient_summary")
@@ -545,7 +548,7 @@ def test_status_shows_lag_and_last_refresh_and_metering_names_the_warehouse(
     code, out, _ = cli(capsys, "-c", spec, "status", "--json")
     assert opened == [True]  # status opens the warehouse read-only
     assert code == 0
-    status = {s["name"]: s for s in json.loads(out)}
+    status = {s["name"]: s for s in json.loads(out)["dynamic_tables"]}
     summary = status["patient_summary"]
     assert summary["behind"] is False and 0 <= summary["lag_seconds"] < 60
     assert summary["target_lag_seconds"] == 60
@@ -561,7 +564,9 @@ def test_status_shows_lag_and_last_refresh_and_metering_names_the_warehouse(
         late = {s.name: s for s in dynamic_table_status(loaded, target, now=later)}
         assert late["patient_summary"].behind and late["patient_summary"].lag_seconds > 590
         assert due_tables(loaded, target) == []
-        assert due_tables(loaded, target, now=later) == ["patient_summary", "daily_census"]
+        assert due_tables(loaded, target, now=later) == [
+            "patient_summary", "daily_census", "recent_labs",
+        ]  # fmt: skip
 
     with duckdb.connect(str(warehouse_of(loaded)), read_only=True) as con:
         metered = con.execute(
@@ -572,6 +577,8 @@ def test_status_shows_lag_and_last_refresh_and_metering_names_the_warehouse(
         ("refresh:patient_summary:initialization", "CLINIPIPE_INIT_WH", "initialization",
          "X6LARGE"),
         ("refresh:daily_census:initialization", "CLINIPIPE_INIT_WH", "initialization",
+         "X6LARGE"),
+        ("refresh:recent_labs:initialization", "CLINIPIPE_INIT_WH", "initialization",
          "X6LARGE"),
         ("refresh:patient_summary:incremental", "CLINIPIPE_CDC_WH", "incremental", "XSMALL"),
     ]  # fmt: skip
@@ -584,13 +591,15 @@ def test_the_scheduler_refreshes_what_is_due(hospital_project: Path, pg_dsn: str
     loaded = load_spec(hospital_project)
     run_backfill(loaded, BackfillOptions())
     with targets.open_target(loaded) as target:
-        assert due_tables(loaded, target) == ["patient_summary", "daily_census"]  # never built
+        never_built = ["patient_summary", "daily_census", "recent_labs"]
+        assert due_tables(loaded, target) == never_built
         first = refresh_due(loaded, target)
-        assert [r.refresh_trigger for r in first] == ["SCHEDULED", "SCHEDULED"]
+        assert [r.refresh_trigger for r in first] == ["SCHEDULED"] * 3
         assert refresh_due(loaded, target) == []  # fresh
         later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=59.5)
-        assert due_tables(loaded, target, now=later) == ["patient_summary"]  # lag 1 min vs 5
-        assert [r.name for r in refresh_due(loaded, target, now=later)] == ["patient_summary"]
+        one_minute = ["patient_summary", "recent_labs"]  # lag 1 min; daily_census has 5
+        assert due_tables(loaded, target, now=later) == one_minute
+        assert [r.name for r in refresh_due(loaded, target, now=later)] == one_minute
 
 
 # --- Snowflake: ALTER DYNAMIC TABLE ... REFRESH and its refresh history ---------------------------
@@ -653,6 +662,7 @@ def test_snowflake_refresh_runs_alter_then_reads_the_history(
     )
     assert [(s.name, s.lag_seconds, s.behind) for s in statuses] == [
         ("patient_summary", 90.0, True), ("daily_census", 90.0, False),  # 1 min vs 5 min
+        ("recent_labs", 90.0, True),
     ]  # fmt: skip
     with pytest.raises(RefreshError, match="--full is not available on Snowflake"):
         refresh(snowflake_target.loaded, full=True, target=snowflake_target)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from clinipipe import __version__
-from clinipipe.cli import cdc, later, load, project, source
+from clinipipe.cli import cdc, later, load, project, serve, source
 from clinipipe.cli import refresh as refresh_cli
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
@@ -64,6 +64,7 @@ source.register(app)
 load.register(app)
 cdc.register(app)
 refresh_cli.register(app)
+serve.register(app)
 later.register(app)
 
 

@@ -64,7 +64,12 @@ def start(
         "start_lsn": lsn_to_str(summary.start_lsn),
         "end_lsn": lsn_to_str(summary.end_lsn),
         "seconds": round(summary.seconds, 3),
+        "refreshes": summary.refreshes,
+        "publishes": summary.publishes,
+        "publish_failures": summary.publish_failures,
     }
+    for failure in summary.publish_failures:
+        err.print(f"warning: publish of interactive table {failure}", style="yellow", markup=False)
     if as_json:
         print_json(data)
     else:

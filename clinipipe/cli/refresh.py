@@ -100,13 +100,16 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Show each dynamic table's lag against its target and its last refresh.
+    """Show each dynamic table's lag against its target and its last refresh, and each
+    interactive table's last publish.
 
     Lag is now minus the data timestamp of the table's last successful refresh (the moment up
-    to which it reflects its inputs). Exit 3 when a table is behind: its lag exceeds its
-    target_lag, it was never built, or its last refresh failed (`cdc start` keeps tables within
-    their lag; `clinipipe refresh` catches up by hand). Opens the warehouse read-only.
+    to which it reflects its inputs); for an interactive table, of the data it serves. Exit 3
+    when a table is behind: its lag exceeds its target_lag, it was never built or published,
+    or its last refresh failed (`cdc start` keeps tables within their lag; `clinipipe refresh`
+    and `clinipipe publish` catch up by hand). Opens the warehouse read-only.
     """
+    from clinipipe.pipeline.publish import interactive_status
     from clinipipe.pipeline.refresh import dynamic_table_status
     from clinipipe.targets import open_target
 
@@ -115,8 +118,14 @@ def status(
     with open_target(loaded, read_only=True) as target:
         target.require_deployed()
         statuses = dynamic_table_status(loaded, target)
+        served = interactive_status(loaded, target)
     if as_json:
-        print_json([s.as_dict() for s in statuses])
+        print_json(
+            {
+                "dynamic_tables": [s.as_dict() for s in statuses],
+                "interactive_tables": [s.as_dict() for s in served],
+            }
+        )
     else:
         table = Table(title="Dynamic tables", box=box.SIMPLE_HEAD)
         table.add_column("table", no_wrap=True)
@@ -134,9 +143,6 @@ def status(
                 flag = last.state
             elif s.behind:
                 flag = "BEHIND"
-            target_lag = (
-                "downstream" if s.target_lag_seconds is None else _seconds(s.target_lag_seconds)
-            )
             cells = ["-", "-", "-"]
             if last is not None:
                 started = f"{last.refresh_start_time.astimezone():%H:%M:%S}"
@@ -147,12 +153,34 @@ def status(
                 cells = [f"{last.refresh_action}\n{started}, {_seconds(last.seconds)}",
                          rows + keys, last.warehouse or "-"]  # fmt: skip
             table.add_row(
-                s.name, f"{_seconds(s.lag_seconds)} / {target_lag}", flag, *cells,
+                s.name, _lag(s.lag_seconds, s.target_lag_seconds), flag, *cells,
                 style="yellow" if s.behind else None,
             )  # fmt: skip
         out.print(table)
         for s in statuses:
             if s.last is not None and s.last.state != "SUCCEEDED" and s.last.state_message:
                 err.print(f"{s.name}: {s.last.state_message}", style="red", markup=False)
-    if any(s.behind for s in statuses):
+        if served:
+            serving = Table(title="Interactive tables", box=box.SIMPLE_HEAD)
+            serving.add_column("table", no_wrap=True)
+            for column in ("source", "lag / target", "state", "gen", "rows", "published"):
+                serving.add_column(column, overflow="fold")
+            for i in served:
+                last_publish = i.last
+                serving.add_row(
+                    i.name, i.source, _lag(i.lag_seconds, i.target_lag_seconds, "-"),
+                    "never published" if last_publish is None else
+                    ("BEHIND" if i.behind else "ok"),
+                    "-" if last_publish is None else str(last_publish.generation),
+                    "-" if last_publish is None else f"{last_publish.rows:,}",
+                    "-" if last_publish is None
+                    else f"{last_publish.published_at.astimezone():%H:%M:%S}",
+                    style="yellow" if i.behind else None,
+                )  # fmt: skip
+            out.print(serving)
+    if any(s.behind for s in statuses) or any(i.behind for i in served):
         raise typer.Exit(ExitCode.FOUND)
+
+
+def _lag(lag: float | None, target: float | None, no_target: str = "downstream") -> str:
+    return f"{_seconds(lag)} / {no_target if target is None else _seconds(target)}"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
-from clinipipe.pipeline.publish import publish_refreshed
+from clinipipe.pipeline.publish import PublishScheduler
 from clinipipe.pipeline.refresh import refresh_due
 from clinipipe.pipeline.schema_evolution import (
     ColumnMap,
@@ -90,6 +90,8 @@ class CdcSummary:
     paused_tables: list[str] = field(default_factory=list)
     refreshes: int = 0
     publishes: int = 0
+    publish_failures: list[str] = field(default_factory=list)
+    """One line per failed publish of an interactive table ("name: reason", no values)."""
 
 
 @contextmanager
@@ -217,6 +219,7 @@ def run_cdc(
         evolve([(t.schema_, t.name) for t in spec.source.tables], checkpoint)
         last_catalog_check = time.monotonic()
         next_refresh = 0.0
+        publisher = PublishScheduler()
         # --until-caught-up: stop once the stream passed a marker written now.
         stop_at = emit_marker(dsn) if options.until_caught_up else None
         caught_up = False
@@ -347,9 +350,10 @@ def run_cdc(
                 if not in_transaction and not commit_times and time.monotonic() >= next_refresh:
                     # Between batches the raw tables match the checkpoint: refresh the dynamic
                     # tables whose lag would otherwise pass their target (on this connection).
-                    refreshed = refresh_due(loaded, target)
-                    summary.refreshes += len(refreshed)
-                    summary.publishes += len(publish_refreshed(loaded, target, refreshed))
+                    summary.refreshes += len(refresh_due(loaded, target))
+                    published, failures = publisher.step(loaded, target)
+                    summary.publishes += len(published)
+                    summary.publish_failures += [f"{n}: {why}" for n, why in failures]
                     next_refresh = time.monotonic() + REFRESH_CHECK_SECONDS
                 if caught_up and not in_transaction and not commit_times:
                     break

@@ -9,7 +9,8 @@ process open it meanwhile, so the serving layer lives in separate files next to 
 Guarantees:
 
 * **Complete or invisible.** A publish writes a *new* file (generation = highest generation on
-  disk or in CURRENT, plus one; never an existing name), containing table `<name>` = the rows of
+  disk or in CURRENT, plus one; never an existing name), containing table `serving.<name>` (the
+  name dashboards use on every target) = the rows of
   `derived.<from>` (or of the `sql:` query) ordered by `cluster_by`, checkpointed, detached and
   fsynced (file and folder). Only then is CURRENT replaced, through a temporary file, `fsync`
   and `os.replace` (atomic on POSIX), by the new file's name. A reader therefore only ever
@@ -39,14 +40,17 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
+
+from clinipipe.secrets import first_line, scrub_values
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import InteractiveTable
-from clinipipe.sql.context import CONTROL_SCHEMA
-from clinipipe.targets.base import RefreshResult, Target
+from clinipipe.sql.context import CONTROL_SCHEMA, DERIVED_SCHEMA, SERVING_SCHEMA
+from clinipipe.targets.base import Target, TargetError
 from clinipipe.targets.duckdb import DuckDBTarget
 
 CURRENT = "CURRENT"
@@ -55,7 +59,6 @@ CURRENT = "CURRENT"
 GENERATION_RE = re.compile(r"^(\d{12})\.duckdb$")
 """Generation files: twelve digits, `.duckdb`."""
 
-DERIVED_SCHEMA = "derived"
 _ALIAS = "clinipipe_publish"
 
 
@@ -77,6 +80,19 @@ class PublishResult:
     seconds: float
     removed: tuple[str, ...]
     """Files of older (or abandoned) generations deleted by this publish's cleanup."""
+
+    def as_dict(self) -> dict[str, object]:
+        source_ts = self.source_data_timestamp
+        return {
+            "name": self.name,
+            "generation": self.generation,
+            "path": str(self.path),
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "published_at": self.published_at.isoformat(),
+            "source_data_timestamp": source_ts.isoformat() if source_ts else None,
+        }
 
 
 def serving_root(warehouse: Path) -> Path:
@@ -247,17 +263,14 @@ def publish_table(
             target.use_warehouse("interactive")
             literal = target.dialect.quote_literal(str(path))
             cur.execute(f"ATTACH {literal} AS {q(_ALIAS)}")
+            served = f"{q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(table.name)}"
             try:
-                cur.execute(
-                    f"CREATE TABLE {q(_ALIAS)}.{q(table.name)} AS {source} ORDER BY {order}"
-                )
+                cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
+                cur.execute(f"CREATE TABLE {served} AS {source} ORDER BY {order}")
                 if index:
                     cols = ", ".join(q(c) for c in table.cluster_by)
-                    cur.execute(
-                        f"CREATE INDEX {q(table.name + '_cluster')} ON "
-                        f"{q(_ALIAS)}.{q(table.name)} ({cols})"
-                    )
-                counted = cur.execute(f"SELECT count(*) FROM {q(_ALIAS)}.{q(table.name)}")
+                    cur.execute(f"CREATE INDEX {q(table.name + '_cluster')} ON {served} ({cols})")
+                counted = cur.execute(f"SELECT count(*) FROM {served}")
                 rows = int(counted.fetchall()[0][0])
                 cur.execute(f"CHECKPOINT {q(_ALIAS)}")
             finally:
@@ -334,18 +347,163 @@ def publish(
     return results
 
 
-def publish_refreshed(
-    loaded: LoadedSpec, target: Target, refreshed: Sequence[RefreshResult]
-) -> list[PublishResult]:
-    """Publish the interactive tables that read a dynamic table `refreshed` changed.
+def last_publishes(target: Target) -> dict[str, PublishRecord]:
+    """Each interactive table's latest publish recorded in `_clinipipe.interactive_publishes`
+    ({} before the first publish; reads only, works on a read-only target)."""
+    if not target.table_exists(CONTROL_SCHEMA, "interactive_publishes"):
+        return {}
+    rows = target.query(
+        "SELECT name, generation, rows, published_at, source_data_timestamp FROM "
+        f"{target.control('interactive_publishes')} "
+        "QUALIFY row_number() OVER (PARTITION BY name ORDER BY generation DESC) = 1"
+    )
+    return {r[0]: PublishRecord(*r) for r in rows}
 
-    The scheduler's step after `refresh_due` (DuckDB only; Snowflake maintains interactive
-    tables itself): readers get the new rows within the dynamic table's own lag.
+
+@dataclass(frozen=True)
+class PublishRecord:
+    """One row of `_clinipipe.interactive_publishes`."""
+
+    name: str
+    generation: int
+    rows: int
+    published_at: dt.datetime
+    source_data_timestamp: dt.datetime | None
+
+
+def due_publishes(
+    loaded: LoadedSpec,
+    target: Target,
+    *,
+    now: dt.datetime | None = None,
+    horizon_seconds: float = 1.0,
+) -> list[str]:
+    """The interactive tables to publish now (spec order; [] on a target other than DuckDB):
+
+    * never published, when their source can be read (a `from:` table's dynamic table was
+      built; a `sql:` table always);
+    * `from:` tables whose dynamic table changed rows after their last publish (its last
+      successful refresh that was not NO_DATA ended after the publish), so readers get the new
+      rows within the dynamic table's own lag plus one publish;
+    * `sql:` tables (no change tracking: their query may read anything) whose last publish is
+      older than `target_lag` minus `horizon_seconds` (the scheduler's look interval); without
+      a `target_lag` they are published once and then only by `clinipipe publish`.
+    Reads only; a few small queries.
     """
+    if not isinstance(target, DuckDBTarget) or not loaded.spec.interactive_tables:
+        return []
+    now = now or dt.datetime.now(dt.UTC)
+    last = last_publishes(target)
+    states = target.dynamic_table_states()
+    due = []
+    for table in loaded.spec.interactive_tables:
+        record = last.get(table.name)
+        if table.from_ is not None:
+            if table.from_ not in states:
+                continue  # not built yet: nothing to serve
+            if record is None:
+                due.append(table.name)
+                continue
+            changed = next(
+                (r for r in target.dynamic_table_history(table.from_, 50)
+                 if r.state == "SUCCEEDED" and r.refresh_action != "NO_DATA"),
+                None,
+            )  # fmt: skip
+            ended = changed.refresh_end_time if changed else None
+            if ended is not None and ended > record.published_at:
+                due.append(table.name)
+        elif record is None:
+            due.append(table.name)
+        elif table.target_lag is not None and table.target_lag.seconds is not None:
+            age = (now - record.published_at).total_seconds()
+            if age + horizon_seconds >= table.target_lag.seconds:
+                due.append(table.name)
+    return due
+
+
+@dataclass
+class PublishScheduler:
+    """The CDC loop's publisher: each `step` publishes what `due_publishes` names.
+
+    A table whose publish failed is not tried again for `retry_seconds` (its readers keep the
+    previous generation meanwhile); failures are returned, never raised, so serving problems
+    never stop change capture. Error messages are scrubbed of quoted values.
+    """
+
+    retry_seconds: float = 60.0
+    _failed_at: dict[str, float] = field(default_factory=dict)
+
+    def step(
+        self, loaded: LoadedSpec, target: Target
+    ) -> tuple[list[PublishResult], list[tuple[str, str]]]:
+        now = time.monotonic()
+        names = [
+            n
+            for n in due_publishes(loaded, target)
+            if now - self._failed_at.get(n, -self.retry_seconds) >= self.retry_seconds
+        ]
+        results: list[PublishResult] = []
+        failures: list[tuple[str, str]] = []
+        for name in names:
+            try:
+                results.extend(publish(loaded, target, [name]))
+                self._failed_at.pop(name, None)
+            except (PublishError, TargetError, duckdb.Error, OSError) as exc:
+                self._failed_at[name] = now
+                failures.append((name, scrub_values(first_line(exc))))
+        return results, failures
+
+
+@dataclass(frozen=True)
+class InteractiveStatus:
+    """One interactive table's freshness. `lag_seconds`: now minus the data timestamp of what
+    readers get (the source dynamic table's data timestamp at publish, or the publish time for
+    a `sql:` table); `behind` when never published or the lag exceeds `target_lag`."""
+
+    name: str
+    source: str
+    target_lag_seconds: float | None
+    last: PublishRecord | None
+    lag_seconds: float | None
+    behind: bool
+
+    def as_dict(self) -> dict[str, object]:
+        last = self.last
+        return {
+            "name": self.name,
+            "source": self.source,
+            "target_lag_seconds": self.target_lag_seconds,
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+            "behind": self.behind,
+            "generation": last.generation if last else None,
+            "rows": last.rows if last else None,
+            "published_at": last.published_at.isoformat() if last else None,
+            "source_data_timestamp": (
+                last.source_data_timestamp.isoformat()
+                if last and last.source_data_timestamp
+                else None
+            ),
+        }
+
+
+def interactive_status(
+    loaded: LoadedSpec, target: Target, *, now: dt.datetime | None = None
+) -> list[InteractiveStatus]:
+    """Each interactive table's last publish and lag (DuckDB; [] elsewhere: Snowflake keeps
+    interactive tables fresh itself). Reads only."""
     if not isinstance(target, DuckDBTarget):
         return []
-    changed = {
-        r.name for r in refreshed if r.state == "SUCCEEDED" and r.refresh_action != "NO_DATA"
-    }
-    names = [t.name for t in loaded.spec.interactive_tables if t.from_ in changed]
-    return publish(loaded, target, names) if names else []
+    now = now or dt.datetime.now(dt.UTC)
+    last = last_publishes(target)
+    statuses = []
+    for table in loaded.spec.interactive_tables:
+        record = last.get(table.name)
+        lag = None
+        if record is not None:
+            as_of = record.source_data_timestamp or record.published_at
+            lag = max(0.0, (now - as_of).total_seconds())
+        lag_target = table.target_lag.seconds if table.target_lag else None
+        behind = lag is None or (lag_target is not None and lag > lag_target)
+        source = f"{DERIVED_SCHEMA}.{table.from_}" if table.from_ else "sql"
+        statuses.append(InteractiveStatus(table.name, source, lag_target, record, lag, behind))
+    return statuses

@@ -64,6 +64,7 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
             )
 
     yield from _dynamic_table_references(spec)
+    yield from _dashboard_references(spec)
 
 
 def _duplicates(paths: list[Path], names: list[str], what: str) -> Iterator[tuple[Path, str]]:
@@ -203,3 +204,58 @@ def _dynamic_table_references(spec: Spec) -> Iterator[tuple[Path, str]]:
             f"dynamic tables form a cycle: {path} (each reads the next as "
             f"{DERIVED_SCHEMA_NAME}.<name>); no table can be refreshed before the others",
         )
+
+
+# --- dashboards --------------------------------------------------------------------------------
+
+SERVING_SCHEMA_NAME = "serving"
+"""The schema interactive tables are served from (`clinipipe.sql.context.SERVING_SCHEMA`)."""
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def dashboard_parameters(sql: str) -> list[str]:
+    """The `$name` parameters `sql` uses, in order of first mention (comments and string
+    literals skipped)."""
+    found: list[str] = []
+    for name in _PARAM.findall(_SQL_SKIP.sub(" ", sql)):
+        if name not in found:
+            found.append(name)
+    return found
+
+
+def dashboard_table(spec: Spec, sql: str) -> str | None:
+    """The interactive table of `spec` a dashboard's `sql` reads (`serving.<name>`), when it
+    reads exactly one and it is an interactive table of the spec; else None."""
+    names = {t.name.lower(): t.name for t in spec.interactive_tables}
+    read = table_references(sql, SERVING_SCHEMA_NAME)
+    if len(read) != 1 or read[0].lower() not in names:
+        return None
+    return names[read[0].lower()]
+
+
+def _dashboard_references(spec: Spec) -> Iterator[tuple[Path, str]]:
+    """Every dashboard reads exactly one interactive table (on DuckDB each is served from its
+    own file) and uses exactly the parameters it declares."""
+    interactive = sorted(t.name for t in spec.interactive_tables)
+    for i, board in enumerate(spec.dashboards):
+        read = table_references(board.sql, SERVING_SCHEMA_NAME)
+        if dashboard_table(spec, board.sql) is None:
+            found = ", ".join(f"{SERVING_SCHEMA_NAME}.{r}" for r in read) or "none"
+            yield (
+                ("dashboards", i, "sql"),
+                f"a dashboard reads exactly one interactive table as "
+                f"{SERVING_SCHEMA_NAME}.<name> (it reads: {found}); interactive tables: "
+                f"{', '.join(interactive) or '(none): add one under interactive_tables'}",
+            )
+        used = dashboard_parameters(board.sql)
+        for name in used:
+            if name not in board.params:
+                yield (
+                    ("dashboards", i, "sql"),
+                    f"uses ${name}, which is not declared: add it under params with its type "
+                    f"(int, bigint, text, date or timestamp)",
+                )
+        for name in board.params:
+            if name not in used:
+                yield (("dashboards", i, "params", name), f"${name} is declared but not used")

@@ -53,4 +53,9 @@ group by p.patient_id', 60.0, 'AUTO',
     ('daily_census', 'select cast(admit_ts as date) as census_date, department, count(*) as admissions
 from raw.encounters
 group by cast(admit_ts as date), department', 300.0, 'FULL',
-     NULL, 'CLINIPIPE_CDC_WH', 'CLINIPIPE_INIT_WH');
+     NULL, 'CLINIPIPE_CDC_WH', 'CLINIPIPE_INIT_WH'),
+    ('recent_labs', 'select patient_id, lab_id, collected_ts, test_name, value_numeric, unit, abnormal_flag
+from raw.labs
+qualify row_number() over (
+  partition by patient_id order by collected_ts desc, lab_id desc) <= 10', 60.0, 'AUTO',
+     'patient_id', 'CLINIPIPE_CDC_WH', 'CLINIPIPE_INIT_WH');

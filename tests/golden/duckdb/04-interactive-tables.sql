@@ -14,4 +14,10 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."interactive_tables" (
 INSERT OR REPLACE INTO "_clinipipe"."interactive_tables" VALUES
     ('patient_dashboard', 'patient_summary', NULL,
      ['patient_id'],
-     60.0, 'CLINIPIPE_SERVE_WH');
+     60.0, 'CLINIPIPE_SERVE_WH'),
+    ('lab_dashboard', 'recent_labs', NULL,
+     ['patient_id', 'collected_ts'],
+     60.0, 'CLINIPIPE_SERVE_WH'),
+    ('census_dashboard', 'daily_census', NULL,
+     ['census_date', 'department'],
+     600.0, 'CLINIPIPE_SERVE_WH');

@@ -37,3 +37,16 @@ CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."DAILY_CENSUS"
 select cast(admit_ts as date) as census_date, department, count(*) as admissions
 from raw.encounters
 group by cast(admit_ts as date), department;
+
+CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."RECENT_LABS"
+  TARGET_LAG = '1 minutes'
+  WAREHOUSE = "CLINIPIPE_CDC_WH"
+  INITIALIZATION_WAREHOUSE = "CLINIPIPE_INIT_WH"
+  REFRESH_MODE = AUTO
+  INITIALIZE = ON_CREATE
+  COMMENT = 'Each patient''s ten most recent lab results'
+  AS
+select patient_id, lab_id, collected_ts, test_name, value_numeric, unit, abnormal_flag
+from raw.labs
+qualify row_number() over (
+  partition by patient_id order by collected_ts desc, lab_id desc) <= 10;

@@ -9,12 +9,20 @@ USE DATABASE "CLINIPIPE";
 -- parameter patient_id (bigint): SET patient_id = ...;
 select * from serving.patient_dashboard where patient_id = $patient_id;
 
--- Dashboard 'census_by_department': Admissions per department over the last 30 days
-select department, sum(admissions) as admissions
-from derived.daily_census
-where census_date >= current_date - 30
-group by department
-order by admissions desc;
+-- Dashboard 'recent_labs_of_patient': The last ten lab results of a patient
+-- parameter patient_id (bigint): SET patient_id = ...;
+select collected_ts, test_name, value_numeric, unit, abnormal_flag
+from serving.lab_dashboard
+where patient_id = $patient_id
+order by collected_ts desc, lab_id desc
+limit 10;
+
+-- Dashboard 'census_by_department': A day's admissions per department (today's for the ward board)
+-- parameter day (date): SET day = ...;
+select department, admissions
+from serving.census_dashboard
+where census_date = $day
+order by admissions desc, department;
 
 -- Dynamic-table refreshes: which warehouse, how long, what they did.
 SELECT name, state, refresh_action, data_timestamp, refresh_start_time, refresh_end_time
