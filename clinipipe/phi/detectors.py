@@ -1,0 +1,469 @@
+"""PHI detectors: small rule objects loaded from data, and the set that runs them over a batch.
+
+The built-in rules live in ``data/detectors.yaml``; a spec adds its own under ``phi.patterns``.
+:class:`DetectorSet` runs every rule once over a whole batch joined into one string (see
+:mod:`clinipipe.phi.text`), adds name-list and record-linkage spans, and merges overlaps.
+
+Guarantees of :meth:`DetectorSet.find` / :meth:`DetectorSet.redact`:
+
+* spans are character offsets into their row's text (end exclusive), lie within one row, do not
+  overlap, and are sorted by row then start; null texts give no span;
+* a span that several detectors found is reported once, labelled by the highest-priority
+  detector and covering the union of what they matched, so redaction removes every character
+  any detector found;
+* no PHI value is ever logged or put into an exception message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache, cached_property
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from clinipipe.phi.categories import CATEGORIES, SEVERITIES
+from clinipipe.phi.fakes import surrogate
+from clinipipe.phi.lexicon import NameContext, NameLexicon, read_list
+from clinipipe.phi.linkage import find_known
+from clinipipe.phi.text import JoinedText, assemble, join_texts, resolve_overlaps
+from clinipipe.phi.validators import VALIDATORS
+
+if TYPE_CHECKING:
+    from clinipipe.spec.model import PhiSpec
+
+__all__ = ["FINDINGS_SCHEMA", "Detector", "DetectorSet", "mask_excerpt"]
+
+FINDINGS_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("category", pa.string()),
+        ("detector", pa.string()),
+        ("severity", pa.string()),
+        ("confidence", pa.float64()),
+    ]
+)
+
+_FRAGMENT = re.compile(r"\{\{([A-Z0-9_]+|FILE:[\w.-]+)\}\}")
+LINKAGE_PRIORITY = 90
+LINKAGE_CONFIDENCE = 0.99
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One detection rule.
+
+    ``pattern`` is a Python regex; when it has a group named ``phi`` only that group is the PHI
+    span (the rest is context, e.g. ``MRN:``). ``prefilter`` is an RE2 regex (valid for DuckDB
+    ``regexp_matches`` and Snowflake ``REGEXP_LIKE``) that matches every text in which
+    ``pattern`` finds something. A match counts when ``validator`` (a name in
+    :data:`clinipipe.phi.validators.VALIDATORS`) accepts the span and, if ``context_required``,
+    one of the ``context`` words occurs within ``context_window`` characters before it (after
+    ``blockers`` words, which cancel it). Context found raises the confidence by
+    ``context_boost``. ``priority`` decides the label when spans of two detectors overlap.
+    ``kind`` is ``pattern`` or ``names`` (census name lists; ``pattern`` is then the token
+    shape, and ``titles``/``cues`` the context words).
+    """
+
+    name: str
+    category: str
+    severity: str
+    confidence: float
+    pattern: str
+    prefilter: str
+    validator: str | None = None
+    context: tuple[str, ...] = ()
+    context_required: bool = False
+    context_window: int = 40
+    context_boost: float = 0.1
+    blockers: tuple[str, ...] = ()
+    ignore_case: bool = False
+    priority: int = 0
+    kind: str = "pattern"
+    bounded: bool = True
+    anchor: str | None = None
+    anchor_window: tuple[int, int] = (64, 64)
+    titles: tuple[str, ...] = ()
+    cues: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise ValueError(f"detector {self.name}: unknown category {self.category!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"detector {self.name}: unknown severity {self.severity!r}")
+        if not 0.0 < self.confidence <= 1.0:
+            raise ValueError(f"detector {self.name}: confidence must be in (0, 1]")
+        if self.validator is not None and self.validator not in VALIDATORS:
+            raise ValueError(f"detector {self.name}: unknown validator {self.validator!r}")
+        if self.kind not in ("pattern", "names"):
+            raise ValueError(f"detector {self.name}: unknown kind {self.kind!r}")
+        if self.context_required and not self.context:
+            raise ValueError(f"detector {self.name}: context_required needs context words")
+        try:
+            self.regex  # noqa: B018 - compile now so a bad rule fails at load
+        except re.error as exc:
+            raise ValueError(f"detector {self.name}: bad pattern: {exc}") from None
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern, re.IGNORECASE if self.ignore_case else 0)
+
+    @cached_property
+    def _group(self) -> int | str:
+        return "phi" if "phi" in self.regex.groupindex else 0
+
+    @cached_property
+    def _context_re(self) -> re.Pattern[str] | None:
+        if not self.context:
+            return None
+        words = "|".join(re.escape(w) for w in sorted(self.context, key=len, reverse=True))
+        return re.compile(rf"(?i:(?<![a-z])(?:{words})(?![a-z]))")
+
+    @cached_property
+    def _blocker_re(self) -> re.Pattern[str] | None:
+        if not self.blockers:
+            return None
+        words = "|".join(re.escape(w) for w in sorted(self.blockers, key=len, reverse=True))
+        return re.compile(rf"(?i:(?<![a-z])(?:{words})(?![a-z]))")
+
+    @cached_property
+    def _validate(self) -> Callable[[str], bool] | None:
+        return VALIDATORS[self.validator] if self.validator else None
+
+    def scan(self, text: str) -> list[tuple[int, int, float]]:
+        """Spans ``(start, end, confidence)`` this detector finds in ``text`` (which may be a
+        joined batch: context never reaches across a row separator)."""
+        if self.kind == "names":
+            return NameLexicon(NameContext(self.titles, self.cues)).find(text)
+        return self.judge(text, self.matches(text))
+
+    @cached_property
+    def _anchor_re(self) -> re.Pattern[str] | None:
+        return re.compile(self.anchor) if self.anchor else None
+
+    def matches(self, text: str) -> list[re.Match[str]]:
+        """The raw regex matches over ``text`` (within the anchor windows when there is an
+        anchor; windows start at a whitespace so a match is never cut at its start)."""
+        anchor = self._anchor_re
+        if anchor is None:
+            return list(self.regex.finditer(text))
+        before, after = self.anchor_window
+        out: list[re.Match[str]] = []
+        hi = -1
+        lo = 0
+        for a in anchor.finditer(text):
+            s, e = a.start() - before, a.end() + after
+            if s <= hi:
+                hi = max(hi, e)
+                continue
+            if hi >= 0:
+                out.extend(self._window(text, lo, hi))
+            lo, hi = s, e
+        if hi >= 0:
+            out.extend(self._window(text, lo, hi))
+        return out
+
+    def _window(self, text: str, lo: int, hi: int) -> list[re.Match[str]]:
+        lo = max(0, lo)
+        while lo > 0 and not text[lo - 1].isspace() and text[lo - 1] != "\x00":
+            lo -= 1
+        return list(self.regex.finditer(text, lo, min(len(text), hi)))
+
+    def judge(self, text: str, matches: Any) -> list[tuple[int, int, float]]:
+        """Keep the regex ``matches`` that pass the validator and the context rule."""
+        out: list[tuple[int, int, float]] = []
+        group, validate, ctx = self._group, self._validate, self._context_re
+        window, bounded, n = self.context_window, self.bounded, len(text)
+        for m in matches:
+            s, e = m.span(group)
+            if s >= e:
+                continue
+            if bounded and ((s > 0 and text[s - 1].isalnum()) or (e < n and text[e].isalnum())):
+                continue
+            if validate is not None and not validate(text[s:e]):
+                continue
+            conf = self.confidence
+            if ctx is not None:
+                lo = max(0, s - window)
+                before = text[lo:s]
+                cut = before.rfind("\x00")
+                if cut >= 0:
+                    before = before[cut + 1 :]
+                found = None
+                for found in ctx.finditer(before):  # noqa: B007 - keep the last one
+                    pass
+                blockers = self._blocker_re
+                if (
+                    found is not None
+                    and blockers is not None
+                    and blockers.search(before, found.end())
+                ):
+                    found = None
+                if found is None:
+                    if self.context_required:
+                        continue
+                else:
+                    conf = min(0.99, conf + self.context_boost)
+            out.append((s, e, conf))
+        return out
+
+    def find(self, text: str) -> list[tuple[int, int, float]]:
+        """This detector alone over one text (for tests and explanations)."""
+        return [(s, e, c) for s, e, c in self.scan(text)]
+
+
+def _expand(text: str, fragments: Mapping[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name.startswith("FILE:"):
+            return _file_alternation(name[5:])
+        return fragments[name]
+
+    return _FRAGMENT.sub(sub, text)
+
+
+@cache
+def _file_alternation(name: str) -> str:
+    """A data list as a regex alternation (each entry as written and in upper case), longest
+    first."""
+    words = {w for line in read_list(name) for w in (line, line.upper())}
+    return "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
+
+
+def _fragments(raw: Mapping[str, str]) -> dict[str, str]:
+    """Expand ``{{NAME}}`` references between fragments (in file order)."""
+    done: dict[str, str] = {}
+    for key, value in raw.items():
+        done[key] = _expand(str(value), done)
+    return done
+
+
+def _detector(entry: Mapping[str, Any], fragments: Mapping[str, str]) -> Detector:
+    values = dict(entry)
+    for key in ("pattern", "prefilter"):
+        if key in values:
+            values[key] = _expand(str(values[key]), fragments)
+    for key in ("context", "blockers", "titles", "cues", "anchor_window"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return Detector(**values)
+
+
+@cache
+def builtin_detectors() -> tuple[Detector, ...]:
+    """The rules in ``data/detectors.yaml``, in file order."""
+    text = resources.files("clinipipe.phi.data").joinpath("detectors.yaml").read_text("utf-8")
+    doc = yaml.safe_load(text)
+    fragments = _fragments(doc.get("fragments", {}))
+    return tuple(_detector(entry, fragments) for entry in doc["detectors"])
+
+
+def spec_detectors(phi: PhiSpec | None) -> tuple[Detector, ...]:
+    """The spec's custom patterns (``phi.patterns``) as detectors."""
+    patterns = getattr(phi, "patterns", None) or []
+    out = []
+    for p in patterns:
+        values = p.model_dump() if hasattr(p, "model_dump") else dict(p)
+        values = {k: v for k, v in values.items() if v is not None}
+        values.setdefault("prefilter", values["pattern"])
+        values.setdefault("confidence", 0.9)
+        values.setdefault("priority", 60)
+        out.append(_detector(values, {}))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Spans:
+    """Resolved spans over a joined batch (offsets into ``joined.text``)."""
+
+    joined: JoinedText
+    start: np.ndarray
+    end: np.ndarray
+    label: np.ndarray  # index into DetectorSet labels
+    confidence: np.ndarray
+
+
+@dataclass(frozen=True)
+class DetectorSet:
+    """An ordered set of detectors run together (see the module docstring)."""
+
+    detectors: tuple[Detector, ...]
+    _labels: tuple[tuple[str, str, str, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.detectors]
+        if len(set(names)) != len(names):
+            raise ValueError("detector names must be unique")
+        labels = [(d.name, d.category, d.severity, d.priority) for d in self.detectors]
+        labels += [("linkage", c, "high", LINKAGE_PRIORITY) for c in CATEGORIES]
+        object.__setattr__(self, "_labels", tuple(labels))
+
+    @classmethod
+    def load(cls, phi: PhiSpec | None = None) -> DetectorSet:
+        """The built-in rules plus the spec's custom patterns (a custom pattern whose name is a
+        built-in detector's replaces it)."""
+        custom = spec_detectors(phi)
+        replaced = {d.name for d in custom}
+        builtin = tuple(d for d in builtin_detectors() if d.name not in replaced)
+        return cls(builtin + custom)
+
+    def prefilter(self) -> str:
+        """One RE2 regex: a text it does not match has no finding from any detector of this set
+        (record linkage aside, which depends on the row's known values)."""
+        parts = sorted({d.prefilter for d in self.detectors})
+        return "|".join(f"(?:{p})" for p in parts)
+
+    @cached_property
+    def _pattern_groups(self) -> list[tuple[Detector, list[int]]]:
+        """Pattern detectors grouped by identical regex (and anchor), so each runs once."""
+        groups: dict[tuple[str, bool, str | None, tuple[int, int]], list[int]] = {}
+        for i, d in enumerate(self.detectors):
+            if d.kind == "pattern":
+                key = (d.pattern, d.ignore_case, d.anchor, d.anchor_window)
+                groups.setdefault(key, []).append(i)
+        return [(self.detectors[ix[0]], ix) for ix in groups.values()]
+
+    def spans(
+        self,
+        texts: pa.Array | pa.ChunkedArray | Sequence[str | None],
+        known: pa.Table | None = None,
+        known_categories: Mapping[str, str] | None = None,
+    ) -> Spans:
+        """Every detected span over the joined batch, overlaps resolved."""
+        joined = join_texts(texts)
+        text = joined.text
+        starts: list[np.ndarray] = []
+        ends: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        confs: list[np.ndarray] = []
+
+        def add(found: list[tuple[int, int, float]], label: int) -> None:
+            if found:
+                arr = np.asarray(found, dtype=np.float64)
+                starts.append(arr[:, 0].astype(np.int64))
+                ends.append(arr[:, 1].astype(np.int64))
+                labels.append(np.full(len(found), label, dtype=np.int64))
+                confs.append(arr[:, 2])
+
+        for first, members in self._pattern_groups:
+            matches = first.matches(text)
+            if not matches:
+                continue
+            for i in members:
+                add(self.detectors[i].judge(text, matches), i)
+        for i, d in enumerate(self.detectors):
+            if d.kind == "names":
+                add(d.scan(text), i)
+        if known is not None and known.num_columns:
+            cats = dict(known_categories or {})
+            base = len(self.detectors)
+            for category, found in find_known(joined, known, cats).items():
+                add(found, base + CATEGORIES.index(category))
+        if not starts:
+            empty = np.zeros(0, dtype=np.int64)
+            return Spans(joined, empty, empty, empty, np.zeros(0))
+        s, e = np.concatenate(starts), np.concatenate(ends)
+        lab, conf = np.concatenate(labels), np.concatenate(confs)
+        # A match may not cross a row separator (a pattern like [^x] could).
+        same_row = joined.rows_of(s) == joined.rows_of(e - 1)
+        s, e, lab, conf = s[same_row], e[same_row], lab[same_row], conf[same_row]
+        rank = np.asarray([self._labels[k][3] for k in lab], dtype=np.int64) * 1000 + (
+            conf * 999
+        ).astype(np.int64)
+        g_start, g_end, winner = resolve_overlaps(s, e, rank)
+        return Spans(joined, g_start, g_end, lab[winner], conf[winner])
+
+    def find(
+        self,
+        texts: pa.Array | pa.ChunkedArray | Sequence[str | None],
+        known: pa.Table | None = None,
+        known_categories: Mapping[str, str] | None = None,
+    ) -> pa.Table:
+        """One row per detected span (schema :data:`FINDINGS_SCHEMA`), sorted by row, start."""
+        sp = self.spans(texts, known, known_categories)
+        rows = sp.joined.rows_of(sp.start)
+        offset = sp.joined.starts[rows]
+        labels = self._labels
+        return pa.table(
+            {
+                "row": pa.array(rows, pa.int64()),
+                "start": pa.array(sp.start - offset, pa.int64()),
+                "end": pa.array(sp.end - offset, pa.int64()),
+                "category": pa.array([labels[k][1] for k in sp.label], pa.string()),
+                "detector": pa.array([labels[k][0] for k in sp.label], pa.string()),
+                "severity": pa.array([labels[k][2] for k in sp.label], pa.string()),
+                "confidence": pa.array(sp.confidence, pa.float64()),
+            },
+            schema=FINDINGS_SCHEMA,
+        )
+
+    def redact(
+        self,
+        texts: pa.Array | pa.ChunkedArray | Sequence[str | None],
+        known: pa.Table | None = None,
+        known_categories: Mapping[str, str] | None = None,
+        *,
+        surrogates: bool = False,
+        key: bytes | None = None,
+        keep: frozenset[str] = frozenset(),
+    ) -> pa.Array:
+        """``texts`` (same length and nulls, ``string`` type) with each detected span whose
+        category is not in ``keep`` replaced by ``[CATEGORY]``, or with ``surrogates=True`` by a
+        realistic surrogate derived from HMAC-SHA256(``key``, category + normalized value):
+        the same value gets the same surrogate in every row and run."""
+        if surrogates and not key:
+            raise ValueError("surrogates need a secret key (HMAC-SHA256)")
+        sp = self.spans(texts, known, known_categories)
+        categories = [self._labels[k][1] for k in sp.label]
+        keep_mask = np.asarray([c in keep for c in categories], dtype=bool)
+        start, end = sp.start[~keep_mask], sp.end[~keep_mask]
+        cats = [c for c, k in zip(categories, keep_mask, strict=True) if not k]
+        if surrogates:
+            assert key is not None
+            text = sp.joined.text
+            reps = [
+                surrogate(c, text[s:e], key)
+                for c, s, e in zip(cats, start.tolist(), end.tolist(), strict=True)
+            ]
+        else:
+            reps = [f"[{c}]" for c in cats]
+        return assemble(sp.joined, start, end, reps)
+
+
+def mask_excerpt(
+    text: str, start: int, end: int, category: str, *, detectors: DetectorSet, width: int = 24
+) -> str:
+    """``…context [CATEGORY] context…``: ``width`` characters each side of ``text[start:end]``,
+    with that span replaced by ``[category]`` and every other detected span that touches the
+    window replaced by its own tag. Whitespace runs become one space. The result never contains
+    a detected value (spans cut by the window edge are replaced whole)."""
+    sp = detectors.spans([text])
+    lo, hi = max(0, start - width), min(len(text), end + width)
+    pieces: list[str] = []
+    pos = lo
+    spans = [
+        (int(s), int(e), detectors._labels[int(k)][1])
+        for s, e, k in zip(sp.start, sp.end, sp.label, strict=True)
+        if e > lo and s < hi and (s, e) != (start, end)
+    ]
+    spans.append((start, end, category))
+    spans.sort()
+    for s, e, cat in spans:
+        if e <= pos:
+            continue
+        if s >= pos or not pieces:
+            pieces.append(text[pos:s] if s > pos else "")
+            pieces.append(f"[{cat}]")
+        pos = e
+    if pos < hi:
+        pieces.append(text[pos:hi])
+    body = re.sub(r"\s+", " ", "".join(pieces)).strip()
+    return ("…" if lo > 0 else "") + body + ("…" if hi < len(text) else "")

@@ -1,0 +1,107 @@
+"""Consistent, keyed surrogates for detected PHI.
+
+``surrogate(category, value, key)`` derives everything from HMAC-SHA256(key, category + a
+normalized value): the same value (up to case, spacing and punctuation; digits only for numbers)
+gets the same surrogate in every row and every run with the same key, and nobody without the key
+can recompute it from a candidate value. Surrogates are chosen not to be real identifiers where
+a rule allows it: phones in the 555-01xx fiction range, SSNs with area 9xx (never issued), IPs
+from the documentation ranges, e-mails at example.org. Names come from the census lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from functools import cache
+
+from clinipipe.phi.lexicon import read_list
+
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+_STREETS = ("St", "Ave", "Rd", "Ln", "Dr", "Way", "Ct", "Pl")
+_NORMALIZE_DIGITS = frozenset(
+    {"PHONE", "FAX", "SSN", "MRN", "ACCOUNT", "HEALTH_PLAN", "IP", "ZIP", "AGE"}
+)
+
+
+@cache
+def _names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ambiguous = set(read_list("name_words.txt"))
+    first = tuple(n for n in read_list("first_names.txt")[:1000] if n.lower() not in ambiguous)
+    last = tuple(n for n in read_list("last_names.txt")[:2000] if n.lower() not in ambiguous)
+    return first, last
+
+
+def normalize(category: str, value: str) -> str:
+    """The form of ``value`` whose surrogate is shared: digits only for numeric identifiers,
+    else lower case with punctuation and spacing removed."""
+    if category in _NORMALIZE_DIGITS and any(c.isdigit() for c in value):
+        return re.sub(r"\D", "", value)
+    return re.sub(r"[\W_]+", "", value.casefold())
+
+
+class _Stream:
+    """Deterministic numbers from one HMAC digest (extended by counter when used up)."""
+
+    def __init__(self, key: bytes, message: bytes) -> None:
+        self._key, self._message, self._counter, self._pool = key, message, 0, b""
+
+    def below(self, n: int) -> int:
+        if len(self._pool) < 4:
+            self._pool += hmac.new(
+                self._key, self._message + self._counter.to_bytes(4, "big"), hashlib.sha256
+            ).digest()
+            self._counter += 1
+        v, self._pool = int.from_bytes(self._pool[:4], "big"), self._pool[4:]
+        return v % n
+
+
+def _shape(value: str, rnd: _Stream) -> str:
+    """Same layout: every digit replaced by a digit, every letter by a letter of the same case."""
+    out = []
+    for ch in value:
+        if ch.isdigit():
+            out.append(str(rnd.below(10)))
+        elif ch.isalpha():
+            letter = chr(ord("A") + rnd.below(26))
+            out.append(letter if ch.isupper() else letter.lower())
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def surrogate(category: str, value: str, key: bytes) -> str:
+    """A realistic replacement for ``value`` of ``category`` (see the module docstring)."""
+    rnd = _Stream(key, f"{category}\x1f{normalize(category, value)}".encode())
+    first, last = _names()
+    if category == "NAME":
+        words = [w for w in re.split(r"[\s,]+", value) if w]
+        surname = last[rnd.below(len(last))]
+        if len(words) <= 1:
+            return surname if value[:1].isupper() or not value else surname.lower()
+        given = first[rnd.below(len(first))]
+        return f"{surname}, {given}" if "," in value else f"{given} {surname}"
+    if category == "DATE":
+        year = re.search(r"(?:19|20)\d\d", value)
+        y = year.group() if year else str(1940 + rnd.below(80))
+        return f"{_MONTHS[rnd.below(12)]} {1 + rnd.below(28)}, {y}"
+    if category == "AGE":
+        return "90+"
+    if category in ("PHONE", "FAX"):
+        return f"({200 + rnd.below(800)}) 555-01{rnd.below(100):02d}"
+    if category == "SSN":
+        return f"9{rnd.below(100):02d}-{rnd.below(100):02d}-{rnd.below(10000):04d}"
+    if category == "EMAIL":
+        return f"{first[rnd.below(len(first))].lower()}{rnd.below(1000)}@example.org"
+    if category == "URL":
+        return f"https://example.org/{rnd.below(10**6)}"
+    if category == "IP":
+        if ":" in value:
+            return f"2001:db8::{rnd.below(65536):x}"
+        return f"192.0.2.{1 + rnd.below(254)}"
+    if category == "ADDRESS":
+        street = last[rnd.below(len(last))]
+        return f"{1 + rnd.below(9999)} {street} {_STREETS[rnd.below(len(_STREETS))]}"
+    if category == "CITY":
+        return last[rnd.below(len(last))] + ("ville", "ton", "field", "burg")[rnd.below(4)]
+    return _shape(value, rnd)

@@ -1,0 +1,287 @@
+"""Record linkage: find a row's own known identifiers (from structured columns) in its text.
+
+For every row the known values and their simple variants (case, "Last, First", initials, phone
+and ID spellings, date spellings, street-suffix abbreviations) go into one Aho-Corasick
+automaton for the whole batch; one pass over the joined text finds them all, and a hit counts
+only in the row whose value it is, as a whole word.
+
+Guarantee: a returned span is an exact occurrence, bounded by non-alphanumeric characters, of a
+variant of one of that row's own known values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+
+import ahocorasick
+import numpy as np
+import pyarrow as pa
+
+from clinipipe.phi.categories import CATEGORIES, CATEGORY_OF_PHI_CLASS
+from clinipipe.phi.text import JoinedText
+from clinipipe.phi.validators import digits
+
+CONFIDENCE = 0.99
+_MIN_LENGTH = 2
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+_SUFFIXES = {
+    "street": "st",
+    "avenue": "ave",
+    "road": "rd",
+    "drive": "dr",
+    "lane": "ln",
+    "boulevard": "blvd",
+    "court": "ct",
+    "place": "pl",
+    "terrace": "ter",
+    "circle": "cir",
+    "highway": "hwy",
+    "parkway": "pkwy",
+    "square": "sq",
+    "trail": "trl",
+}
+_SUFFIX_RE = re.compile(
+    r"\b(" + "|".join(list(_SUFFIXES) + list(_SUFFIXES.values())) + r")\b\.?", re.IGNORECASE
+)
+_ABBREV_TO_FULL = {v: k for k, v in _SUFFIXES.items()}
+_UNIT = re.compile(r"[\s,]+(?:apt|apartment|unit|suite|ste|#)\.?\s*#?\s*\w+$", re.IGNORECASE)
+
+
+def category_of_column(column: str, categories: Mapping[str, str]) -> str:
+    """The category of a known column: its mapping (a category or a spec PHI class), else its
+    name when that is a category or a PHI class, else ``OTHER_ID``."""
+    for candidate in (categories.get(column), column):
+        if candidate is None:
+            continue
+        if candidate.upper() in CATEGORIES:
+            return candidate.upper()
+        if candidate.lower() in CATEGORY_OF_PHI_CLASS:
+            return CATEGORY_OF_PHI_CLASS[candidate.lower()]
+    return "OTHER_ID"
+
+
+def _cases(value: str) -> set[str]:
+    return {value, value.upper(), value.title() if value.islower() or value.isupper() else value}
+
+
+def _name_variants(value: str) -> set[str]:
+    tokens = [t for t in re.split(r"[\s,]+", value.strip()) if t]
+    out = _cases(value.strip())
+    if not tokens:
+        return out
+    if "," in value and len(tokens) >= 2:  # "Last, First" given: add "First Last"
+        tokens = tokens[1:] + tokens[:1]
+    first, last = tokens[0], tokens[-1]
+    for form in (
+        " ".join(tokens),
+        f"{last}, {first}",
+        f"{last}, {' '.join(tokens[:-1])}",
+        f"{first[0]}. {last}",
+        f"{first} {last[0]}.",
+        f"{first} {last}",
+    ):
+        out |= _cases(form)
+    for t in tokens:
+        t = t.strip(".")
+        if len(t) >= _MIN_LENGTH:
+            out |= {t.title() if t.islower() or t.isupper() else t, t.upper()}
+    if len(tokens) >= 2:
+        out.add(".".join(t[0].upper() for t in tokens) + ".")
+    return out
+
+
+def _phone_variants(value: str) -> set[str]:
+    d = digits(value)
+    if len(d) == 11 and d[0] == "1":
+        d = d[1:]
+    out = {value}
+    if len(d) != 10:
+        return out
+    a, b, c = d[:3], d[3:6], d[6:]
+    out |= {
+        f"({a}) {b}-{c}",
+        f"({a}){b}-{c}",
+        f"{a}-{b}-{c}",
+        f"{a}.{b}.{c}",
+        f"{a} {b} {c}",
+        f"{a}/{b}-{c}",
+        d,
+        f"1-{a}-{b}-{c}",
+        f"+1 {a} {b} {c}",
+        f"+1-{a}-{b}-{c}",
+        f"+1 ({a}) {b}-{c}",
+        f"1 ({a}) {b}-{c}",
+    }
+    return out
+
+
+def _id_variants(value: str) -> set[str]:
+    out = _cases(value)
+    d = digits(value)
+    if len(d) >= 6:
+        out.add(d)
+        if d.lstrip("0") and len(d.lstrip("0")) >= 6:
+            out.add(d.lstrip("0"))
+    return out
+
+
+def _ssn_variants(value: str) -> set[str]:
+    d = digits(value)
+    out = {value}
+    if len(d) == 9:
+        out |= {d, f"{d[:3]}-{d[3:5]}-{d[5:]}", f"{d[:3]} {d[3:5]} {d[5:]}"}
+    return out
+
+
+def _parse_date(value: str) -> date | None:
+    for fmt in ("%Y-%m-%d", "%m/%d/%Y", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(value[: len(value)], fmt).date()
+        except ValueError:
+            continue
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _date_variants(value: str) -> set[str]:
+    d = _parse_date(value.strip())
+    if d is None:
+        return {value}
+    m, dd, y = d.month, d.day, d.year
+    month, mon = _MONTHS[m - 1], _MONTHS[m - 1][:3]
+    suffix = "th" if 11 <= dd <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(dd % 10, "th")
+    y2 = f"{y % 100:02d}"
+    forms = {
+        value,
+        d.isoformat(),
+        f"{m}/{dd}/{y}",
+        f"{m:02d}/{dd:02d}/{y}",
+        f"{m}/{dd}/{y2}",
+        f"{m:02d}/{dd:02d}/{y2}",
+        f"{m}-{dd}-{y}",
+        f"{m:02d}-{dd:02d}-{y}",
+        f"{m}.{dd}.{y}",
+        f"{y}/{m:02d}/{dd:02d}",
+        f"{month} {dd}, {y}",
+        f"{month} {dd} {y}",
+        f"{month} {dd}{suffix}, {y}",
+        f"{mon} {dd}, {y}",
+        f"{mon}. {dd}, {y}",
+        f"{dd} {month} {y}",
+        f"{dd} {mon} {y}",
+        f"{dd}-{mon}-{y}",
+        f"{dd:02d}-{mon}-{y}",
+        f"{dd}-{mon}-{y2}",
+        f"{dd:02d}-{mon}-{y2}",
+        f"{dd:02d}-{mon.upper()}-{y}",
+    }
+    return forms
+
+
+def _address_variants(value: str) -> set[str]:
+    base = value.strip()
+    out = _cases(base)
+    no_unit = _UNIT.sub("", base)
+    for v in {base, no_unit}:
+        out |= _cases(v)
+
+        def swap(m: re.Match[str]) -> str:
+            word = m.group(1).lower()
+            alt = _SUFFIXES.get(word) or _ABBREV_TO_FULL.get(word, word)
+            return alt.title() if alt in _ABBREV_TO_FULL or alt in _SUFFIXES else alt
+
+        swapped = _SUFFIX_RE.sub(swap, v)
+        out |= _cases(swapped)
+        out |= _cases(_SUFFIX_RE.sub(lambda m: swap(m) + ".", v))
+    return out
+
+
+def variants(value: str, category: str) -> set[str]:
+    """The spellings of a known ``value`` searched for (all at least two characters)."""
+    value = value.strip()
+    if not value:
+        return set()
+    make = {
+        "NAME": _name_variants,
+        "PHONE": _phone_variants,
+        "FAX": _phone_variants,
+        "SSN": _ssn_variants,
+        "DATE": _date_variants,
+        "ADDRESS": _address_variants,
+        "EMAIL": lambda v: {v, v.lower()},
+        "URL": lambda v: {v, v.lower()},
+        "IP": lambda v: {v},
+    }.get(category, _id_variants)
+    return {v for v in make(value) if len(v.strip()) >= _MIN_LENGTH}
+
+
+def _strings(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    typ = column.type
+    if pa.types.is_timestamp(typ):
+        column = column.cast(pa.date32())
+    return [None if v is None else str(v) for v in column.to_pylist()]
+
+
+def find_known(
+    joined: JoinedText, known: pa.Table, categories: Mapping[str, str]
+) -> dict[str, list[tuple[int, int, float]]]:
+    """Spans (in ``joined.text`` offsets) of each row's known values, by category."""
+    if known.num_rows != joined.n:
+        raise ValueError(
+            f"known has {known.num_rows} rows but there are {joined.n} texts; they must align"
+        )
+    owners: dict[str, dict[int, str]] = {}
+    for column in known.column_names:
+        category = category_of_column(column, categories)
+        for row, value in enumerate(_strings(known.column(column))):
+            if value is None or not joined.valid[row]:
+                continue
+            for form in variants(value, category):
+                owners.setdefault(form, {})[row] = category
+    found: dict[str, list[tuple[int, int, float]]] = {}
+    if not owners:
+        return found
+    auto = ahocorasick.Automaton()
+    for form, rows in owners.items():
+        auto.add_word(form, (len(form), rows))
+    auto.make_automaton()
+    text = joined.text
+    n = len(text)
+    ends: list[int] = []
+    payloads: list[tuple[int, dict[int, str]]] = []
+    for end_idx, payload in auto.iter(text):
+        ends.append(end_idx)
+        payloads.append(payload)
+    if not ends:
+        return found
+    end_arr = np.asarray(ends, dtype=np.int64) + 1
+    lengths = np.asarray([p[0] for p in payloads], dtype=np.int64)
+    rows = joined.rows_of(end_arr - lengths)
+    for e, (length, owner), row in zip(end_arr.tolist(), payloads, rows.tolist(), strict=True):
+        category = owner.get(row)
+        if category is None:
+            continue
+        s = e - length
+        if s > 0 and text[s - 1].isalnum() and text[s].isalnum():
+            continue
+        if e < n and text[e].isalnum() and text[e - 1].isalnum():
+            continue
+        found.setdefault(category, []).append((s, e, CONFIDENCE))
+    return found

@@ -1,0 +1,271 @@
+"""Validators: pure checks that a matched string is a real identifier of its kind.
+
+Each validator takes the matched text (the PHI span only, never its context) and returns a bool.
+They never raise on bad input and never log the value. :data:`VALIDATORS` names them for the
+detector rules (``validator: ssn`` in ``data/detectors.yaml`` or a spec pattern).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from datetime import date
+
+_NON_DIGIT = re.compile(r"\D")
+_MONTHS = {
+    m: i
+    for i, names in enumerate(
+        (
+            ("jan", "january"),
+            ("feb", "february"),
+            ("mar", "march"),
+            ("apr", "april"),
+            ("may",),
+            ("jun", "june"),
+            ("jul", "july"),
+            ("aug", "august"),
+            ("sep", "sept", "september"),
+            ("oct", "october"),
+            ("nov", "november"),
+            ("dec", "december"),
+        ),
+        start=1,
+    )
+    for m in names
+}
+
+
+def digits(text: str) -> str:
+    """The digits of ``text``, in order."""
+    return _NON_DIGIT.sub("", text)
+
+
+def luhn(number: str) -> bool:
+    """The Luhn (mod 10) check over the digits of ``number`` (at least 2 digits)."""
+    ds = digits(number)
+    if len(ds) < 2:
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(ds)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def ssn(text: str) -> bool:
+    """SSA rules: 9 digits; area not 000, 666 or 900-999; group not 00; serial not 0000."""
+    ds = digits(text)
+    if len(ds) != 9:
+        return False
+    area, group, serial = ds[:3], ds[3:5], ds[5:]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def npi(text: str) -> bool:
+    """A National Provider Identifier: 10 digits starting 1 or 2, Luhn over ``80840`` + them."""
+    ds = digits(text)
+    return len(ds) == 10 and ds[0] in "12" and luhn("80840" + ds)
+
+
+def dea(text: str) -> bool:
+    """A DEA registration number: 2 letters + 7 digits whose last is the check digit
+    ((d1+d3+d5) + 2*(d2+d4+d6)) mod 10."""
+    t = text.strip().upper()
+    if len(t) != 9 or (not t[:2].isalpha() and not (t[0].isalpha() and t[1] == "9")):
+        return False
+    ds = t[2:]
+    if not ds.isdigit():
+        return False
+    d = [int(c) for c in ds]
+    return (d[0] + d[2] + d[4] + 2 * (d[1] + d[3] + d[5])) % 10 == d[6]
+
+
+def nanp_phone(text: str) -> bool:
+    """A North American number: 10 digits (an optional leading 1), area code and exchange
+    starting 2-9, neither of the form N11, and not the 555-01xx fiction range."""
+    ds = digits(text.split("x")[0].split("X")[0])
+    if len(ds) == 11 and ds[0] == "1":
+        ds = ds[1:]
+    if len(ds) != 10:
+        return False
+    area, exchange = ds[:3], ds[3:6]
+    if area[0] in "01" or exchange[0] in "01":
+        return False
+    return area[1:] != "11" and exchange[1:] != "11"
+
+
+def ipv4(text: str) -> bool:
+    """A dotted-quad IPv4 address (four octets 0-255, no leading zeros)."""
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def ipv6(text: str) -> bool:
+    """An IPv6 address as Python's ``ipaddress`` parses it, with at least two colons."""
+    if text.count(":") < 2:
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_VIN_VALUES = {
+    **{str(i): i for i in range(10)},
+    **dict(zip("ABCDEFGH", range(1, 9), strict=True)),
+    **dict(zip("JKLMN", range(1, 6), strict=True)),
+    "P": 7,
+    "R": 9,
+    **dict(zip("STUVWXYZ", range(2, 10), strict=True)),
+}
+_VIN_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
+
+
+def vin(text: str) -> bool:
+    """A 17-character vehicle identification number (no I, O, Q) whose 9th character is the
+    ISO 3779 / 49 CFR 565 check digit."""
+    t = text.upper()
+    if len(t) != 17 or any(c not in _VIN_VALUES for c in t):
+        return False
+    if not any(c.isdigit() for c in t) or not any(c.isalpha() for c in t):
+        return False
+    total = sum(_VIN_VALUES[c] * w for c, w in zip(t, _VIN_WEIGHTS, strict=True))
+    check = total % 11
+    return t[8] == ("X" if check == 10 else str(check))
+
+
+def imei(text: str) -> bool:
+    """A 15-digit IMEI with its Luhn check digit."""
+    ds = digits(text)
+    return len(ds) == 15 and luhn(ds)
+
+
+def _year(text: str) -> int:
+    y = int(text)
+    if len(text) <= 2:
+        y += 2000 if y <= 30 else 1900
+    return y
+
+
+def _month(text: str) -> int:
+    t = text.lower().rstrip(".")
+    return _MONTHS[t] if t in _MONTHS else int(t)
+
+
+_NUMERIC_DATE = re.compile(r"^(\d{1,4})[-/.](\d{1,2})(?:[-/.](\d{2,4}))?$")
+_WORDS = re.compile(r"[A-Za-z]+|\d+")
+
+
+def real_date(text: str) -> bool:
+    """A calendar date in one of the usual spellings (3/4/2021, 2021-03-04, 4-Mar-21,
+    March 4th, 2021, 4 March 2021, Mar 4, 03/04): the day exists in that month (29 February
+    only in a leap year; a date without a year may be 29 February) and the year is 1900-2099."""
+    t = text.strip()
+    m = _NUMERIC_DATE.match(t)
+    try:
+        if m:
+            a, b, c = m.groups()
+            if len(a) == 4:  # ISO order
+                if c is None:
+                    return False
+                y, mo, d = int(a), int(b), int(c)
+            else:
+                mo, d = int(a), int(b)
+                y = _year(c) if c else 2000
+            return 1900 <= y <= 2099 and _valid(y, mo, d)
+        tokens = _WORDS.findall(t)
+        month = next((tok for tok in tokens if tok.lower() in _MONTHS), None)
+        if month is None:
+            return False
+        nums = [tok for tok in tokens if tok.isdigit()]
+        rest = [tok for tok in tokens if tok.isalpha() and tok is not month]
+        if any(r.lower() not in ("st", "nd", "rd", "th", "of") for r in rest):
+            return False
+        mo = _month(month)
+        day_part = [n for n in nums if len(n) <= 2]
+        year_part = [n for n in nums if len(n) == 4]
+        if len(nums) == 2 and not year_part:  # 4-Mar-21: day, then two-digit year
+            return _valid(_year(nums[1]), mo, int(nums[0]))
+        if len(day_part) > 1 or len(year_part) > 1 or not nums:
+            return False
+        y = int(year_part[0]) if year_part else 2000
+        if not 1900 <= y <= 2099:
+            return False
+        return _valid(y, mo, int(day_part[0])) if day_part else True
+    except (ValueError, KeyError):
+        return False
+
+
+def _valid(y: int, mo: int, d: int) -> bool:
+    try:
+        date(y, mo, d)
+    except ValueError:
+        return False
+    return True
+
+
+def age_over_89(text: str) -> bool:
+    """The first number in ``text`` is an age of 90 or more (up to 125)."""
+    m = re.search(r"\d+", text)
+    return m is not None and 90 <= int(m.group()) <= 125
+
+
+_MBI = re.compile(
+    r"^[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y\d]\d[AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y\d]\d"
+    r"[AC-HJKMNP-RT-Y]{2}\d{2}$"
+)
+
+
+def mbi(text: str) -> bool:
+    """A Medicare Beneficiary Identifier (11 characters in CMS's fixed letter/digit layout;
+    dashes allowed)."""
+    return _MBI.match(text.replace("-", "").upper()) is not None
+
+
+def has_digit(text: str) -> bool:
+    """At least two digits (an identifier, not a word)."""
+    return sum(c.isdigit() for c in text) >= 2
+
+
+VALIDATORS: dict[str, Callable[[str], bool]] = {
+    "ssn": ssn,
+    "luhn": luhn,
+    "npi": npi,
+    "dea": dea,
+    "nanp_phone": nanp_phone,
+    "ipv4": ipv4,
+    "ipv6": ipv6,
+    "vin": vin,
+    "imei": imei,
+    "date": real_date,
+    "age_over_89": age_over_89,
+    "mbi": mbi,
+    "has_digit": has_digit,
+}
+
+
+def name_token(text: str) -> bool:
+    """A census name, or a capitalized word that is not an English word (Jaylen, Okonkwo)."""
+    from clinipipe.phi.lexicon import is_name_token
+
+    return is_name_token(text)
+
+
+def place_name(text: str) -> bool:
+    """A place name after "lives in": not a month, weekday or a determiner-like word."""
+    from clinipipe.phi.lexicon import is_place_word
+
+    return is_place_word(text)
+
+
+VALIDATORS["name_token"] = name_token
+VALIDATORS["place_name"] = place_name
