@@ -94,6 +94,7 @@ import psycopg2.extras
 from rich.console import Console
 from rich.table import Table
 
+from clinipipe.bench.loadgen import percentiles
 from clinipipe.embedded import EmbeddedPostgres
 from clinipipe.sql.context import CONTROL_SCHEMA, RAW_SCHEMA
 
@@ -701,21 +702,6 @@ def paced_writer(
                 i += 1
     finally:
         con.close()
-
-
-def percentiles(values: list[float]) -> dict[str, float] | None:
-    """p50/p95/p99 (linear interpolation between closest ranks) and max."""
-    if not values:
-        return None
-    ordered = sorted(values)
-
-    def at(p: float) -> float:
-        position = (len(ordered) - 1) * p
-        low = int(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
 
 
 @dataclass

@@ -555,6 +555,10 @@ def test_status_shows_lag_and_last_refresh_and_metering_names_the_warehouse(
     assert summary["last_refresh"]["action"] == "INCREMENTAL"
     assert summary["last_refresh"]["warehouse"] == "CLINIPIPE_CDC_WH"
     assert summary["last_refresh"]["keys_changed"] >= 1
+    # Metered refreshes of the last 24 h, by warehouse: the build and the incremental refresh.
+    assert set(summary["metered_24h"]) == {"CLINIPIPE_INIT_WH", "CLINIPIPE_CDC_WH"}
+    assert summary["metered_24h"]["CLINIPIPE_CDC_WH"]["refreshes"] == 1
+    assert summary["metered_24h"]["CLINIPIPE_INIT_WH"]["seconds"] > 0
     assert status["daily_census"]["last_refresh"]["action"] == "INITIALIZATION"
     code, out, _ = cli(capsys, "-c", spec, "status")
     assert code == 0 and "patient_summary" in out and "daily_census" in out

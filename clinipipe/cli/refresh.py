@@ -134,6 +134,7 @@ def status(
         table.add_column("last refresh", min_width=14, overflow="fold")
         table.add_column("changes", no_wrap=True)
         table.add_column("warehouse", overflow="fold")
+        table.add_column("metered 24 h", overflow="fold")
         for s in statuses:
             last = s.last
             flag = "ok"
@@ -152,8 +153,11 @@ def status(
                 keys = "" if last.keys_changed is None else f"\n{last.keys_changed:,} keys"
                 cells = [f"{last.refresh_action}\n{started}, {_seconds(last.seconds)}",
                          rows + keys, last.warehouse or "-"]  # fmt: skip
+            metered = "\n".join(
+                f"{use.jobs} runs, {_seconds(use.seconds)} {wh}" for wh, use in s.metered.items()
+            )
             table.add_row(
-                s.name, _lag(s.lag_seconds, s.target_lag_seconds), flag, *cells,
+                s.name, _lag(s.lag_seconds, s.target_lag_seconds), flag, *cells, metered or "-",
                 style="yellow" if s.behind else None,
             )  # fmt: skip
         out.print(table)

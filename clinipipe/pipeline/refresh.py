@@ -54,7 +54,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clinipipe.spec.checks import dynamic_table_order, dynamic_table_upstreams
 from clinipipe.spec.loader import LoadedSpec
@@ -489,6 +489,9 @@ class DynamicTableStatus:
     behind: bool
     last: RefreshResult | None
     last_success: RefreshResult | None
+    metered: dict[str, MeteredUse] = field(default_factory=dict)
+    """Metered refreshes of the last `METERING_WINDOW` by warehouse (DuckDB engine; Snowflake
+    bills its own refreshes, see `clinipipe cost`)."""
 
     def as_dict(self) -> dict[str, object]:
         def result(r: RefreshResult | None) -> dict[str, object] | None:
@@ -507,7 +510,40 @@ class DynamicTableStatus:
             "behind": self.behind,
             "last_refresh": result(self.last),
             "last_success": result(self.last_success),
+            "metered_24h": {
+                wh: {"refreshes": use.jobs, "seconds": round(use.seconds, 3)}
+                for wh, use in self.metered.items()
+            },
         }
+
+
+@dataclass(frozen=True)
+class MeteredUse:
+    """Jobs metered on one warehouse and their busy time (seconds)."""
+
+    jobs: int
+    seconds: float
+
+
+METERING_WINDOW = dt.timedelta(hours=24)
+
+
+def _metered_refreshes(target: Target, now: dt.datetime) -> dict[str, dict[str, MeteredUse]]:
+    """Dynamic table -> warehouse -> refreshes metered since `now - METERING_WINDOW`."""
+    if target.native_dynamic_tables or not target.table_exists(CONTROL_SCHEMA, "metering"):
+        return {}
+    since = target.dialect.quote_literal((now - METERING_WINDOW).isoformat())
+    rows = target.query(
+        f"SELECT job, warehouse, started_at, ended_at FROM {target.control('metering')} "
+        f"WHERE job LIKE 'refresh:%' AND started_at >= {since}"
+    )
+    totals: dict[str, dict[str, MeteredUse]] = {}
+    for job, warehouse, started, ended in rows:
+        name = str(job).split(":")[1]
+        use = totals.setdefault(name, {}).get(warehouse, MeteredUse(0, 0.0))
+        seconds = use.seconds + (ended - started).total_seconds()
+        totals[name][warehouse] = MeteredUse(use.jobs + 1, seconds)
+    return totals
 
 
 def dynamic_table_status(
@@ -516,6 +552,7 @@ def dynamic_table_status(
     """Each dynamic table's lag against its target and its last refreshes (reads only; works
     on a read-only target)."""
     now = now or _now()
+    metered = _metered_refreshes(target, now)
     statuses = []
     for table in loaded.spec.dynamic_tables:
         history = target.dynamic_table_history(table.name, 200)
@@ -529,7 +566,7 @@ def dynamic_table_status(
         behind = behind or (last is not None and last.state != "SUCCEEDED")
         status = DynamicTableStatus(
             table.name, table.refresh_mode, table.refresh_key, table.target_lag.seconds,
-            lag, behind, last, success,
+            lag, behind, last, success, metered.get(table.name, {}),
         )  # fmt: skip
         statuses.append(status)
     return statuses
