@@ -9,6 +9,7 @@ import typer
 
 from clinipipe import __version__
 from clinipipe.cli import cdc, later, load, project, serve, source
+from clinipipe.cli import redact as redact_cli
 from clinipipe.cli import refresh as refresh_cli
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
@@ -64,6 +65,7 @@ source.register(app)
 load.register(app)
 cdc.register(app)
 refresh_cli.register(app)
+redact_cli.register(app)
 serve.register(app)
 later.register(app)
 

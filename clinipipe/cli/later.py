@@ -30,7 +30,6 @@ def register(app: typer.Typer) -> None:
     """Add every command of the tree that later work fills in."""
     top = [
         ("scan", "PHI leak detection", "Scan for PHI where it must not be."),
-        ("redact", "HIPAA de-identification", "Build a de-identified research dataset."),
         ("bench", "dashboard load benchmark", "Open-loop load test of the dashboards."),
         ("demo", "the one-command demo",
          "Run every part of the pipeline on an embedded PostgreSQL and DuckDB."),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+    from clinipipe.phi.safe_harbor import RedactionKey  # redact
     from clinipipe.source.catalog import Column, ColumnType, TableSchema
+    from clinipipe.targets.duckdb_redact import RedactionState, RedactSql, ResearchBuild  # redact
 
 
 class TargetError(Exception):
@@ -611,6 +613,69 @@ class Target(ABC):
             f"{q(result.refresh_start_time.isoformat())}, {q(ended.isoformat())}, "
             f"{(result.rows_inserted or 0) + (result.rows_deleted or 0)}, NULL)"
         )
+
+
+    # --- redaction (clinipipe.pipeline.redact; dialect SQL in <target>_redact.py) ---------------
+    #
+    # Guarantees for every implementation of `build_research_tables`: a research table is
+    # recorded in `_clinipipe.redaction_state` only together with (DuckDB: in the same
+    # transaction as) its complete new content; a failure leaves the previous table and its
+    # state row as they were. Messages never contain row values or the key.
+
+    def redact_sql(self) -> RedactSql:
+        """The builder of this dialect's redaction SQL."""
+        raise TargetError(f"{self.describe()} cannot build research datasets")
+
+    def redaction_states(self, schema: str) -> dict[str, RedactionState]:
+        """What each research table of `schema` was last built from ({} before the first)."""
+        from clinipipe.targets.duckdb_redact import RedactionState
+
+        if not self.table_exists(CONTROL_SCHEMA, "redaction_state"):
+            return {}
+        rows = self.query(
+            "SELECT table_name, policy, fingerprint, rows_written, built_at FROM "
+            f"{self.control('redaction_state')} "
+            f"WHERE schema_name = {self.dialect.quote_literal(schema)}"
+        )
+        return {str(t): RedactionState(schema, str(t), str(p), str(f), int(n), b)
+                for t, p, f, n, b in rows}  # fmt: skip
+
+    def redaction_columns(self, table: str) -> list[tuple[str, str]]:
+        """(name, type) of each column of raw table `table`, in order."""
+        from clinipipe.sql.context import schema_names
+
+        return self.table_columns(schema_names(self.loaded.spec)["raw"], table)
+
+    def research_table(self, schema: str, table: str) -> str:
+        """The quoted name of `schema.table` in the output (research) schema."""
+        return self.dialect.qualify(schema, table)
+
+    def prepare_research_schema(self, schema: str, readme: str) -> None:
+        """Create the research schema and its README table (policy label per table) if absent."""
+        self.query(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.quote_ident(schema)}")
+        self.query(
+            f"CREATE TABLE IF NOT EXISTS {self.research_table(schema, readme)} (table_name "
+            "VARCHAR NOT NULL, policy VARCHAR NOT NULL, label VARCHAR NOT NULL, policy_version "
+            "VARCHAR NOT NULL, rows_written BIGINT NOT NULL, built_at TIMESTAMPTZ NOT NULL)"
+        )
+
+    def redaction_fingerprint(self, table: str, columns: Sequence[str]) -> str:
+        """A digest of every row of raw table `table` (order-independent, computed in SQL)."""
+        raw = self.raw_name(table)  # type: ignore[attr-defined]  # every target names raw tables
+        row = self.query(self.redact_sql().fingerprint_sql(raw, columns))[0]
+        return "/".join(str(v) for v in row)
+
+    def build_research_tables(
+        self,
+        builds: Sequence[ResearchBuild],
+        key: RedactionKey | None,
+        finish: Callable[[dict[str, int]], list[str]],
+    ) -> dict[str, int]:
+        """Build every table of `builds` (rows written per table); then run the statements
+        `finish` returns for those counts (state rows, README rows, the audit manifest)."""
+        raise TargetError(f"{self.describe()} cannot build research datasets")
+
+    # --- end redaction --------------------------------------------------------------------------
 
 
 # --- dynamic tables ---------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -36,6 +36,10 @@ from clinipipe.targets.base import (
     changed_keys_source,
 )
 from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_stream_cast, duckdb_type
+
+if TYPE_CHECKING:  # redact
+    from clinipipe.phi.safe_harbor import RedactionKey
+    from clinipipe.targets.duckdb_redact import RedactSql, ResearchBuild
 
 GIB = 1024**3
 
@@ -673,6 +677,27 @@ class DuckDBTarget(Target):
             f"FROM {self.control('dynamic_table_state')} WHERE name IN ({listed}))"
         ).fetchone()
         return int(row[0]) if row else 0
+
+    # --- redaction (clinipipe.pipeline.redact; SQL in duckdb_redact.py) -------------------------
+
+    def redact_sql(self) -> RedactSql:
+        from clinipipe.targets.duckdb_redact import RedactSql
+
+        return RedactSql(self.dialect)
+
+    def build_research_tables(
+        self,
+        builds: Sequence[ResearchBuild],
+        key: RedactionKey | None,
+        finish: Callable[[dict[str, int]], list[str]],
+    ) -> dict[str, int]:
+        """One transaction for every table, its state row and `finish`'s statements (see
+        `duckdb_redact.build_duckdb_tables`)."""
+        from clinipipe.targets.duckdb_redact import build_duckdb_tables
+
+        return build_duckdb_tables(self.con, self.dialect, builds, key, finish)
+
+    # --- end redaction --------------------------------------------------------------------------
 
 
 def _apply_table_changes(

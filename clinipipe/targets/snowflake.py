@@ -22,7 +22,7 @@ import dataclasses
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,10 @@ from clinipipe.targets.snowflake_types import (
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+
+    from clinipipe.phi.safe_harbor import RedactionKey  # redact
+    from clinipipe.targets.duckdb_redact import ResearchBuild  # redact
+    from clinipipe.targets.snowflake_redact import SnowflakeRedactSql  # redact
 
 BEGIN = "BEGIN TRANSACTION"
 """Not a bare BEGIN, which Snowflake Scripting could read as the start of a block."""
@@ -689,3 +693,37 @@ class SnowflakeTarget(Target):
             name, "SUCCEEDED", "", None, None, started, dt.datetime.now(dt.timezone.utc), None,
             refresh_trigger="MANUAL",
         )  # fmt: skip
+
+    # --- redaction (clinipipe.pipeline.redact; SQL in snowflake_redact.py) ----------------------
+
+    def redact_sql(self) -> SnowflakeRedactSql:
+        from clinipipe.targets.snowflake_redact import SnowflakeRedactSql
+
+        return SnowflakeRedactSql(self.dialect, database=self.spec.database)
+
+    def redaction_columns(self, table: str) -> list[tuple[str, str]]:
+        q = self.dialect.quote_string
+        rows = self.query(
+            "SELECT column_name, data_type FROM "
+            f"{self.dialect.quote_ident(self.spec.database)}.information_schema.columns "
+            f"WHERE table_schema = {q(self.spec.schema_.upper())} "
+            f"AND table_name = {q(table.upper())} ORDER BY ordinal_position"
+        )
+        return [(str(n).lower(), str(t)) for n, t in rows]
+
+    def research_table(self, schema: str, table: str) -> str:
+        return self.dialect.qualify(self.spec.database, schema, table)
+
+    def build_research_tables(
+        self,
+        builds: Sequence[ResearchBuild],
+        key: RedactionKey | None,
+        finish: Callable[[dict[str, int]], list[str]],
+    ) -> dict[str, int]:
+        """Built under temporary names, swapped in, then recorded (see
+        `snowflake_redact.build_snowflake_tables`)."""
+        from clinipipe.targets.snowflake_redact import build_snowflake_tables
+
+        return build_snowflake_tables(self, builds, key, finish)
+
+    # --- end redaction --------------------------------------------------------------------------

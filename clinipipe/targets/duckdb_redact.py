@@ -1,0 +1,378 @@
+"""The SQL of `clinipipe redact` on DuckDB: each research column as an expression over its raw
+column, using the macros of template 06 (`_clinipipe.pseudonym`, `safe_harbor_zip3`, ...).
+
+`RedactSql` is the generic builder: one SELECT per table, the raw table aliased ``t`` and the
+one-row key table (`KEY_TABLE`, created per session from the environment's key) aliased ``k``.
+Dialects override the few expressions that differ (`SnowflakeRedactSql`).
+
+Guarantees of the SELECT it builds (`select_sql`):
+
+* It lists only the columns of the plan's output, each wrapped in its treatment; a column the
+  plan drops is never read into the result, and no column is copied through unless its
+  treatment is KEEP (`safe_harbor.TREATMENTS` allows that only for unclassified columns and for
+  what a Limited Data Set may keep).
+* It is deterministic: the same raw rows, key, policy and as-of date give the same rows.
+* Free-text columns are selected raw under their own name, for the caller's Python redaction
+  (`reader_sql`, with the helper columns `HELPER_PREFIX*`); `select_sql` refuses a plan with
+  notes, so raw notes can only leave through that path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from clinipipe.phi.safe_harbor import AGE_CAP, ColumnPlan, RedactionKey, TablePlan, Treatment
+from clinipipe.secrets import scrub_values
+from clinipipe.sql.context import CONTROL_SCHEMA
+from clinipipe.sql.dialect import Dialect
+from clinipipe.targets.base import TargetError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+KEY_TABLE = "_clinipipe_redaction_key"
+HELPER_PREFIX = "__clinipipe_"
+SHIFT_COLUMN = f"{HELPER_PREFIX}shift_days"
+NEW_PREFIX = "__clinipipe_new_"
+
+
+@dataclass(frozen=True)
+class ResearchBuild:
+    """One research table to (re)build: `schema.table` from `sql` (`RedactSql.select_sql`, or
+    `reader_sql` with `transform` redacting each Arrow batch of it in Python and returning the
+    research columns). `comment` labels the table (its policy)."""
+
+    schema: str
+    table: str
+    sql: str
+    comment: str
+    transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None
+
+
+@dataclass(frozen=True)
+class RedactionState:
+    """A row of `_clinipipe.redaction_state`: what `schema.table` was last built from."""
+
+    schema: str
+    table: str
+    policy: str
+    fingerprint: str
+    rows: int
+    built_at: dt.datetime
+
+
+def _kind(data_type: str) -> str:
+    """'date', 'timestamp', 'timestamptz', 'text' or 'other' for a type name as reported."""
+    t = data_type.upper()
+    if "WITH TIME ZONE" in t or t in ("TIMESTAMPTZ", "TIMESTAMP_TZ"):
+        return "timestamptz"
+    if t.startswith("TIMESTAMP") or t == "DATETIME":
+        return "timestamp"
+    if t == "DATE":
+        return "date"
+    if t.startswith(("VARCHAR", "TEXT", "STRING", "CHAR")):
+        return "text"
+    return "other"
+
+
+class RedactSql:
+    """Builds the redaction SQL of one dialect (DuckDB here)."""
+
+    def __init__(self, dialect: Dialect, *, database: str | None = None) -> None:
+        self.dialect = dialect
+        self.database = database
+
+    # --- names ----------------------------------------------------------------------------------
+
+    def qualify(self, *parts: str) -> str:
+        return self.dialect.qualify(*([self.database] if self.database else []), *parts)
+
+    def function(self, name: str) -> str:
+        """A function of template 06 (in the control schema)."""
+        return self.qualify(CONTROL_SCHEMA, name)
+
+    def key_table(self) -> str:
+        return KEY_TABLE
+
+    def ident(self, name: str) -> str:
+        return self.dialect.quote_ident(name)
+
+    @staticmethod
+    def quote_names(names: Sequence[str]) -> list[str]:
+        """Names as DuckDB quotes them (for EXCLUDE lists)."""
+        return ['"' + n.replace('"', '""') + '"' for n in names]
+
+    # --- expressions ----------------------------------------------------------------------------
+
+    def text(self, expr: str) -> str:
+        return f"CAST({expr} AS VARCHAR)"
+
+    key_arguments = "k.ipad, k.opad"
+    """How the key table's columns are passed to `pseudonym` and `shift_days`."""
+
+    def in_utc(self, expr: str) -> str:
+        """A timestamp with a zone as the wall-clock time in UTC."""
+        return f"timezone('UTC', {expr})"
+
+    def pseudonym(self, expr: str, namespace: str) -> str:
+        q = self.dialect.quote_literal
+        return (
+            f"{self.function('pseudonym')}({self.text(expr)}, {q(namespace)}, {self.key_arguments})"
+        )
+
+    def shift_days(self, expr: str) -> str:
+        return f"{self.function('shift_days')}({self.text(expr)}, {self.key_arguments})"
+
+    def utc_date(self, expr: str, data_type: str) -> str:
+        """The calendar date of a date-like value (timestamps with a zone: in UTC)."""
+        kind = _kind(data_type)
+        if kind == "timestamptz":
+            return f"CAST({self.in_utc(expr)} AS DATE)"
+        if kind in ("timestamp", "date"):
+            return f"CAST({expr} AS DATE)"
+        return f"TRY_CAST({expr} AS DATE)"
+
+    def year(self, expr: str, data_type: str) -> str:
+        return f"CAST(year({self.utc_date(expr, data_type)}) AS INTEGER)"
+
+    def age_at(self, birth: str, data_type: str, as_of: str) -> str:
+        """Whole years from the birth date to the as-of date. A birthday on 29 February counts
+        as reached on 28 February in common years (the earlier day: suppression never late)."""
+        return f"date_sub('year', {self.utc_date(birth, data_type)}, DATE {as_of})"
+
+    def shifted(self, expr: str, data_type: str, days: str) -> str:
+        kind = _kind(data_type)
+        if kind in ("timestamp", "timestamptz"):
+            return f"({expr} + to_days(CAST({days} AS INTEGER)))"
+        if kind == "date":
+            return f"({expr} + CAST({days} AS INTEGER))"
+        return f"(TRY_CAST({expr} AS DATE) + CAST({days} AS INTEGER))"
+
+    def zip3(self, expr: str) -> str:
+        return f"{self.function('safe_harbor_zip3')}({self.text(expr)})"
+
+    def zip5(self, expr: str) -> str:
+        return f"{self.function('zip5')}({self.text(expr)})"
+
+    def age_cap(self, expr: str) -> str:
+        return f"{self.function('safe_harbor_age')}({expr})"
+
+    def column(self, plan: ColumnPlan, as_of: str | None) -> list[str]:
+        """The output expression(s) of one column, each ending in `AS <name>`."""
+        name = self.ident(plan.name)
+        raw = f"t.{name}"
+        tr = plan.treatment
+        if tr is Treatment.DROP:
+            return []
+        if tr in (Treatment.KEEP, Treatment.TEXT):
+            return [f"{raw} AS {name}"]
+        if tr is Treatment.PSEUDONYM:
+            assert plan.namespace is not None
+            return [f"{self.pseudonym(raw, plan.namespace)} AS {name}"]
+        if tr is Treatment.YEAR:
+            return [f"{self.year(raw, plan.data_type)} AS {name}"]
+        if tr is Treatment.AGE_CAP:
+            return [f"{self.age_cap(raw)} AS {name}"]
+        if tr is Treatment.ZIP3:
+            return [f"{self.zip3(raw)} AS {name}"]
+        if tr is Treatment.ZIP5:
+            return [f"{self.zip5(raw)} AS {name}"]
+        shift = f"t.{self.ident(SHIFT_COLUMN)}"
+        if tr is Treatment.SHIFT:
+            return [f"{self.shifted(raw, plan.data_type, shift)} AS {name}"]
+        assert as_of is not None, "birth dates need the as-of date"
+        age = self.age_at(raw, plan.data_type, as_of)
+        if tr is Treatment.BIRTH_YEAR:
+            kept = self.year(raw, plan.data_type)
+        else:  # SHIFT_BIRTH
+            kept = self.shifted(raw, plan.data_type, shift)
+        over = f"{age} > {AGE_CAP - 1}"
+        return [
+            f"CASE WHEN {over} THEN NULL ELSE {kept} END AS {name}",
+            f"CAST(CASE WHEN {over} THEN {AGE_CAP} ELSE {age} END AS INTEGER) "
+            f"AS {self.ident(plan.name + '_age')}",
+        ]
+
+    # --- statements -----------------------------------------------------------------------------
+
+    @staticmethod
+    def shifts(plan: TablePlan) -> bool:
+        return any(c.treatment in (Treatment.SHIFT, Treatment.SHIFT_BIRTH) for c in plan.columns)
+
+    def source(self, plan: TablePlan, raw_table: str) -> str:
+        """The raw table (with the patient's date offset when a column needs it) joined to the
+        key table."""
+        if not self.shifts(plan):
+            return f"{raw_table} t CROSS JOIN {self.key_table()} k"
+        assert plan.patient_key is not None
+        days = self.shift_days(f"r.{self.ident(plan.patient_key)}")
+        return (
+            f"(SELECT r.*, {days} AS {self.ident(SHIFT_COLUMN)} FROM {raw_table} r "
+            f"CROSS JOIN {self.key_table()} k) t CROSS JOIN {self.key_table()} k"
+        )
+
+    def select_sql(self, plan: TablePlan, raw_table: str, as_of: str | None) -> str:
+        """The research rows of a table without free text, entirely in SQL."""
+        if plan.notes:
+            raise ValueError("a table with free text is read with reader_sql, not select_sql")
+        columns = [e for c in plan.columns for e in self.column(c, as_of)]
+        return f"SELECT {', '.join(columns)} FROM {self.source(plan, raw_table)}"
+
+    def reader_sql(
+        self,
+        plan: TablePlan,
+        raw_table: str,
+        as_of: str | None,
+        patients_table: str | None,
+        patient_pk: str | None,
+        known: Mapping[str, str],
+        *,
+        shift_text: bool,
+    ) -> str:
+        """The rows of a table with free text for Python redaction: the research columns (the
+        notes still raw, under their names), then helper columns: the patient's date offset
+        (`SHIFT_COLUMN`, when the plan shifts) and, for record linkage, the patient's known
+        identifiers as text (`HELPER_PREFIX` + column), joined on the patient key. With
+        `shift_text` (and a patient key) the offset is there even if no column is shifted."""
+        columns = [e for c in plan.columns for e in self.column(c, as_of)]
+        source = self.source(plan, raw_table)
+        if shift_text and plan.patient_key is not None:
+            if self.shifts(plan):
+                columns.append(f"t.{self.ident(SHIFT_COLUMN)} AS {self.ident(SHIFT_COLUMN)}")
+            else:
+                days = self.shift_days(f"t.{self.ident(plan.patient_key)}")
+                columns.append(f"{days} AS {self.ident(SHIFT_COLUMN)}")
+        if plan.patient_key is not None and patients_table is not None and known:
+            assert patient_pk is not None
+            columns += [
+                f"{self.text('p.' + self.ident(c))} AS {self.ident(HELPER_PREFIX + c)}"
+                for c in known
+            ]
+            source += (
+                f" LEFT JOIN {patients_table} p "
+                f"ON p.{self.ident(patient_pk)} = t.{self.ident(plan.patient_key)}"
+            )
+        return f"SELECT {', '.join(columns)} FROM {source}"
+
+    def fingerprint_sql(self, raw_table: str, columns: Sequence[str]) -> str:
+        """One row: the row count and an order-independent digest of every row's values."""
+        listed = ", ".join(self.ident(c) for c in columns)
+        return (
+            "SELECT count(*), COALESCE(bit_xor(h), 0), COALESCE(sum(CAST(h AS HUGEINT)), 0) "
+            f"FROM (SELECT hash({listed}) AS h FROM {raw_table})"
+        )
+
+    def key_table_sql(self) -> str:
+        """Creates the session's key table from the parameters $ipad, $opad (never inlined)."""
+        return (
+            f"CREATE OR REPLACE TEMP TABLE {KEY_TABLE} AS "
+            "SELECT CAST($ipad AS BLOB) AS ipad, CAST($opad AS BLOB) AS opad"
+        )
+
+
+# --- running it -----------------------------------------------------------------------------------
+
+
+def build_duckdb_tables(
+    con: duckdb.DuckDBPyConnection,
+    dialect: Dialect,
+    builds: Sequence[ResearchBuild],
+    key: RedactionKey | None,
+    finish: Callable[[dict[str, int]], list[str]],
+    batch_rows: int = 8192,
+) -> dict[str, int]:
+    """`DuckDBTarget.build_research_tables`: everything in ONE transaction.
+
+    Each table is built as ``<schema>.__clinipipe_new_<table>`` (a SQL CREATE TABLE AS, or for
+    a table with notes: its typed empty shape, then each Arrow batch of the reader query,
+    redacted by the build's `transform`, inserted by name), labelled with its comment, and
+    swapped in (DROP + RENAME); then `finish`'s statements (state rows, README rows, the audit
+    manifest) run and the transaction commits. Any error rolls everything back: the research
+    schema and its records are exactly as before. The key lives only in session-local
+    temporary tables, given as query parameters.
+    """
+    quote, q = dialect.quote_ident, dialect.quote_literal
+    builder = RedactSql(dialect)
+    params = None
+    if key is not None:
+        ipad, opad = key.pads()
+        params = {"ipad": ipad, "opad": opad}
+    counts: dict[str, int] = {}
+    cur = con.cursor()
+    readers: list[duckdb.DuckDBPyConnection] = []
+    try:
+        if params is not None:
+            cur.execute(builder.key_table_sql(), params)
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            for build in builds:
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(build.schema)}")
+                new = dialect.qualify(build.schema, NEW_PREFIX + build.table)
+                if build.transform is None:
+                    cur.execute(f"CREATE OR REPLACE TABLE {new} AS {build.sql}")
+                else:
+                    reader = con.cursor()
+                    readers.append(reader)
+                    if params is not None:
+                        reader.execute(builder.key_table_sql(), params)
+                    _stream_redacted(cur, reader, build, new, batch_rows)
+                row = cur.execute(f"SELECT count(*) FROM {new}").fetchone()
+                counts[build.table] = int(row[0]) if row else 0
+                cur.execute(f"DROP TABLE IF EXISTS {dialect.qualify(build.schema, build.table)}")
+                cur.execute(f"ALTER TABLE {new} RENAME TO {quote(build.table)}")
+                cur.execute(
+                    f"COMMENT ON TABLE {dialect.qualify(build.schema, build.table)} "
+                    f"IS {q(build.comment)}"
+                )
+            for statement in finish(counts):
+                cur.execute(statement)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+    except duckdb.Error as exc:
+        raise TargetError(
+            f"building the research tables failed, nothing was changed: "
+            f"{scrub_values(str(exc).strip().splitlines()[0] if str(exc).strip() else '')}"
+        ) from None
+    finally:
+        for reader in readers:
+            reader.close()
+        with contextlib.suppress(duckdb.Error):
+            cur.execute(f"DROP TABLE IF EXISTS temp.{KEY_TABLE}")
+        cur.close()
+    return counts
+
+
+def _stream_redacted(
+    cur: duckdb.DuckDBPyConnection,
+    reader: duckdb.DuckDBPyConnection,
+    build: ResearchBuild,
+    new: str,
+    batch_rows: int,
+) -> None:
+    """Create `new` with the research columns of `build.sql` (helpers left out), then insert
+    each batch of the query as `build.transform` returns it. Arrow batches end to end: no
+    per-row Python objects outside the text redaction itself."""
+    import pyarrow as pa
+
+    assert build.transform is not None
+    stream = reader.execute(build.sql).fetch_record_batch(batch_rows)
+    helpers = [n for n in stream.schema.names if n.startswith(HELPER_PREFIX)]
+    exclude = f" EXCLUDE ({', '.join(RedactSql.quote_names(helpers))})" if helpers else ""
+    cur.execute(
+        f"CREATE OR REPLACE TABLE {new} AS SELECT *{exclude} FROM ({build.sql}) WHERE false"
+    )
+    for batch in stream:
+        redacted = build.transform(batch)
+        cur.register("_clinipipe_redacted", pa.Table.from_batches([redacted]))
+        try:
+            cur.execute(f"INSERT INTO {new} BY NAME SELECT * FROM _clinipipe_redacted")
+        finally:
+            cur.unregister("_clinipipe_redacted")
