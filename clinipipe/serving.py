@@ -9,8 +9,9 @@ See :mod:`clinipipe.pipeline.publish` for the layout. Guarantees of :class:`Serv
   ``flock`` is not used); the publisher deletes only files it can lock exclusively without
   waiting. The reader never takes an exclusive lock, so it never blocks the writer.
 * **Fresh within `recheck_seconds`.** CURRENT is re-checked (one ``stat``: inode and mtime) at
-  most every `recheck_seconds`; when it names a newer generation the reader opens it, and
-  releases the old one once no query of any thread still runs on it.
+  most every `recheck_seconds`; when it names a newer generation the reader opens it (one
+  thread, outside the reader's lock: the others keep querying the current generation
+  meanwhile), and releases the old one once no query of any thread still runs on it.
 * **Thread-safe.** Queries of different threads run concurrently, each on its own cursor of
   the generation's connection.
 """
@@ -29,7 +30,6 @@ import duckdb
 
 from clinipipe.pipeline.publish import CURRENT, read_current, serving_root
 from clinipipe.sql.context import SERVING_SCHEMA
-
 
 _SEARCH_PATH = f"SET search_path = '{SERVING_SCHEMA},main'"
 
@@ -84,6 +84,8 @@ class _Table:
         self.current: _Generation | None = None
         self.stamp: tuple[int, int] | None = None
         self.checked = 0.0
+        self.checking = False
+        """A thread is looking for a newer generation (outside the reader's lock)."""
 
 
 class ServingReader:
@@ -161,12 +163,45 @@ class ServingReader:
             if table is None:
                 table = self._tables[name] = _Table(self.root / name)
             now = time.monotonic()
-            if table.current is None or now - table.checked >= self.recheck_seconds:
-                self._refresh(table)
+            if table.current is None:  # first use: nothing to serve meanwhile, open it here
+                self._install(table, self._find_newer(table.folder, None, None))
                 table.checked = now
-            assert table.current is not None
-            table.current.users += 1
-            return table.current
+            elif now - table.checked < self.recheck_seconds or table.checking:
+                return self._use(table)
+            table.checking = True
+            table.checked = now
+            current, stamp = table.current, table.stamp
+        # Look for (and open) a newer generation without the lock: queries of other threads
+        # keep running on the current one meanwhile.
+        found = None
+        try:
+            found = self._find_newer(table.folder, current, stamp)
+        finally:
+            with self._lock:
+                table.checking = False
+                if found is not None:
+                    self._install(table, found)
+        with self._lock:
+            return self._use(table)
+
+    def _use(self, table: _Table) -> _Generation:
+        if self._closed or table.current is None:
+            raise ServingError("the serving reader is closed")
+        table.current.users += 1
+        return table.current
+
+    def _install(self, table: _Table, found: tuple[_Generation | None, tuple[int, int]]) -> None:
+        """Make a found generation current (lock held); retire the previous one."""
+        gen, stamp = found
+        table.stamp = stamp
+        if gen is None:
+            return
+        if self._closed:  # closed while it was being opened
+            self._retire(gen)
+            return
+        old, table.current = table.current, gen
+        if old is not None:
+            self._retire(old)
 
     def _release(self, gen: _Generation) -> None:
         with self._lock:
@@ -179,37 +214,36 @@ class ServingReader:
         if gen.users == 0:
             gen.close()
 
-    def _refresh(self, table: _Table) -> None:
-        """Switch `table` to the generation CURRENT names, if it changed (lock held)."""
+    @staticmethod
+    def _find_newer(
+        folder: Path, current: _Generation | None, stamp: tuple[int, int] | None
+    ) -> tuple[_Generation | None, tuple[int, int]]:
+        """The generation CURRENT names in `folder`, opened, if it is not `current`
+        ((None, stamp) when unchanged). Touches no reader state, so it runs without the lock."""
         for _ in range(100):
             try:
-                st = os.stat(table.folder / CURRENT)
+                st = os.stat(folder / CURRENT)
             except FileNotFoundError:
                 st = None
             if st is None:
-                if table.current is not None:
-                    return  # keep serving what we have
-                raise ServingError(f"interactive table {table.folder.name!r} is not published")
-            stamp = (st.st_ino, st.st_mtime_ns)
-            if table.current is not None and stamp == table.stamp:
-                return
-            file_name = read_current(table.folder)
+                if current is not None and stamp is not None:
+                    return None, stamp  # keep serving what we have
+                raise ServingError(f"interactive table {folder.name!r} is not published")
+            new_stamp = (st.st_ino, st.st_mtime_ns)
+            if current is not None and new_stamp == stamp:
+                return None, new_stamp
+            file_name = read_current(folder)
             if file_name is None:
-                raise ServingError(f"{table.folder / CURRENT} names no generation")
-            if table.current is not None and table.current.path.name == file_name:
-                table.stamp = stamp
-                return
-            path = table.folder / file_name
+                raise ServingError(f"{folder / CURRENT} names no generation")
+            if current is not None and current.path.name == file_name:
+                return None, new_stamp
+            path = folder / file_name
             fd = _lock_shared(path)
             if fd is None:
                 continue  # superseded and deleted meanwhile: read CURRENT again
             try:
-                gen = _Generation(path, fd)
+                return _Generation(path, fd), new_stamp
             except BaseException:
                 os.close(fd)
                 raise
-            old, table.current, table.stamp = table.current, gen, stamp
-            if old is not None:
-                self._retire(old)
-            return
-        raise ServingError(f"could not open a generation of {table.folder.name!r}")
+        raise ServingError(f"could not open a generation of {folder.name!r}")

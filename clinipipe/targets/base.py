@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from clinipipe.phi.safe_harbor import RedactionKey  # redact
+    from clinipipe.phi.scan import CandidateQuery, Finding  # PHI scan
     from clinipipe.source.catalog import Column, ColumnType, TableSchema
     from clinipipe.targets.duckdb_redact import RedactionState, RedactSql, ResearchBuild  # redact
 
@@ -676,6 +677,43 @@ class Target(ABC):
         raise TargetError(f"{self.describe()} cannot build research datasets")
 
     # --- end redaction --------------------------------------------------------------------------
+
+    # --- PHI scan (clinipipe.pipeline.scan; dialect SQL in <target>_scan.py) ----------------------
+    #
+    # Guarantees for every implementation: stage 1 returns only candidate rows, and of those
+    # only the cells matching the prefilter (others NULL); findings are upserted by finding_id
+    # (first_seen kept, last_seen moved); nothing here logs or raises with a row value.
+
+    phi_classifies: ClassVar[bool] = False
+    """True when the warehouse has its own column classifier (Snowflake's SYSTEM$CLASSIFY)."""
+
+    def phi_scan_table_names(self, schema: str) -> list[str]:
+        """The base tables of `schema` (for de-identified schemas, scanned in full)."""
+        raise TargetError(f"{self.describe()} cannot list tables for a PHI scan")
+
+    def phi_scan_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
+        """(name, warehouse type) of each column of `schema.table`; [] when it does not exist."""
+        return self.table_columns(schema, table)
+
+    def phi_scan_primary_key(self, schema: str, table: str) -> list[str]:
+        """The primary-key columns `schema.table` declares in the warehouse ([] if none)."""
+        return []
+
+    def phi_scan_candidates(self, query: CandidateQuery) -> pa.Table:
+        """Stage 1 of a scan inside the warehouse (see `CandidateQuery` for the columns)."""
+        raise TargetError(f"{self.describe()} cannot run a PHI scan")
+
+    def upsert_phi_findings(self, findings: Sequence[Finding], seen_at: dt.datetime) -> None:
+        """Insert new findings into `_clinipipe.phi_findings` and move `last_seen` (and the
+        latest severity, confidence, excerpt) of those seen before; atomically."""
+        raise TargetError(f"{self.describe()} cannot record PHI findings")
+
+    def phi_classify(self, schema: str, table: str, classified: Sequence[str]) -> list[Finding]:
+        """The warehouse's own classifier's findings for `schema.table`, leaving out the
+        `classified` columns (the spec's PHI columns). [] where there is no classifier."""
+        return []
+
+    # --- end PHI scan ---------------------------------------------------------------------------
 
 
 # --- dynamic tables ---------------------------------------------------------------------------
