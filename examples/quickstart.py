@@ -2,8 +2,10 @@
 
 Starts a throwaway PostgreSQL, scaffolds a project in ./quickstart, fills the source with a
 synthetic hospital, validates the spec, renders the SQL for DuckDB and Snowflake, deploys to a
-local DuckDB warehouse twice (the second run changes nothing) and backfills the history. The
-PostgreSQL server is removed at the end; the project folder stays for you to look at.
+local DuckDB warehouse twice (the second run changes nothing), backfills the history, changes
+a few rows on the source and streams them (CDC, which also builds the dynamic tables and
+publishes the interactive tables), shows their freshness and runs a dashboard. The PostgreSQL
+server is removed at the end; the project folder stays for you to look at.
 
     python examples/quickstart.py [--patients N]
 """
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import psycopg2
 
 from clinipipe.embedded import EmbeddedPostgres
 
@@ -58,6 +61,15 @@ def main() -> None:
         step("deploy again: nothing changes", "deploy", env=env, cwd=project)
         step("backfill history on the initialization warehouse", "backfill", env=env, cwd=project)
         step("backfill again: already complete", "backfill", env=env, cwd=project)
+        with psycopg2.connect(pg.dsn) as source, source.cursor() as cur:
+            print("\n(the hospital keeps working: new lab results for patient 1 on the source)")
+            cur.execute("UPDATE labs SET abnormal_flag = 'H' WHERE patient_id = 1")
+        source.close()
+        step("stream the changes, refresh dynamic tables, publish interactive tables", "cdc",
+             "start", "--until-caught-up", env=env, cwd=project)  # fmt: skip
+        step("freshness of every derived and interactive table", "status", env=env, cwd=project)
+        step("a dashboard, served from the published interactive table", "dashboard",
+             "recent_labs_of_patient", "--param", "patient_id=1", env=env, cwd=project)  # fmt: skip
 
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         deployments = con.execute("SELECT count(*) FROM _clinipipe.deployments").fetchone()
