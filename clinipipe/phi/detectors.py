@@ -27,6 +27,11 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+try:  # RE2 (google-re2): a linear-time engine, 5-20x faster than `re` on these patterns
+    import re2 as _re2
+except ImportError:  # pragma: no cover - the dependency is declared; Python's engine still works
+    _re2 = None
+
 from clinipipe.phi.categories import CATEGORIES, SEVERITIES
 from clinipipe.phi.fakes import surrogate
 from clinipipe.phi.lexicon import NameContext, NameLexicon, read_list
@@ -88,6 +93,7 @@ class Detector:
     priority: int = 0
     kind: str = "pattern"
     bounded: bool = True
+    not_after: str | None = None
     anchor: str | None = None
     anchor_window: tuple[int, int] = (64, 64)
     titles: tuple[str, ...] = ()
@@ -138,25 +144,37 @@ class Detector:
     def _validate(self) -> Callable[[str], bool] | None:
         return VALIDATORS[self.validator] if self.validator else None
 
-    def scan(self, text: str) -> list[tuple[int, int, float]]:
-        """Spans ``(start, end, confidence)`` this detector finds in ``text`` (which may be a
-        joined batch: context never reaches across a row separator)."""
-        if self.kind == "names":
-            return NameLexicon(NameContext(self.titles, self.cues)).find(text)
-        return self.judge(text, self.matches(text))
+    @cached_property
+    def _not_after_re(self) -> re.Pattern[str] | None:
+        return re.compile(self.not_after) if self.not_after else None
 
     @cached_property
     def _anchor_re(self) -> re.Pattern[str] | None:
         return re.compile(self.anchor) if self.anchor else None
 
-    def matches(self, text: str) -> list[re.Match[str]]:
-        """The raw regex matches over ``text`` (within the anchor windows when there is an
-        anchor; windows start at a whitespace so a match is never cut at its start)."""
+    @cached_property
+    def fast_regex(self) -> Any | None:
+        """The pattern compiled by RE2 (scanned over UTF-8 bytes), or None when RE2 is missing
+        or the pattern uses a feature RE2 lacks (it then runs on Python's engine)."""
+        if self.anchor or self.ignore_case or self.kind != "pattern":
+            return None
+        return compile_re2(self.pattern)
+
+    def scan(self, text: str) -> list[tuple[int, int, float]]:
+        """Spans ``(start, end, confidence)`` this detector finds in ``text`` (which may be a
+        joined batch: context never reaches across a row separator)."""
+        if self.kind == "names":
+            return NameLexicon(NameContext(self.titles, self.cues)).find(text)
+        return self.judge(text, self.candidates(text))
+
+    def candidates(self, text: str) -> list[tuple[int, int, int]]:
+        """Raw regex matches as ``(span start, span end, match end)`` (the span is the ``phi``
+        group when there is one), before validation and context."""
         anchor = self._anchor_re
         if anchor is None:
-            return list(self.regex.finditer(text))
+            return self._spans_of(self.regex.finditer(text))
         before, after = self.anchor_window
-        out: list[re.Match[str]] = []
+        out: list[tuple[int, int, int]] = []
         hi = -1
         lo = 0
         for a in anchor.finditer(text):
@@ -171,43 +189,54 @@ class Detector:
             out.extend(self._window(text, lo, hi))
         return out
 
-    def _window(self, text: str, lo: int, hi: int) -> list[re.Match[str]]:
+    def _spans_of(self, matches: Any) -> list[tuple[int, int, int]]:
+        group = self._group
+        return [(*m.span(group), m.end()) for m in matches]
+
+    def _window(self, text: str, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """Matches within ``text[lo:hi]``, the window widened back to a whitespace so that a
+        match is never cut at its start."""
         lo = max(0, lo)
         while lo > 0 and not text[lo - 1].isspace() and text[lo - 1] != "\x00":
             lo -= 1
-        return list(self.regex.finditer(text, lo, min(len(text), hi)))
+        return self._spans_of(self.regex.finditer(text, lo, min(len(text), hi)))
 
-    def judge(self, text: str, matches: Any) -> list[tuple[int, int, float]]:
-        """Keep the regex ``matches`` that pass the validator and the context rule."""
+    def spans_at(
+        self, text: str, starts: Sequence[int], ends: Sequence[int]
+    ) -> list[tuple[int, int, int]]:
+        """Candidates from match positions found by the RE2 engine: the ``phi`` group is read
+        by re-matching with Python's engine at each start (same pattern, same match)."""
+        if self._group == 0:
+            return [(s, e, e) for s, e in zip(starts, ends, strict=True)]
+        out = []
+        match = self.regex.match
+        for s in starts:
+            m = match(text, s)
+            if m is not None:
+                out.append((*m.span("phi"), m.end()))
+        return out
+
+    def judge(
+        self, text: str, candidates: Sequence[tuple[int, int, int]]
+    ) -> list[tuple[int, int, float]]:
+        """Keep the candidates that pass ``bounded``, ``not_after``, the validator and the
+        context rule, with their confidence."""
         out: list[tuple[int, int, float]] = []
-        group, validate, ctx = self._group, self._validate, self._context_re
+        validate, ctx, not_after = self._validate, self._context_re, self._not_after_re
         window, bounded, n = self.context_window, self.bounded, len(text)
-        for m in matches:
-            s, e = m.span(group)
+        for s, e, me in candidates:
             if s >= e:
                 continue
             if bounded and ((s > 0 and text[s - 1].isalnum()) or (e < n and text[e].isalnum())):
+                continue
+            if not_after is not None and not_after.match(text, me):
                 continue
             if validate is not None and not validate(text[s:e]):
                 continue
             conf = self.confidence
             if ctx is not None:
-                lo = max(0, s - window)
-                before = text[lo:s]
-                cut = before.rfind("\x00")
-                if cut >= 0:
-                    before = before[cut + 1 :]
-                found = None
-                for found in ctx.finditer(before):  # noqa: B007 - keep the last one
-                    pass
-                blockers = self._blocker_re
-                if (
-                    found is not None
-                    and blockers is not None
-                    and blockers.search(before, found.end())
-                ):
-                    found = None
-                if found is None:
+                found = self._context_found(text, s, window, ctx)
+                if not found:
                     if self.context_required:
                         continue
                 else:
@@ -215,9 +244,36 @@ class Detector:
             out.append((s, e, conf))
         return out
 
+    def _context_found(self, text: str, s: int, window: int, ctx: re.Pattern[str]) -> bool:
+        before = text[max(0, s - window) : s]
+        cut = before.rfind("\x00")
+        if cut >= 0:
+            before = before[cut + 1 :]
+        found = None
+        for found in ctx.finditer(before):  # noqa: B007 - keep the last one
+            pass
+        if found is None:
+            return False
+        blockers = self._blocker_re
+        return blockers is None or blockers.search(before, found.end()) is None
+
     def find(self, text: str) -> list[tuple[int, int, float]]:
         """This detector alone over one text (for tests and explanations)."""
-        return [(s, e, c) for s, e, c in self.scan(text)]
+        return self.scan(text)
+
+
+@cache
+def compile_re2(pattern: str) -> Any | None:
+    """``pattern`` compiled by RE2 for bytes, or None (RE2 not installed, or a Python-only
+    feature such as a lookaround or a backreference)."""
+    if _re2 is None:
+        return None
+    options = _re2.Options()
+    options.max_mem = 64 << 20
+    try:
+        return _re2.compile(pattern, options)
+    except Exception:
+        return None
 
 
 def _expand(text: str, fragments: Mapping[str, str]) -> str:
@@ -254,6 +310,10 @@ def _detector(entry: Mapping[str, Any], fragments: Mapping[str, str]) -> Detecto
     for key in ("context", "blockers", "titles", "cues", "anchor_window"):
         if key in values:
             values[key] = tuple(values[key])
+            if key != "anchor_window" and not all(isinstance(w, str) for w in values[key]):
+                raise ValueError(
+                    f"detector {values.get('name')}: {key} must be strings (quote 'on')"
+                )
     return Detector(**values)
 
 
@@ -278,6 +338,23 @@ def spec_detectors(phi: PhiSpec | None) -> tuple[Detector, ...]:
         values.setdefault("priority", 60)
         out.append(_detector(values, {}))
     return tuple(out)
+
+
+class _Utf8:
+    """A string's UTF-8 bytes and the map from byte offsets back to character offsets."""
+
+    def __init__(self, text: str) -> None:
+        self.data = text.encode("utf-8")
+        self._map: np.ndarray | None = None
+        if len(self.data) != len(text):
+            raw = np.frombuffer(self.data, dtype=np.uint8)
+            starts = (raw & 0xC0) != 0x80
+            self._map = np.concatenate(([0], np.cumsum(starts))).astype(np.int64)
+
+    def chars(self, offsets: list[int]) -> list[int]:
+        if self._map is None:
+            return offsets
+        return self._map[np.asarray(offsets, dtype=np.int64)].tolist()
 
 
 @dataclass(frozen=True)
@@ -353,12 +430,21 @@ class DetectorSet:
                 labels.append(np.full(len(found), label, dtype=np.int64))
                 confs.append(arr[:, 2])
 
+        utf8 = _Utf8(text)
         for first, members in self._pattern_groups:
-            matches = first.matches(text)
-            if not matches:
+            fast = first.fast_regex
+            if fast is not None:
+                found = [m.span() for m in fast.finditer(utf8.data)]
+                if not found:
+                    continue
+                at, to = utf8.chars([f[0] for f in found]), utf8.chars([f[1] for f in found])
+                cands = first.spans_at(text, at, to)
+            else:
+                cands = first.candidates(text)
+            if not cands:
                 continue
             for i in members:
-                add(self.detectors[i].judge(text, matches), i)
+                add(self.detectors[i].judge(text, cands), i)
         for i, d in enumerate(self.detectors):
             if d.kind == "names":
                 add(d.scan(text), i)
