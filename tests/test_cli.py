@@ -14,7 +14,6 @@ from clinipipe.spec import load_spec
 from tests.helpers import cli
 
 LATER = [
-    ["scan"],
     ["backup", "create"], ["backup", "list"], ["backup", "verify"], ["backup", "restore"],
     ["backup", "prune"], ["backup", "hold"], ["audit", "log"], ["audit", "verify"],
     ["cost", "report"], ["cost", "anomalies"], ["bench"], ["demo"],

@@ -11,6 +11,7 @@ from clinipipe import __version__
 from clinipipe.cli import cdc, later, load, project, serve, source
 from clinipipe.cli import redact as redact_cli
 from clinipipe.cli import refresh as refresh_cli
+from clinipipe.cli import scan as scan_cli
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
 from clinipipe.secrets import mask_dsn
@@ -66,6 +67,7 @@ load.register(app)
 cdc.register(app)
 refresh_cli.register(app)
 redact_cli.register(app)
+scan_cli.register(app)
 serve.register(app)
 later.register(app)
 

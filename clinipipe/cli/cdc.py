@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import statistics
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from clinipipe.cli.output import ExitCode, err, info, out, print_json
 from clinipipe.cli.state import State
+
+if TYPE_CHECKING:
+    from clinipipe.pipeline.scan import CdcScanner  # PHI scan
+    from clinipipe.spec import LoadedSpec  # PHI scan
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +46,7 @@ def start(
     state: State = ctx.obj
     loaded = state.spec()
     options = CdcOptions(max_seconds, until_caught_up, batch_rows, batch_ms)
+    scanner = _phi_scanner(loaded)  # PHI scan of every batch
 
     def on_batch(batch: object) -> None:
         from clinipipe.targets.base import CdcBatch
@@ -49,6 +54,10 @@ def start(
         assert isinstance(batch, CdcBatch)
         info(f"applied {batch.changes:,} changes ({len(batch.commit_times)} transactions) "
              f"up to {lsn_to_str(batch.end_lsn)}")  # fmt: skip
+        found = scanner.on_batch(batch)  # PHI scan: never raises, alerts in the background
+        if found:
+            err.print(f"PHI found in this batch: {len(found)} finding(s), see "
+                      "_clinipipe.phi_findings", style="red", markup=False)  # fmt: skip
 
     info(f"Streaming from slot {loaded.spec.source.slot}; Ctrl-C stops after the current batch.")
     try:
@@ -56,6 +65,8 @@ def start(
     except CdcError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.FAILURE) from None
+    finally:
+        phi_stats = _close_phi_scanner(scanner)  # PHI scan
     data = {
         "batches": summary.batches,
         "changes": summary.changes,
@@ -67,6 +78,7 @@ def start(
         "refreshes": summary.refreshes,
         "publishes": summary.publishes,
         "publish_failures": summary.publish_failures,
+        "phi_scan": phi_stats,  # PHI scan
     }
     for failure in summary.publish_failures:
         err.print(f"warning: publish of interactive table {failure}", style="yellow", markup=False)
@@ -77,6 +89,55 @@ def start(
             f"Applied {summary.changes:,} changes in {summary.batches} batches "
             f"({summary.transactions} transactions) from {data['start_lsn']} to {data['end_lsn']}."
         )
+
+
+# --- PHI scanners on every batch (clinipipe.pipeline.scan) -------------------------------------
+
+
+def _phi_scanner(loaded: LoadedSpec) -> CdcScanner:
+    """The scanner `cdc start` runs on every batch; a configuration problem exits 2 before
+    anything streams."""
+    from clinipipe.pipeline.scan import CdcScanner, ScanError
+
+    def warn(message: str) -> None:
+        err.print(f"warning: {message}", style="yellow", markup=False)
+
+    try:
+        scanner = CdcScanner(loaded, on_event=warn)
+    except ScanError as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
+    alerts = "no alerts (phi.alerts not set)"
+    if scanner.sender is not None:
+        alerts = f"alerts to {scanner.sender.endpoint} ({scanner.sender.format})"
+    info(f"PHI scan of every batch of {len(scanner.watched)} tables; {alerts}")
+    return scanner
+
+
+def _close_phi_scanner(scanner: CdcScanner) -> dict[str, object]:
+    """Stop the scanner (queued alerts get a bounded time to go out); its stats, with a
+    warning when alerts failed or were dropped or a batch could not be scanned."""
+    stats = scanner.close()
+    alerts = stats.alerts or {}
+    if alerts.get("failed") or alerts.get("dropped"):
+        err.print(
+            f"warning: PHI alerts: {alerts.get('sent', 0)} sent, {alerts.get('failed', 0)} "
+            f"failed, {alerts.get('dropped', 0)} dropped (last error: "
+            f"{alerts.get('last_error') or '-'}); every finding is in _clinipipe.phi_findings",
+            style="yellow",
+            markup=False,
+        )
+    if stats.errors:
+        err.print(
+            f"warning: the PHI scan failed on {stats.errors} batch(es) ({stats.last_error}); "
+            "run `clinipipe scan` to cover them",
+            style="yellow",
+            markup=False,
+        )
+    return stats.as_dict()
+
+
+# --- end PHI scanners -------------------------------------------------------------------------
 
 
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

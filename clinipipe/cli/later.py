@@ -29,7 +29,6 @@ def _stub(parent: typer.Typer, name: str, full_name: str, what: str, help_text: 
 def register(app: typer.Typer) -> None:
     """Add every command of the tree that later work fills in."""
     top = [
-        ("scan", "PHI leak detection", "Scan for PHI where it must not be."),
         ("bench", "dashboard load benchmark", "Open-loop load test of the dashboards."),
         ("demo", "the one-command demo",
          "Run every part of the pipeline on an embedded PostgreSQL and DuckDB."),

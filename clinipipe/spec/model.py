@@ -160,6 +160,35 @@ class ClassificationSpec(Model):
     auto_tag: bool = True
 
 
+# --- PHI scan alerts (clinipipe scan / cdc start) ------------------------------------------------
+
+Severity = Literal["low", "medium", "high"]
+
+
+class PhiAlertsSpec(Model):
+    """Where `cdc start` sends an alert when a batch holds PHI where it must not be.
+
+    Secrets are named, never written here: the webhook URL (it often carries a token) and the
+    PagerDuty routing key are read from the environment variables given, at send time.
+    """
+
+    webhook_url_env: Identifier = "CLINIPIPE_PHI_WEBHOOK_URL"
+    """Variable holding the webhook URL (for `pagerduty`, unset means PagerDuty's Events API)."""
+    format: Literal["json", "pagerduty"] = "json"
+    routing_key_env: Identifier = "PAGERDUTY_ROUTING_KEY"
+    """Variable holding the PagerDuty integration (routing) key; used by `format: pagerduty`."""
+    min_severity: Severity = "low"
+    """Findings below this severity land in the findings table but raise no alert."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    """Attempts after the first, with exponential backoff, on a 5xx, 429 or network error."""
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    """Alerts waiting to be sent; when full, new alerts are dropped (and counted), never CDC."""
+
+
+# --- end PHI scan alerts -----------------------------------------------------------------------
+
+
 class PhiSpec(Model):
     research_schema: Identifier = "research"
     deidentified_schemas: list[Identifier] = Field(default_factory=lambda: ["research"])
@@ -169,6 +198,13 @@ class PhiSpec(Model):
     )
     """Three-digit ZIP prefixes with 20,000 people or fewer (HHS guidance, 2000 Census)."""
     classification: ClassificationSpec = ClassificationSpec()
+    # PHI scan (clinipipe scan / cdc start)
+    alerts: PhiAlertsSpec | None = None
+    """Webhook alerts from the scanners `cdc start` runs on every batch (none when absent)."""
+    watch: list[Identifier] | None = None
+    """Source tables `cdc start` scans; default: every table with an unclassified text column."""
+    fail_on: Severity = "low"
+    """`clinipipe scan` exits 3 when a finding reaches this severity (--fail-on overrides)."""
 
 
 class BackupSpec(Model):

@@ -37,9 +37,12 @@ from clinipipe.targets.base import (
 )
 from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_stream_cast, duckdb_type
 
-if TYPE_CHECKING:  # redact
-    from clinipipe.phi.safe_harbor import RedactionKey
-    from clinipipe.targets.duckdb_redact import RedactSql, ResearchBuild
+if TYPE_CHECKING:
+    import pyarrow as pa  # PHI scan
+
+    from clinipipe.phi.safe_harbor import RedactionKey  # redact
+    from clinipipe.phi.scan import CandidateQuery, Finding  # PHI scan
+    from clinipipe.targets.duckdb_redact import RedactSql, ResearchBuild  # redact
 
 GIB = 1024**3
 
@@ -677,6 +680,63 @@ class DuckDBTarget(Target):
             f"FROM {self.control('dynamic_table_state')} WHERE name IN ({listed}))"
         ).fetchone()
         return int(row[0]) if row else 0
+
+    # --- PHI scan (clinipipe.pipeline.scan; SQL in duckdb_scan.py) -------------------------------
+
+    def phi_scan_table_names(self, schema: str) -> list[str]:
+        from clinipipe.targets.duckdb_scan import table_names_sql
+
+        return [str(r[0]) for r in self.query(table_names_sql(schema, self.dialect))]
+
+    def phi_scan_primary_key(self, schema: str, table: str) -> list[str]:
+        from clinipipe.targets.duckdb_scan import primary_key_sql
+
+        rows = self.query(primary_key_sql(schema, table, self.dialect))
+        return [str(c) for c in rows[0][0]] if rows else []
+
+    def phi_scan_candidates(self, query: CandidateQuery) -> pa.Table:
+        from clinipipe.targets.duckdb_scan import candidate_sql
+
+        try:
+            return self.con.execute(candidate_sql(query, self.dialect)).to_arrow_table()
+        except duckdb.Error as exc:
+            reason = scrub_values(str(exc).splitlines()[0])
+            raise TargetError(
+                f"PHI scan of {query.schema}.{query.table} failed: {reason}"
+            ) from None
+
+    def upsert_phi_findings(self, findings: Sequence[Finding], seen_at: dt.datetime) -> None:
+        import pyarrow as pa
+
+        from clinipipe.targets.duckdb_scan import FINDING_COLUMNS, upsert_findings_sql
+
+        if not findings:
+            return
+        ts = pa.array([seen_at] * len(findings), pa.timestamp("us", tz="UTC"))
+        rows = [f.as_dict() for f in findings]
+        fields = {"schema_name": "schema", "table_name": "table", "column_name": "column",
+                  "start_offset": "start", "end_offset": "end"}  # fmt: skip
+        columns = {c: [r[fields.get(c, c)] for r in rows]
+                   for c in FINDING_COLUMNS if c not in ("first_seen", "last_seen")}  # fmt: skip
+        table = pa.table({**columns, "first_seen": ts, "last_seen": ts})
+        cur = self.con.cursor()
+        try:
+            cur.register("_clinipipe_phi_findings_in", table)
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                findings_table = self.control("phi_findings")
+                cur.execute(upsert_findings_sql(findings_table, "_clinipipe_phi_findings_in"))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except duckdb.Error as exc:
+            reason = scrub_values(str(exc).splitlines()[0])
+            raise TargetError(f"recording PHI findings failed: {reason}") from None
+        finally:
+            cur.close()
+
+    # --- end PHI scan ---------------------------------------------------------------------------
 
     # --- redaction (clinipipe.pipeline.redact; SQL in duckdb_redact.py) -------------------------
 

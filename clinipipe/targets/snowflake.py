@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from clinipipe.phi.safe_harbor import RedactionKey  # redact
+    from clinipipe.phi.scan import CandidateQuery, Finding  # PHI scan
     from clinipipe.targets.duckdb_redact import ResearchBuild  # redact
     from clinipipe.targets.snowflake_redact import SnowflakeRedactSql  # redact
 
@@ -693,6 +694,77 @@ class SnowflakeTarget(Target):
             name, "SUCCEEDED", "", None, None, started, dt.datetime.now(dt.timezone.utc), None,
             refresh_trigger="MANUAL",
         )  # fmt: skip
+
+    # --- PHI scan (clinipipe.pipeline.scan; SQL in snowflake_scan.py) ---------------------------
+
+    phi_classifies = True
+
+    def phi_scan_table_names(self, schema: str) -> list[str]:
+        from clinipipe.targets.snowflake_scan import table_names_sql
+
+        sql = table_names_sql(self.spec.database, schema, self.dialect)
+        return [str(r[0]).lower() for r in self.query(sql)]
+
+    def phi_scan_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
+        from clinipipe.targets.snowflake_scan import columns_sql
+
+        rows = self.query(columns_sql(self.spec.database, schema, table, self.dialect))
+        return [(str(n).lower(), str(t)) for n, t in rows]
+
+    def phi_scan_candidates(self, query: CandidateQuery) -> pa.Table:
+        """Stage 1 with REGEXP_LIKE; the few candidate rows come back as strings."""
+        import pyarrow as pa
+        import snowflake.connector
+
+        from clinipipe.targets.snowflake_scan import candidate_sql
+
+        cursor = self._session().cursor()
+        try:
+            cursor.execute(candidate_sql(query, self.dialect, self.spec.database))
+            names = [str(d[0]).lower() for d in cursor.description]
+            rows = cursor.fetchall()
+        except snowflake.connector.errors.Error as exc:
+            raise TargetError(
+                f"PHI scan of {query.schema}.{query.table} failed: {self._reason(exc)}"
+            ) from None
+        finally:
+            cursor.close()
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        return pa.table(
+            {n: pa.array([None if v is None else str(v) for v in values], pa.string())
+             for n, values in zip(names, columns, strict=True)}
+        )  # fmt: skip
+
+    def upsert_phi_findings(self, findings: Sequence[Finding], seen_at: dt.datetime) -> None:
+        from clinipipe.targets.snowflake_scan import merge_findings_sql
+
+        if findings:
+            table = self.control("phi_findings")
+            self.execute_atomically(merge_findings_sql(table, findings, seen_at, self.dialect))
+
+    def phi_classify(self, schema: str, table: str, classified: Sequence[str]) -> list[Finding]:
+        """CALL SYSTEM$CLASSIFY (phi.classification settings), read the result, and keep the
+        columns Snowflake calls identifiers that the spec does not classify as PHI."""
+        import snowflake.connector
+
+        from clinipipe.phi.classify import ClassificationResultError, classification_findings
+        from clinipipe.targets.snowflake_scan import classify_sql
+
+        settings = self.loaded.spec.phi.classification
+        call, read = classify_sql(self.spec.database, schema, table, settings.sample_count,
+                                  settings.auto_tag, self.dialect)  # fmt: skip
+        try:
+            self._execute(Statement(0, call))
+            rows = self.query(read)
+        except snowflake.connector.errors.Error as exc:
+            raise TargetError(f"failed: {self._reason(exc)}") from None
+        try:
+            return classification_findings(schema, table, rows[0][0] if rows else None,
+                                           classified=classified)  # fmt: skip
+        except ClassificationResultError as exc:
+            raise TargetError(str(exc)) from None
+
+    # --- end PHI scan ---------------------------------------------------------------------------
 
     # --- redaction (clinipipe.pipeline.redact; SQL in snowflake_redact.py) ----------------------
 

@@ -1,7 +1,10 @@
 -- clinipipe: runs_on=target
 -- 05 · PHI scanners: the spec's column classification and the findings table clinipipe's
--- scanners write. Findings hold masked excerpts only (e.g. "[SSN] at 14"), never the PHI itself.
--- Stage 1 of a scan runs here as regexp_matches() pushdown; stage 2 validates in clinipipe.
+-- scanners write (`clinipipe scan`, and `cdc start` on every batch). Findings hold masked
+-- excerpts ("... called [PHONE] on ...") and character offsets only, never the PHI itself; a
+-- row key whose column is classified PHI is stored as a keyed HMAC pseudonym. A finding found
+-- again moves its last_seen (upsert by finding_id). Stage 1 of a scan runs here as
+-- regexp_matches() pushdown; stage 2 validates the candidates in clinipipe.
 
 CREATE TABLE IF NOT EXISTS "_clinipipe"."phi_column_classes" (
     schema_name  VARCHAR NOT NULL,
@@ -52,3 +55,8 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."phi_findings" (
     first_seen     TIMESTAMPTZ NOT NULL,
     last_seen      TIMESTAMPTZ NOT NULL
 );
+-- Where in the cell (NULL for a column-level finding) and which scanner found it
+-- (scan, cdc, classify); added here so that earlier deployments gain them too.
+ALTER TABLE "_clinipipe"."phi_findings" ADD COLUMN IF NOT EXISTS start_offset BIGINT;
+ALTER TABLE "_clinipipe"."phi_findings" ADD COLUMN IF NOT EXISTS end_offset BIGINT;
+ALTER TABLE "_clinipipe"."phi_findings" ADD COLUMN IF NOT EXISTS found_by VARCHAR;

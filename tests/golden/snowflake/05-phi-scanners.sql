@@ -1,9 +1,12 @@
 -- clinipipe: runs_on=target
 -- 05 · PHI scanners: the spec's column classification, the findings table clinipipe's
--- scanners write (masked excerpts only, never the PHI itself), and a classification profile for
--- Snowflake's own SYSTEM$CLASSIFY (which has no medical-record-number category: clinipipe's
--- detectors cover MRNs). `clinipipe scan` calls, per watched table:
+-- scanners write (masked excerpts and offsets only, never the PHI itself; upserted by
+-- finding_id), and a classification profile for Snowflake's own SYSTEM$CLASSIFY (which has no
+-- medical-record-number category: clinipipe's detectors cover MRNs). Stage 1 of a scan runs
+-- here as REGEXP_LIKE pushdown. `clinipipe scan` calls, per watched table (and per table of a
+-- de-identified schema), then merges the columns it classifies that the spec does not:
 --   CALL SYSTEM$CLASSIFY('<db>.<schema>.<table>', {'sample_count': 1000, 'auto_tag': TRUE});
+--   SELECT SYSTEM$GET_CLASSIFICATION_RESULT('<db>.<schema>.<table>');
 
 USE DATABASE "CLINIPIPE";
 
@@ -85,6 +88,11 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" (
     first_seen     TIMESTAMP_TZ NOT NULL,
     last_seen      TIMESTAMP_TZ NOT NULL
 );
+-- Where in the cell (NULL for a column-level finding) and which scanner found it
+-- (scan, cdc, classify); added here so that earlier deployments gain them too.
+ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS start_offset NUMBER(19,0);
+ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS end_offset NUMBER(19,0);
+ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS found_by VARCHAR;
 
 CREATE OR REPLACE SNOWFLAKE.DATA_PRIVACY.CLASSIFICATION_PROFILE "CLINIPIPE"."_CLINIPIPE"."CLINIPIPE_CLASSIFICATION"({
   'minimum_object_age_for_classification_days': 0,
