@@ -123,7 +123,9 @@ def shift_date_text(text: str, days: int) -> str | None:
         return None
     out = list(tokens)
     parts = [i for i in (day_ix, num_month_ix) if i is not None]
-    pad = "00" if any(len(tokens[i]) == 2 and tokens[i].startswith("0") for i in parts) else ""
+    iso = year_ix is not None and year_ix < (day_ix or 0) and month_ix is None
+    padded = any(len(tokens[i]) == 2 and tokens[i].startswith("0") for i in parts)
+    pad = "00" if iso or padded else ""
     out[day_ix] = _number(moved.day, pad or tokens[day_ix])  # type: ignore[index]
     if suffix_ix is not None:
         out[suffix_ix] = _suffix(moved.day, tokens[suffix_ix])

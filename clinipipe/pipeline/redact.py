@@ -161,6 +161,20 @@ def redact(
     tables = _selected_tables(loaded, options.tables)
     if options.ai_redact and spec.target.type != "snowflake":
         raise RedactError("--ai-redact needs a Snowflake target (AI_REDACT)", usage=True)
+    if spec.target.type == "snowflake" and not options.ai_redact:
+        notes = [
+            f"{t.name}.{c}"
+            for t in spec.source.tables
+            if t.name in tables
+            for c, cls in t.columns.items()
+            if cls == "free_text"
+        ]
+        if notes:
+            raise RedactError(
+                f"free text ({', '.join(notes)}) on Snowflake is redacted in the warehouse: add "
+                "--ai-redact, or leave those tables out with --tables",
+                usage=True,
+            )
     try:
         key = RedactionKey.from_environment(spec.phi.hmac_key_env, environment(loaded.directory))
     except RedactionKeyError as exc:
@@ -252,12 +266,6 @@ def _redact(
     for name in tables:
         plan = plan_table(spec, by_name[name], options.policy, target.redaction_columns(name))
         plans[name] = plan
-        if plan.notes and spec.target.type == "snowflake" and not options.ai_redact:
-            raise RedactError(
-                f"{name} has free text ({', '.join(plan.notes)}): on Snowflake use --ai-redact, "
-                "or leave the table out with --tables",
-                usage=True,
-            )
         inputs: dict[str, object] = {
             "policy": options.policy,
             "version": POLICY_VERSION,

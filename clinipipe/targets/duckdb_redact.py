@@ -363,7 +363,7 @@ def _stream_redacted(
     import pyarrow as pa
 
     assert build.transform is not None
-    stream = reader.execute(build.sql).fetch_record_batch(batch_rows)
+    stream = reader.execute(build.sql).to_arrow_reader(batch_rows)
     helpers = [n for n in stream.schema.names if n.startswith(HELPER_PREFIX)]
     exclude = f" EXCLUDE ({', '.join(RedactSql.quote_names(helpers))})" if helpers else ""
     cur.execute(
