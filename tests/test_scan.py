@@ -141,8 +141,8 @@ def test_scan_finds_every_planted_leak_and_prints_none(
     assert expected <= where, expected - where
     # A table without a key names its rows by a keyed pseudonym of the row, never by values.
     notes = [f for f in report["findings"] if f["table"] == "visit_notes"]
-    assert [f["category"] for f in notes] == ["NAME"]
-    assert re.fullmatch(r"hmac:[0-9a-f]{24}", notes[0]["row_key"])
+    assert notes and {f["category"] for f in notes} == {"NAME"}
+    assert all(re.fullmatch(r"hmac:[0-9a-f]{24}", f["row_key"]) for f in notes)
     ssn = next(f for f in report["findings"] if f["category"] == "SSN")
     assert ssn["masked_excerpt"] == "Cardiology; pt SSN [SSN]" and ssn["severity"] == "high"
     assert (ssn["start"], ssn["end"]) == (19, 30) and ssn["found_by"] == "scan"
@@ -164,6 +164,12 @@ def test_scan_finds_every_planted_leak_and_prints_none(
     for r in again:
         before = first_seen[r[:5]]
         assert r[7] == before[0] and r[8] > before[1]  # first_seen kept, last_seen moved
+    with duckdb.connect(str(leaks.warehouse), read_only=True) as con:
+        metered = con.execute(
+            "SELECT warehouse_role, count(*) FROM _clinipipe.metering WHERE job = 'phi-scan' "
+            "GROUP BY ALL"
+        ).fetchall()
+    assert metered == [("incremental", 2)]  # each scan is metered on the small warehouse
 
 
 def test_fail_on_threshold_and_scope(leaks: Leaks, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,7 @@
 """PHI scan pieces without a database: SYSTEM$CLASSIFY results merged into findings, the RE2 ->
-Snowflake regex rewrite, golden Snowflake SQL (fakesnow runs none of it: no SYSTEM$CLASSIFY,
-and REGEXP_LIKE over our rewrite is Snowflake's, not DuckDB's), row keys and stage 1 on Arrow."""
+Snowflake regex rewrite, golden Snowflake SQL (fakesnow cannot run SYSTEM$CLASSIFY, and runs
+REGEXP_LIKE as DuckDB's regex, so the exact text is pinned here; `test_scan_snowflake.py` runs
+the rest through fakesnow), row keys and stage 1 on Arrow."""
 
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ GOLDEN_SNOWFLAKE_CANDIDATES = (
     'TO_VARCHAR(s."DEPARTMENT"), NULL) AS "C0", '
     "IFF(REGEXP_LIKE(TO_VARCHAR(s.\"PRIMARY_DX\"), '.*(ssn|\\\\d{3}-\\\\d{2}-\\\\d{4}).*', 'is'), "
     'TO_VARCHAR(s."PRIMARY_DX"), NULL) AS "C1" '
-    'FROM "CLINIPIPE"."RAW"."ENCOUNTERS" SAMPLE ROW (10000 ROWS) AS s WHERE '
+    'FROM "CLINIPIPE"."RAW"."ENCOUNTERS" AS s SAMPLE ROW (10000 ROWS) WHERE '
     "REGEXP_LIKE(TO_VARCHAR(s.\"DEPARTMENT\"), '.*(ssn|\\\\d{3}-\\\\d{2}-\\\\d{4}).*', 'is') OR "
     "REGEXP_LIKE(TO_VARCHAR(s.\"PRIMARY_DX\"), '.*(ssn|\\\\d{3}-\\\\d{2}-\\\\d{4}).*', 'is')"
 )

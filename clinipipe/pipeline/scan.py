@@ -345,6 +345,8 @@ def run_scan(
             on_table("", len(plans), len(plans))
         if report.findings:
             target.upsert_phi_findings(report.findings, now)
+        candidates = sum(t.candidate_rows for t in report.tables)
+        target.record_phi_scan(now, dt.datetime.now(dt.timezone.utc), candidates)
     report.seconds = time.monotonic() - started
     return report
 

@@ -713,6 +713,19 @@ class Target(ABC):
         `classified` columns (the spec's PHI columns). [] where there is no classifier."""
         return []
 
+    def record_phi_scan(self, started: dt.datetime, ended: dt.datetime, rows: int) -> None:
+        """Meter a scan (job ``phi-scan``, `rows` candidate rows) on the incremental warehouse."""
+        q = self.dialect.quote_literal
+        wh = self.loaded.spec.warehouses.incremental
+        self.execute_atomically(
+            [
+                f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, warehouse_role, "
+                "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
+                f"({q(uuid.uuid4().hex)}, 'phi-scan', {q(wh.name)}, 'incremental', {q(wh.size)}, "
+                f"{q(started.isoformat())}, {q(ended.isoformat())}, {rows}, NULL)"
+            ]
+        )
+
     # --- end PHI scan ---------------------------------------------------------------------------
 
 

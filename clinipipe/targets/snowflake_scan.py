@@ -109,8 +109,8 @@ def candidate_sql(query: CandidateQuery, dialect: Dialect, database: str) -> str
     """The stage-1 SELECT of `query` (see `CandidateQuery` for the result's columns)."""
     ident, literal = dialect.quote_ident, dialect.quote_literal
     pattern, params = snowflake_regex(query.prefilter)
-    source = dialect.qualify(database, query.schema, query.table)
-    if query.sample is not None:
+    source = f"{dialect.qualify(database, query.schema, query.table)} AS s"
+    if query.sample is not None:  # the alias comes first in Snowflake's grammar
         source += f" SAMPLE ROW ({int(query.sample)} ROWS)"
     text = {c: f"TO_VARCHAR(s.{ident(c)})" for c in query.columns}
     match = {c: f"REGEXP_LIKE({text[c]}, {literal(pattern)}, {literal(params)})"
@@ -124,7 +124,7 @@ def candidate_sql(query: CandidateQuery, dialect: Dialect, database: str) -> str
         f"IFF({match[c]}, {text[c]}, NULL) AS {ident(f'c{i}')}" for i, c in enumerate(query.columns)
     ]
     where = " OR ".join(match[c] for c in query.columns)
-    return f"SELECT {', '.join(select)} FROM {source} AS s WHERE {where}"
+    return f"SELECT {', '.join(select)} FROM {source} WHERE {where}"
 
 
 def merge_findings_sql(
