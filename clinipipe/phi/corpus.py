@@ -147,8 +147,7 @@ _TEMPLATES: dict[str, list[tuple[float, list[str]]]] = {
         (
             1.0,
             [
-                "NURSING NOTE {note_mdy} {time}\nPt: {first} {last}, MRN {mrn_digits}, "
-                "Rm {room}\n",
+                "NURSING NOTE {note_mdy} {time}\nPt: {first} {last}, MRN {mrn_digits}, Rm {room}\n",
                 "Nursing shift note - {note_long}\n{last}, {first} ({mrn_token}) DOB {dob_mdy}\n",
                 "RN note for {title} {last} (age {age}), {note_iso}\n",
             ],
@@ -172,8 +171,7 @@ _TEMPLATES: dict[str, list[tuple[float, list[str]]]] = {
                 "Spoke with {relation} {ec_first} at {phone_fmt} to update on plan of care.\n",
                 "Pt's {relation} {hard_first} called at {time} and asked about discharge on "
                 "{followup_noyear}.\n",
-                "{relation_cap} ({ec_first} {ec_last}) requests updates by phone: "
-                "{phone_fmt}.\n",
+                "{relation_cap} ({ec_first} {ec_last}) requests updates by phone: {phone_fmt}.\n",
             ],
         ),
         (
@@ -338,6 +336,11 @@ _TEMPLATES: dict[str, list[tuple[float, list[str]]]] = {
     ],
 }
 
+
+def _words(text: str, sep: str | None = None) -> tuple[str, ...]:
+    return tuple(text.split(sep))
+
+
 _FIELDS: dict[str, str | None] = {
     "first": "NAME",
     "last": "NAME",
@@ -397,52 +400,56 @@ _FIELDS: dict[str, str | None] = {
     "rel_age": None,  # filled as AGE or not depending on the value (see _age_field)
     "age_any": None,
 }
-for _f in (
+for _f in _words(
     "dob_mdy dob_iso dob_long admit_mdy admit_long admit_dmy admit_noyear discharge_mdy "
     "discharge_long discharge_dmy mid_mdy mid_iso mid_ord mid_slash_noyear followup_mdy "
     "followup_long followup_noyear sign_mdy sign_long note_mdy note_long note_iso note_dmy "
     "note_noyear prior_mdy prior_long prior_noyear onset_noyear onset_ord onset_mdy onset_long"
-).split():
+):
     _FIELDS[_f] = "DATE"
 
-_HARD_FIRST = (
+_HARD_FIRST = _words(
     "April Will Rose Hope Dean June May Mark Bill Grace Faith Joy Summer Autumn Hunter Chase "
     "Art Frank Gene Iris Ivy Lily Olive Pearl Ruby Dawn Crystal Amber Drew Glen Jack Rich "
     "Sandy Penny Holly Heather Robin Daisy Violet Jasmine Sterling Miles Wade Cliff"
-).split()
-_HARD_LAST = (
+)
+_HARD_LAST = _words(
     "Brown White Green Black Young King Hill Wood Long Bell Rice Price Day Parkinson Foley "
     "Murphy Graves Wilson Cushing Baker Fisher Hunter Mason Cook Stone Little Rose Hope Banks "
     "Child Gay Sharp Strong Wise Love Bond Frost Snow Winter Summers Hart Field Lane"
-).split()
-_RELATIONS = (
+)
+_RELATIONS = _words(
     "wife husband daughter son mother father sister brother niece nephew partner friend "
     "granddaughter grandson neighbor"
-).split()
-_COMPLAINTS = (
+)
+_COMPLAINTS = _words(
     "chest pain|shortness of breath|abdominal pain|dizziness|cough|back pain|headache|"
     "fatigue|leg swelling|palpitations|nausea and vomiting|fever|syncope|dysuria|rash"
-).split("|")
-_PMH = (
+    "|",
+)
+_PMH = _words(
     "hypertension|type 2 diabetes|COPD|CHF with EF 35%|atrial fibrillation|CKD stage 3|"
     "hyperlipidemia|osteoarthritis|GERD|hypothyroidism|asthma|depression"
-).split("|")
-_DRUGS = (
+    "|",
+)
+_DRUGS = _words(
     "metoprolol 25 mg BID|lisinopril 10 mg daily|furosemide 40 mg IV|apixaban 5 mg BID|"
     "metformin 500 mg BID|atorvastatin 40 mg|acetaminophen 650 mg q6h|insulin glargine 20 "
     "units|ceftriaxone 1 g IV|prednisone 40 mg|albuterol 2 puffs q4h PRN"
-).split("|")
-_EXAMS = (
+    "|",
+)
+_EXAMS = _words(
     "CT chest with contrast|XR chest 2 views|MRI brain without contrast|US abdomen complete|"
     "CT abdomen/pelvis|XR left knee 3 views|CTA head and neck"
-).split("|")
-_SPECIALTIES = "cardiology|nephrology|GI|pulmonology|neurology|ID|endocrinology".split("|")
-_SUBJECTS = "Refill request|Question about my results|Appointment|Billing question".split("|")
-_PAYERS = "Aetna|Blue Cross Blue Shield|Tufts Health Plan|Cigna|UnitedHealthcare".split("|")
-_PHARMACIES = "CVS Pharmacy|Walgreens|Rite Aid|Stop & Shop Pharmacy|Big Y Pharmacy".split("|")
-_MONTHS = (
+    "|",
+)
+_SPECIALTIES = _words("cardiology|nephrology|GI|pulmonology|neurology|ID|endocrinology", "|")
+_SUBJECTS = _words("Refill request|Question about my results|Appointment|Billing question", "|")
+_PAYERS = _words("Aetna|Blue Cross Blue Shield|Tufts Health Plan|Cigna|UnitedHealthcare", "|")
+_PHARMACIES = _words("CVS Pharmacy|Walgreens|Rite Aid|Stop & Shop Pharmacy|Big Y Pharmacy", "|")
+_MONTHS = _words(
     "January February March April May June July August September October November December"
-).split()
+)
 _MBI_LETTERS = "ACDEFGHJKMNPQRTUVWXY"
 
 
@@ -471,7 +478,11 @@ def _date_forms(d: date, rng: random.Random) -> dict[str, str]:
         ]
     )
     dmy = rng.choice(
-        [f"{dd}-{month[:3]}-{y % 100:02d}", f"{dd:02d}-{month[:3].upper()}-{y}", f"{dd} {month} {y}"]
+        [
+            f"{dd}-{month[:3]}-{y % 100:02d}",
+            f"{dd:02d}-{month[:3].upper()}-{y}",
+            f"{dd} {month} {y}",
+        ]
     )
     noyear = rng.choice([f"{month} {dd}", f"{month[:3]} {_ordinal(dd)}", f"{dd} {month}"])
     return {
@@ -609,10 +620,16 @@ def _draw(fake: Any, rng: random.Random, cities: list[list[str]]) -> dict[str, s
         "mrn_token": f"MRN{mrn:08d}",
         "account_token": f"ACC{rng.randint(0, 10**10 - 1):010d}",
         "account_num": rng.choice(
-            [f"{rng.randint(10**9, 10**12 - 1)}", f"{rng.randint(1000, 9999)}-{rng.randint(0, 99999):05d}"]
+            [
+                f"{rng.randint(10**9, 10**12 - 1)}",
+                f"{rng.randint(1000, 9999)}-{rng.randint(0, 99999):05d}",
+            ]
         ),
         "accession": f"{rng.choice(['CT', 'XR', 'MR', 'US'])}{rng.randint(10**6, 10**8 - 1)}",
-        "study_id": f"{rng.choice(['ONC', 'CARD', 'NEU'])}-{rng.randint(2015, 2024)}-{rng.randint(1, 9999):04d}",
+        "study_id": (
+            f"{rng.choice(['ONC', 'CARD', 'NEU'])}-{rng.randint(2015, 2024)}"
+            f"-{rng.randint(1, 9999):04d}"
+        ),
         "biometric": f"FP-{rng.randint(10**5, 10**7 - 1)}",
         "plan_id": rng.choice(
             [
@@ -634,7 +651,10 @@ def _draw(fake: Any, rng: random.Random, cities: list[list[str]]) -> dict[str, s
         "serial": fake.bothify("??#####?#").upper(),
         "udi": f"(01){rng.randint(10**13, 10**14 - 1)}(17){rng.randint(230101, 291231)}",
         "url": rng.choice(
-            [fake.url() + fake.uri_path(), f"https://{fake.user_name()}.{fake.free_email_domain()}/photos"]
+            [
+                fake.url() + fake.uri_path(),
+                f"https://{fake.user_name()}.{fake.free_email_domain()}/photos",
+            ]
         ),
         "ip": rng.choice([fake.ipv4_public(), fake.ipv6()]),
         "ipv4": fake.ipv4_private(),

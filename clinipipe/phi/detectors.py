@@ -98,6 +98,7 @@ class Detector:
     anchor_window: tuple[int, int] = (64, 64)
     titles: tuple[str, ...] = ()
     cues: tuple[str, ...] = ()
+    after_cues: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -164,7 +165,7 @@ class Detector:
         """Spans ``(start, end, confidence)`` this detector finds in ``text`` (which may be a
         joined batch: context never reaches across a row separator)."""
         if self.kind == "names":
-            return NameLexicon(NameContext(self.titles, self.cues)).find(text)
+            return NameLexicon(NameContext(self.titles, self.cues, self.after_cues)).find(text)
         return self.judge(text, self.candidates(text))
 
     def candidates(self, text: str) -> list[tuple[int, int, int]]:
@@ -307,7 +308,7 @@ def _detector(entry: Mapping[str, Any], fragments: Mapping[str, str]) -> Detecto
     for key in ("pattern", "prefilter"):
         if key in values:
             values[key] = _expand(str(values[key]), fragments)
-    for key in ("context", "blockers", "titles", "cues", "anchor_window"):
+    for key in ("context", "blockers", "titles", "cues", "after_cues", "anchor_window"):
         if key in values:
             values[key] = tuple(values[key])
             if key != "anchor_window" and not all(isinstance(w, str) for w in values[key]):

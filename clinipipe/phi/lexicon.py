@@ -18,8 +18,9 @@ Guarantee: every returned span starts and ends on a word boundary and lies withi
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -45,7 +46,8 @@ class NameContext:
 
     titles: tuple[str, ...] = ()
     cues: tuple[str, ...] = ()
-    stop_after: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    """Regexes that, right after a word, make it a name ("Mark is a 63 y/o")."""
 
 
 @dataclass(frozen=True)
@@ -103,157 +105,154 @@ def _alternation(words: Iterable[str]) -> str:
 def _context_res(context: NameContext) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     titles = re.compile(rf"(?:^|[^A-Za-z])(?:{_alternation(context.titles)})\.?\s+$")
     cues = re.compile(rf"(?i:(?:^|[^a-z])(?:{_alternation(context.cues)})[:,]?\s+$)")
-    stop = re.compile(rf"(?:{_alternation(context.stop_after)})\b") if context.stop_after else None
-    return titles, cues, stop or re.compile(r"(?!)")
+    after = "|".join(f"(?:{a})" for a in context.after) or "(?!)"
+    return titles, cues, re.compile(rf" (?:{after})")
 
 
 def _is_word_char(ch: str) -> bool:
     return ch.isalnum() or ch in "'\u2019"
 
 
+_STRONG, _WEAK, _EPONYM_USE = 2, 1, 0
+_INITIAL_GAP = re.compile(r" [A-Z]\.? ")
+_NEXT_CAP = re.compile(r"(?: |, )([A-Z][a-z'\u2019]+(?:-[A-Z][a-z'\u2019]+)?)(?![A-Za-z0-9])")
+_PREV_CAP = re.compile(
+    r"(?<![A-Za-z'\u2019-])([A-Z][a-z'\u2019]+(?:-[A-Z][a-z'\u2019]+)?)(?: |, )$"
+)
+_HEAD_WORD = re.compile(r"(?:['\u2019]s)?[ -]([A-Za-z]+)")
+
+
+#: Abbreviations that the census lists hold as names but notes use otherwise.
+ABBREVIATIONS = frozenset(
+    [
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "mx",
+        "rm",
+        "pt",
+        "st",
+        "mt",
+        "ft",
+        "jr",
+        "sr",
+        "md",
+        "rn",
+        "np",
+        "pa",
+        "do",
+        "dds",
+        "phd",
+        "lpn",
+        "cna",
+        "pcp",
+        "er",
+        "or",
+        "icu",
+        "ed",
+        "ct",
+        "mri",
+        "dea",
+        "npi",
+    ]
+)
+
+
+@cache
+def _phrases() -> ahocorasick.Automaton:
+    auto = ahocorasick.Automaton()
+    for phrase in read_list("not_names.txt"):
+        auto.add_word(phrase, len(phrase))
+    auto.make_automaton()
+    return auto
+
+
+def _not_name_spans(text: str) -> tuple[list[int], list[int]]:
+    """Start and end offsets of the ``not_names.txt`` phrases in ``text``."""
+    starts, ends = [], []
+    for end_idx, length in _phrases().iter_long(text):
+        starts.append(end_idx - length + 1)
+        ends.append(end_idx + 1)
+    return starts, ends
+
+
 def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
-    names, ambiguous, eponyms, heads, english = _lists()
-    titles_re, cues_re, _stop = _context_res(context)
+    """See the module docstring. One pass of the automaton; Python work per name hit only."""
+    _names, ambiguous, eponyms, heads, english = _lists()
+    titles_re, cues_re, after_re = _context_res(context)
     n = len(text)
-    # 1. Name words found by the automaton, whole words only.
-    hits: list[tuple[int, int]] = []
+    skip_starts, skip_ends = _not_name_spans(text)
+    starts: list[int] = []
+    ends: list[int] = []
+    kinds: list[int] = []
     for end_idx, length in _automaton().iter_long(text):
-        start, end = end_idx - length + 1, end_idx + 1
-        if start > 0 and _is_word_char(text[start - 1]):
+        s, e = end_idx - length + 1, end_idx + 1
+        if s > 0 and _is_word_char(text[s - 1]):
             continue
-        if (
-            end < n
-            and (text[end].isalnum() or text[end] == "-")
-            and not (text[end] in "'\u2019" and text[end + 1 : end + 2] in ("s", ""))
-        ):
-            continue
-        hits.append((start, end))
-    spans: list[tuple[int, int, float]] = []
-    i = 0
-    while i < len(hits):
-        start, end = hits[i]
-        # 2. Grow a run of adjacent capitalized words around the hit.
-        run = [(start, end)]
-        pos = end
-        j = i + 1
-        while True:
-            nxt = _next_word(text, pos)
-            if nxt is None:
-                break
-            ws, we = nxt
-            run.append((ws, we))
-            pos = we
-            if j < len(hits) and hits[j][0] == ws:
-                j += 1
-        pre = _prev_word(text, start)
-        while pre is not None:
-            run.insert(0, pre)
-            pre = _prev_word(text, pre[0])
-        decided = _decide(text, run, names, ambiguous, eponyms, heads, english, titles_re, cues_re)
-        spans.extend(decided)
-        i = j
-        # skip hits already inside this run
-        last = run[-1][1]
-        while i < len(hits) and hits[i][0] < last:
-            i += 1
-    return spans
-
-
-_GAP = re.compile(r"(?: |, | [A-Z]\. |\. | [A-Z] )")
-
-
-def _next_word(text: str, pos: int) -> tuple[int, int] | None:
-    """The capitalized word right after ``pos`` (one space, ", " or a middle initial between)."""
-    m = _GAP.match(text, pos)
-    if m is None:
-        return None
-    w = _CAP.match(text, m.end())
-    if w is None or (w.end() < len(text) and text[w.end()].isalnum()):
-        return None
-    if m.group() == ". " and not _looks_initial(text, pos):
-        return None
-    return w.start(), w.end()
-
-
-def _looks_initial(text: str, pos: int) -> bool:
-    return pos >= 2 and text[pos - 1].isupper() and not text[pos - 2].isalpha()
-
-
-def _prev_word(text: str, start: int) -> tuple[int, int] | None:
-    """The capitalized word right before ``start`` ("Last, First", "First Last")."""
-    window = text[max(0, start - 40) : start]
-    m = re.search(
-        r"(?<![A-Za-z'\u2019-])([A-Z][A-Za-z'\u2019]*(?:-[A-Z][A-Za-z'\u2019]*)*)(?: |, )$", window
-    )
-    if m is None:
-        return None
-    offset = start - len(window)
-    return offset + m.start(1), offset + m.end(1)
-
-
-def _decide(
-    text: str,
-    run: Sequence[tuple[int, int]],
-    names: frozenset[str],
-    ambiguous: frozenset[str],
-    eponyms: frozenset[str],
-    heads: frozenset[str],
-    english: frozenset[str],
-    titles_re: re.Pattern[str],
-    cues_re: re.Pattern[str],
-) -> list[tuple[int, int, float]]:
-    """Which words of a run of capitalized words are a name."""
-    kinds: list[str] = []  # strong, weak, epo, unknown, word
-    for k, (s, e) in enumerate(run):
+        if e < n:
+            nxt = text[e]
+            if (nxt.isalnum() or nxt == "-") or (
+                nxt in "'\u2019" and text[e + 1 : e + 2] not in ("s", " ", "")
+            ):
+                continue
         word = text[s:e]
-        low = (
-            word.lower().rstrip("s").rstrip("'\u2019")
-            if word[-2:] in ("'s", "\u2019s")
-            else word.lower()
-        )
-        if word.isupper() and len(word) < 3:
-            kinds.append("word")
+        low = word.lower()
+        if low in ABBREVIATIONS or (length < 3 and word.isupper()):
             continue
-        after = re.match(r"(?:['\u2019]s)?[ -]([a-z]+)", text[e : e + 30])
-        eponym_use = after is not None and after.group(1) in heads
-        if low in eponyms or (eponym_use and k == len(run) - 1):
-            kinds.append("epo")
-        elif low in names:
-            kinds.append("weak" if low in ambiguous else "strong")
-        elif low in english or len(word) < 2:
-            kinds.append("word")
-        else:
-            kinds.append("unknown")
-    head = text[max(0, run[0][0] - 40) : run[0][0]]
-    cut = head.rfind("\x00")
-    if cut >= 0:
-        head = head[cut + 1 :]
-    titled = titles_re.search(head) is not None
-    cued = titled or cues_re.search(head) is not None
+        if skip_starts:
+            k = bisect.bisect_right(skip_starts, s) - 1
+            if k >= 0 and skip_ends[k] >= e:
+                continue
+        weak = low in ambiguous or low in eponyms or (length <= 3 and word.isupper())
+        kind = _WEAK if weak else _STRONG
+        if e < n and text[e] in " -'\u2019":
+            m = _HEAD_WORD.match(text, e)
+            if m is not None and m.group(1).lower() in heads:
+                kind = _EPONYM_USE
+        starts.append(s)
+        ends.append(e)
+        kinds.append(kind)
+    count = len(starts)
+    # Which hits touch the next one: "First Last", "Last, First", "First M. Last".
+    joined = [False] * (count + 1)
+    for i in range(count - 1):
+        gap = text[ends[i] : starts[i + 1]]
+        joined[i] = gap in (" ", ", ") or _INITIAL_GAP.fullmatch(gap) is not None
     out: list[tuple[int, int, float]] = []
-    # Split the run at plain English words; judge each piece.
-    piece: list[int] = []
-    for k in [*range(len(run)), -1]:
-        if k >= 0 and kinds[k] != "word":
-            piece.append(k)
-            continue
-        if piece:
-            ks = [kinds[p] for p in piece]
-            strong = ks.count("strong")
-            named = strong + ks.count("weak")
-            first_piece = piece[0] == 0
-            ok = (
-                strong > 0
-                or named >= 2
-                or (first_piece and cued and ks[0] in ("weak", "unknown", "strong"))
-                or (first_piece and titled)
-            )
-            if ok:
-                conf = 0.9 if (strong and (named >= 2 or cued)) else 0.75 if strong else 0.7
-                keep = [p for p in piece if kinds[p] != "epo" or (titled and p == 0)]
-                if keep:
-                    out.append((run[keep[0]][0], run[keep[-1]][1], conf))
-        piece = []
+    for i in range(count):
+        s, e, kind = starts[i], ends[i], kinds[i]
+        prev_named = i > 0 and joined[i - 1] and kinds[i - 1] != _EPONYM_USE
+        next_named = joined[i] and kinds[i + 1] != _EPONYM_USE
+        near = prev_named or next_named
+        if kind == _STRONG:
+            conf = 0.9 if near else 0.8
+        elif kind == _WEAK and near:
+            conf = 0.8
+        else:
+            head = text[max(0, s - 40) : s]
+            cut = head.rfind("\x00")
+            if cut >= 0:
+                head = head[cut + 1 :]
+            if titles_re.search(head) is not None:
+                conf = 0.85
+            elif kind == _WEAK and (
+                cues_re.search(head) is not None or after_re.match(text, e) is not None
+            ):
+                conf = 0.75
+            else:
+                continue
+        if next_named:  # cover a middle initial between the two names
+            e = starts[i + 1]
+        else:  # an unknown, non-English capitalized word after a name: "Dana Okafor"
+            m = _NEXT_CAP.match(text, e)
+            if m is not None and m.group(1).lower() not in english:
+                e = m.end(1)
+        if not prev_named:
+            m = _PREV_CAP.search(text, max(0, s - 30), s)
+            if m is not None and m.group(1).lower() not in english:
+                s = m.start(1)
+        out.append((s, e, conf))
     return out
 
 
@@ -303,7 +302,7 @@ def is_name_token(word: str) -> bool:
     """A census name, or a word that is not an English word (for names after a cue word)."""
     names, _ambiguous, eponyms, _heads, english = _lists()
     low = word.lower()
-    if low in eponyms:
+    if low in eponyms or low in ABBREVIATIONS or len(word) < 2:
         return False
     return low in names or low not in english
 

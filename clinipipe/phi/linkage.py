@@ -1,9 +1,9 @@
 """Record linkage: find a row's own known identifiers (from structured columns) in its text.
 
-For every row the known values and their simple variants (case, "Last, First", initials, phone
-and ID spellings, date spellings, street-suffix abbreviations) go into one Aho-Corasick
-automaton for the whole batch; one pass over the joined text finds them all, and a hit counts
-only in the row whose value it is, as a whole word.
+For every row the known values and their simple variants ("Last, First", initials, phone and ID
+spellings, date spellings, street-suffix abbreviations) are searched, ignoring case, in that
+row's own slice of the joined batch text (``str.find``: no per-row copy, no regex), as whole
+words.
 
 Guarantee: a returned span is an exact occurrence, bounded by non-alphanumeric characters, of a
 variant of one of that row's own known values.
@@ -14,9 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
+from functools import cache
 
-import ahocorasick
-import numpy as np
 import pyarrow as pa
 
 from clinipipe.phi.categories import CATEGORIES, CATEGORY_OF_PHI_CLASS
@@ -76,7 +75,8 @@ def category_of_column(column: str, categories: Mapping[str, str]) -> str:
 
 
 def _cases(value: str) -> set[str]:
-    return {value, value.upper(), value.title() if value.islower() or value.isupper() else value}
+    """Matching ignores case, so one spelling is enough."""
+    return {value}
 
 
 def _name_variants(value: str) -> set[str]:
@@ -99,7 +99,7 @@ def _name_variants(value: str) -> set[str]:
     for t in tokens:
         t = t.strip(".")
         if len(t) >= _MIN_LENGTH:
-            out |= {t.title() if t.islower() or t.isupper() else t, t.upper()}
+            out.add(t)
     if len(tokens) >= 2:
         out.add(".".join(t[0].upper() for t in tokens) + ".")
     return out
@@ -190,7 +190,6 @@ def _date_variants(value: str) -> set[str]:
         f"{dd:02d}-{mon}-{y}",
         f"{dd}-{mon}-{y2}",
         f"{dd:02d}-{mon}-{y2}",
-        f"{dd:02d}-{mon.upper()}-{y}",
     }
     return forms
 
@@ -242,46 +241,52 @@ def _strings(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
 def find_known(
     joined: JoinedText, known: pa.Table, categories: Mapping[str, str]
 ) -> dict[str, list[tuple[int, int, float]]]:
-    """Spans (in ``joined.text`` offsets) of each row's known values, by category."""
+    """Spans (in ``joined.text`` offsets) of each row's known values, by category.
+
+    Matching is case-insensitive, except that a one-word name that is also an English word
+    (Will, Rose, Brown) must be capitalized in the text.
+    """
     if known.num_rows != joined.n:
         raise ValueError(
             f"known has {known.num_rows} rows but there are {joined.n} texts; they must align"
         )
-    owners: dict[str, dict[int, str]] = {}
+    text = joined.text
+    low = text.lower()
+    if len(low) != len(text):  # a character whose lower case is longer: match case as given
+        low = text
+    n = len(text)
+    english = _english_words()
+    starts = joined.starts.tolist()
+    found: dict[str, list[tuple[int, int, float]]] = {}
     for column in known.column_names:
         category = category_of_column(column, categories)
+        out = found.setdefault(category, [])
         for row, value in enumerate(_strings(known.column(column))):
             if value is None or not joined.valid[row]:
                 continue
+            lo, hi = starts[row], starts[row + 1] - 1
             for form in variants(value, category):
-                owners.setdefault(form, {})[row] = category
-    found: dict[str, list[tuple[int, int, float]]] = {}
-    if not owners:
-        return found
-    auto = ahocorasick.Automaton()
-    for form, rows in owners.items():
-        auto.add_word(form, (len(form), rows))
-    auto.make_automaton()
-    text = joined.text
-    n = len(text)
-    ends: list[int] = []
-    payloads: list[tuple[int, dict[int, str]]] = []
-    for end_idx, payload in auto.iter(text):
-        ends.append(end_idx)
-        payloads.append(payload)
-    if not ends:
-        return found
-    end_arr = np.asarray(ends, dtype=np.int64) + 1
-    lengths = np.asarray([p[0] for p in payloads], dtype=np.int64)
-    rows = joined.rows_of(end_arr - lengths)
-    for e, (length, owner), row in zip(end_arr.tolist(), payloads, rows.tolist(), strict=True):
-        category = owner.get(row)
-        if category is None:
-            continue
-        s = e - length
-        if s > 0 and text[s - 1].isalnum() and text[s].isalnum():
-            continue
-        if e < n and text[e].isalnum() and text[e - 1].isalnum():
-            continue
-        found.setdefault(category, []).append((s, e, CONFIDENCE))
-    return found
+                key = form.lower() if low is not text else form
+                if len(key) != len(form):
+                    continue
+                k = low.find(key, lo, hi)
+                while k >= 0:
+                    e = k + len(key)
+                    if _whole_word(text, k, e, n) and (key not in english or text[k].isupper()):
+                        out.append((k, e, CONFIDENCE))
+                    k = low.find(key, k + 1, hi)
+    return {c: v for c, v in found.items() if v}
+
+
+def _whole_word(text: str, s: int, e: int, n: int) -> bool:
+    """``text[s:e]`` does not continue a word or number on either side."""
+    if s > 0 and text[s - 1].isalnum() and text[s].isalnum():
+        return False
+    return not (e < n and text[e].isalnum() and text[e - 1].isalnum())
+
+
+@cache
+def _english_words() -> frozenset[str]:
+    from clinipipe.phi.lexicon import read_list
+
+    return frozenset(read_list("english_words.txt"))
