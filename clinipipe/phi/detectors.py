@@ -328,14 +328,14 @@ def builtin_detectors() -> tuple[Detector, ...]:
 
 
 def spec_detectors(phi: PhiSpec | None) -> tuple[Detector, ...]:
-    """The spec's custom patterns (``phi.patterns``) as detectors."""
-    patterns = getattr(phi, "patterns", None) or []
+    """The spec's custom patterns (``phi.patterns``) as detectors: ``regex`` becomes the
+    pattern, and the prefilter defaults to the regex itself."""
     out = []
-    for p in patterns:
+    for p in getattr(phi, "patterns", None) or []:
         values = p.model_dump() if hasattr(p, "model_dump") else dict(p)
-        values = {k: v for k, v in values.items() if v is not None}
+        values["pattern"] = values.pop("regex", values.get("pattern"))
+        values = {k: v for k, v in values.items() if v is not None and v != []}
         values.setdefault("prefilter", values["pattern"])
-        values.setdefault("confidence", 0.9)
         values.setdefault("priority", 60)
         out.append(_detector(values, {}))
     return tuple(out)

@@ -189,6 +189,62 @@ class PhiAlertsSpec(Model):
 # --- end PHI scan alerts -----------------------------------------------------------------------
 
 
+class PhiPattern(Model):
+    """A custom PHI detector (clinipipe.phi.detectors): a named regex of one PHI category."""
+
+    name: Identifier
+    category: str
+    regex: str
+    """Python regex; a group named `phi` marks the PHI span (the rest is context)."""
+    severity: Literal["low", "medium", "high"] = "medium"
+    confidence: Annotated[float, Field(gt=0, le=1)] = 0.9
+    context: list[str] = Field(default_factory=list)
+    """Words that raise confidence when they occur within 40 characters before a match."""
+    context_required: bool = False
+    validator: str | None = None
+    prefilter: str | None = None
+    """RE2 regex matching every text `regex` can match in (default: `regex` itself)."""
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        from clinipipe.phi.categories import CATEGORIES
+
+        if value.upper() not in CATEGORIES:
+            raise PydanticCustomError(
+                "phi_category",
+                "unknown PHI category '{value}'; categories are {categories}",
+                {"value": value[:40], "categories": ", ".join(CATEGORIES)},
+            )
+        return value.upper()
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise PydanticCustomError(
+                "regex", "not a valid regex: {error}", {"error": str(exc)}
+            ) from None
+        return value
+
+    @field_validator("validator")
+    @classmethod
+    def _known_validator(cls, value: str | None) -> str | None:
+        from clinipipe.phi.validators import VALIDATORS
+
+        if value is not None and value not in VALIDATORS:
+            raise PydanticCustomError(
+                "validator",
+                "unknown validator '{value}'; validators are {names}",
+                {"value": value[:40], "names": ", ".join(sorted(VALIDATORS))},
+            )
+        return value
+
+
 class PhiSpec(Model):
     research_schema: Identifier = "research"
     deidentified_schemas: list[Identifier] = Field(default_factory=lambda: ["research"])
@@ -205,6 +261,8 @@ class PhiSpec(Model):
     """Source tables `cdc start` scans; default: every table with an unclassified text column."""
     fail_on: Severity = "low"
     """`clinipipe scan` exits 3 when a finding reaches this severity (--fail-on overrides)."""
+    patterns: list[PhiPattern] = Field(default_factory=list)
+    """Custom detectors added to the built-in rules (a built-in of the same name is replaced)."""
 
 
 class BackupSpec(Model):
