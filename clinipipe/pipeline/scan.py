@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -511,11 +511,3 @@ class CdcScanner:
             self._target.__exit__(None, None, None)
             self._target = None
         return self.stats
-
-
-def findings_summary(findings: Sequence[Finding]) -> Mapping[str, int]:
-    """Findings per category, for one-line messages."""
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.category] = counts.get(f.category, 0) + 1
-    return counts
