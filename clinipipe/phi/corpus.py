@@ -424,23 +424,23 @@ _RELATIONS = _words(
 )
 _COMPLAINTS = _words(
     "chest pain|shortness of breath|abdominal pain|dizziness|cough|back pain|headache|"
-    "fatigue|leg swelling|palpitations|nausea and vomiting|fever|syncope|dysuria|rash"
+    "fatigue|leg swelling|palpitations|nausea and vomiting|fever|syncope|dysuria|rash",
     "|",
 )
 _PMH = _words(
     "hypertension|type 2 diabetes|COPD|CHF with EF 35%|atrial fibrillation|CKD stage 3|"
-    "hyperlipidemia|osteoarthritis|GERD|hypothyroidism|asthma|depression"
+    "hyperlipidemia|osteoarthritis|GERD|hypothyroidism|asthma|depression",
     "|",
 )
 _DRUGS = _words(
     "metoprolol 25 mg BID|lisinopril 10 mg daily|furosemide 40 mg IV|apixaban 5 mg BID|"
     "metformin 500 mg BID|atorvastatin 40 mg|acetaminophen 650 mg q6h|insulin glargine 20 "
-    "units|ceftriaxone 1 g IV|prednisone 40 mg|albuterol 2 puffs q4h PRN"
+    "units|ceftriaxone 1 g IV|prednisone 40 mg|albuterol 2 puffs q4h PRN",
     "|",
 )
 _EXAMS = _words(
     "CT chest with contrast|XR chest 2 views|MRI brain without contrast|US abdomen complete|"
-    "CT abdomen/pelvis|XR left knee 3 views|CTA head and neck"
+    "CT abdomen/pelvis|XR left knee 3 views|CTA head and neck",
     "|",
 )
 _SPECIALTIES = _words("cardiology|nephrology|GI|pulmonology|neurology|ID|endocrinology", "|")

@@ -82,6 +82,11 @@ def _lists() -> _Sets:
 
 
 @cache
+def _first_names() -> frozenset[str]:
+    return frozenset(n.lower() for n in read_list("first_names.txt"))
+
+
+@cache
 def _automaton() -> ahocorasick.Automaton:
     """Every census name in Title Case and upper case (plus Mc/O' spellings)."""
     auto = ahocorasick.Automaton()
@@ -106,7 +111,7 @@ def _context_res(context: NameContext) -> tuple[re.Pattern[str], re.Pattern[str]
     titles = re.compile(rf"(?:^|[^A-Za-z])(?:{_alternation(context.titles)})\.?\s+$")
     cues = re.compile(rf"(?i:(?:^|[^a-z])(?:{_alternation(context.cues)})[:,]?\s+$)")
     after = "|".join(f"(?:{a})" for a in context.after) or "(?!)"
-    return titles, cues, re.compile(rf" (?:{after})")
+    return titles, cues, re.compile(after)
 
 
 def _is_word_char(ch: str) -> bool:
@@ -180,9 +185,10 @@ def _not_name_spans(text: str) -> tuple[list[int], list[int]]:
 def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     """See the module docstring. One pass of the automaton; Python work per name hit only."""
     _names, ambiguous, eponyms, heads, english = _lists()
-    titles_re, cues_re, after_re = _context_res(context)
+    res = _context_res(context)
     n = len(text)
     skip_starts, skip_ends = _not_name_spans(text)
+    firsts = _first_names()
     starts: list[int] = []
     ends: list[int] = []
     kinds: list[int] = []
@@ -219,32 +225,24 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     for i in range(count - 1):
         gap = text[ends[i] : starts[i + 1]]
         joined[i] = gap in (" ", ", ") or _INITIAL_GAP.fullmatch(gap) is not None
+    conf: list[float] = [0.0] * count
+    for i in range(count):
+        conf[i] = _judge_hit(text, i, starts, ends, kinds, joined, conf, firsts, res)
+    # Backwards: a weak "Last," or first name right before an accepted name ("Ward, Maria MD").
+    for i in range(count - 2, -1, -1):
+        if not conf[i] and kinds[i] == _WEAK and joined[i] and conf[i + 1]:
+            comma = text[ends[i]] == ","
+            nxt = text[starts[i + 1] : ends[i + 1]].lower()
+            if (nxt in firsts) if comma else text[starts[i] : ends[i]].lower() in firsts:
+                conf[i] = 0.75
     out: list[tuple[int, int, float]] = []
     for i in range(count):
-        s, e, kind = starts[i], ends[i], kinds[i]
-        prev_named = i > 0 and joined[i - 1] and kinds[i - 1] != _EPONYM_USE
-        next_named = joined[i] and kinds[i + 1] != _EPONYM_USE
-        near = prev_named or next_named
-        if kind == _STRONG:
-            conf = 0.9 if near else 0.8
-        elif kind == _WEAK and near:
-            conf = 0.8
-        else:
-            head = text[max(0, s - 40) : s]
-            cut = head.rfind("\x00")
-            if cut >= 0:
-                head = head[cut + 1 :]
-            if titles_re.search(head) is not None:
-                conf = 0.85
-            elif kind == _WEAK and (
-                cues_re.search(head) is not None or after_re.match(text, e) is not None
-            ):
-                conf = 0.75
-            else:
-                continue
-        if next_named:  # cover a middle initial between the two names
-            e = starts[i + 1]
-        else:  # an unknown, non-English capitalized word after a name: "Dana Okafor"
+        if not conf[i]:
+            continue
+        s, e = starts[i], ends[i]
+        prev_named = i > 0 and joined[i - 1] and conf[i - 1] > 0
+        next_named = joined[i] and conf[i + 1] > 0
+        if not next_named:  # an unknown, non-English capitalized word after: "Dana Okafor"
             m = _NEXT_CAP.match(text, e)
             if m is not None and m.group(1).lower() not in english:
                 e = m.end(1)
@@ -252,8 +250,53 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
             m = _PREV_CAP.search(text, max(0, s - 30), s)
             if m is not None and m.group(1).lower() not in english:
                 s = m.start(1)
-        out.append((s, e, conf))
+        if prev_named and out:  # one span for "First M. Last"
+            out[-1] = (out[-1][0], e, max(out[-1][2], conf[i]))
+        else:
+            out.append((s, e, conf[i]))
     return out
+
+
+def _judge_hit(
+    text: str,
+    i: int,
+    starts: list[int],
+    ends: list[int],
+    kinds: list[int],
+    joined: list[bool],
+    conf: list[float],
+    firsts: frozenset[str],
+    res: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]],
+) -> float:
+    """Confidence that name hit ``i`` is a name (0: it is not), given the hits before it."""
+    s, e, kind = starts[i], ends[i], kinds[i]
+    prev_named = i > 0 and joined[i - 1] and kinds[i - 1] != _EPONYM_USE
+    next_named = joined[i] and kinds[i + 1] != _EPONYM_USE
+    if kind == _STRONG:
+        return 0.9 if prev_named or next_named else 0.8
+    if kind == _WEAK:
+        # A weak word counts after an accepted name ("John Brown"), or before a name as a first
+        # name or as "Last," before a first name ("Will Smith", "Brown, John"); two weak
+        # words make a name as "First Last" ("Mark Young"), not as "Oak Street" or "Call Jane".
+        if prev_named and conf[i - 1] > 0:
+            return 0.8
+        if next_named:
+            comma = text[e] == ","
+            nxt = text[starts[i + 1] : ends[i + 1]].lower()
+            if (not comma and text[s:e].lower() in firsts) or (
+                comma and kinds[i + 1] == _STRONG and nxt in firsts
+            ):
+                return 0.8
+    titles_re, cues_re, after_re = res
+    head = text[max(0, s - 40) : s]
+    cut = head.rfind("\x00")
+    if cut >= 0:
+        head = head[cut + 1 :]
+    if titles_re.search(head) is not None:
+        return 0.85
+    if kind == _WEAK and (cues_re.search(head) is not None or after_re.match(text, e) is not None):
+        return 0.75
+    return 0.0
 
 
 _NOT_PLACES = frozenset(

@@ -86,6 +86,8 @@ def _name_variants(value: str) -> set[str]:
         return out
     if "," in value and len(tokens) >= 2:  # "Last, First" given: add "First Last"
         tokens = tokens[1:] + tokens[:1]
+    if len(tokens) == 1:
+        return out
     first, last = tokens[0], tokens[-1]
     for form in (
         " ".join(tokens),

@@ -96,6 +96,8 @@ def nanp_phone(text: str) -> bool:
     area, exchange = ds[:3], ds[3:6]
     if area[0] in "01" or exchange[0] in "01":
         return False
+    if exchange == "555" and ds[6:8] == "01":
+        return False
     return area[1:] != "11" and exchange[1:] != "11"
 
 
