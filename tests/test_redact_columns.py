@@ -9,6 +9,7 @@ End-to-end runs over a synthetic hospital loaded from PostgreSQL are in test_red
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,12 @@ def patient(pid: int, **values: object) -> str:
 
     values = ", ".join(lit(v) for v in row.values())
     return f"INSERT INTO raw.patients ({', '.join(row)}) VALUES ({values})"
+
+
+def redact_cli(
+    capsys: pytest.CaptureFixture[str], loaded: LoadedSpec, *args: str
+) -> tuple[int, str, str]:
+    return cli(capsys, "-c", str(loaded.path), "redact", *args)
 
 
 def run(loaded: LoadedSpec, policy: str = "safe_harbor", **options: object) -> dict[str, object]:
@@ -349,7 +356,7 @@ def test_missing_or_short_key_is_a_clear_error(
         monkeypatch.delenv("CLINIPIPE_HMAC_KEY")
     else:
         monkeypatch.setenv("CLINIPIPE_HMAC_KEY", value)
-    code, out, err = cli(capsys, "-c", str(project.path), "redact", "--policy", "safe_harbor")
+    code, out, err = redact_cli(capsys, project, "--policy", "safe_harbor")
     assert code == 1 and out == ""
     assert "CLINIPIPE_HMAC_KEY" in err and "Traceback" not in err
     if value:
@@ -463,11 +470,9 @@ def test_tables_subset_and_unknown_table(
     project: LoadedSpec, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _hospital_rows(project)
-    code, out, err = cli(
+    code, out, err = redact_cli(
         capsys,
-        "-c",
-        str(project.path),
-        "redact",
+        project,
         "--policy",
         "safe_harbor",
         "--tables",
@@ -475,7 +480,7 @@ def test_tables_subset_and_unknown_table(
         "--json",
     )
     assert code == 0, err
-    assert [t["table"] for t in __import__("json").loads(out)["tables"]] == ["labs", "claims"]
+    assert [t["table"] for t in json.loads(out)["tables"]] == ["labs", "claims"]
     tables = {
         t
         for (t,) in rows(
@@ -484,11 +489,9 @@ def test_tables_subset_and_unknown_table(
         )
     }
     assert tables == {"labs", "claims", "_readme"}
-    code, _, err = cli(
+    code, _, err = redact_cli(
         capsys,
-        "-c",
-        str(project.path),
-        "redact",
+        project,
         "--policy",
         "safe_harbor",
         "--tables",
@@ -570,7 +573,7 @@ def test_policies_are_not_mixed_in_one_schema(
     with pytest.raises(RedactError, match="must not be mixed") as info:
         run(project, "limited_dataset")
     assert info.value.usage
-    code, _, err = cli(capsys, "-c", str(project.path), "redact", "--policy", "shifted")
+    code, _, err = redact_cli(capsys, project, "--policy", "shifted")
     assert code == 2 and "--to" in err
 
 
@@ -587,19 +590,15 @@ def test_policies_are_not_mixed_in_one_schema(
 def test_usage_errors_exit_2(
     project: LoadedSpec, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    code, out, err = cli(capsys, "-c", str(project.path), "redact", *args)
+    code, out, err = redact_cli(capsys, project, *args)
     assert code == 2 and message in err and "Traceback" not in err and out == ""
 
 
 def test_json_output(project: LoadedSpec, capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
     _hospital_rows(project)
-    code, out, _ = cli(
+    code, out, _ = redact_cli(
         capsys,
-        "-c",
-        str(project.path),
-        "redact",
+        project,
         "--policy",
         "safe_harbor",
         "--tables",

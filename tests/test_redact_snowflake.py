@@ -89,7 +89,8 @@ def test_snowflake_sql_uses_the_documented_functions(loaded: LoadedSpec) -> None
     for dropped in ("FIRST_NAME", "SSN", "EMAIL", "STREET_ADDRESS", "PHONE"):
         assert f't."{dropped}"' not in text
     shifted = render_redaction(loaded, "shifted")
-    assert 'DATEADD(\'day\', t."__CLINIPIPE_SHIFT_DAYS", t."ADMIT_TS")' in shifted
+    assert "DATEADD('day', __clinipipe_shift.p, t.\"ADMIT_TS\")" in shifted
+    assert "SELECT DISTINCT \"PATIENT_ID\" AS v" in shifted  # one offset per patient
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,12 @@ def redact(
     tables = _selected_tables(loaded, options.tables)
     if options.ai_redact and spec.target.type != "snowflake":
         raise RedactError("--ai-redact needs a Snowflake target (AI_REDACT)", usage=True)
+    if options.ai_redact and options.policy == "shifted":
+        raise RedactError(
+            "--policy shifted moves the dates inside notes, which AI_REDACT cannot do: leave "
+            "the notes out (--tables) or use another policy",
+            usage=True,
+        )
     if spec.target.type == "snowflake" and not options.ai_redact:
         notes = [
             f"{t.name}.{c}"

@@ -72,24 +72,26 @@ class SnowflakeRedactSql(RedactSql):
         q = self.dialect.quote_literal
         keys = plan.primary_key if len(plan.primary_key) == 1 else (plan.columns[0].name,)
         row_key = self.ident(keys[0])
-        ctes, joins, columns = [], [], []
+        mapped = self._mapped(plan)
+        with_list, source = self.source(plan, raw_table)
+        ctes = [with_list.removeprefix("WITH ").strip()] if with_list else []
+        joins, columns = [], []
         for c in plan.columns:
             if c.name not in plan.notes:
-                columns += self.column(c, as_of)
+                columns += self.column(c, as_of, mapped)
                 continue
             note = self.ident(c.name)
             alias = self.ident(f"__clinipipe_{c.name}")
             ctes.append(
-                f"{alias} AS (SELECT n.{row_key} AS k, LISTAGG(AI_REDACT(REGEXP_REPLACE("
+                f"{alias} AS (SELECT n.{row_key} AS row_key, LISTAGG(AI_REDACT(REGEXP_REPLACE("
                 f"CAST(s.value AS VARCHAR), {q(MRN_PATTERN)}, '[MRN]', 1, 0, 'i')), ' ') "
                 "WITHIN GROUP (ORDER BY s.index) AS redacted "
                 f"FROM {raw_table} n, LATERAL FLATTEN(INPUT => "
                 f"SNOWFLAKE.CORTEX.SPLIT_TEXT_RECURSIVE_CHARACTER(n.{note}, 'none', "
                 f"{AI_REDACT_CHUNK_CHARACTERS}, 0)) s GROUP BY n.{row_key})"
             )
-            joins.append(f" LEFT JOIN {alias} ON {alias}.k = t.{row_key}")
+            joins.append(f" LEFT JOIN {alias} ON {alias}.row_key = t.{row_key}")
             columns.append(f"{alias}.redacted AS {note}")
-        source = self.source(plan, raw_table)
         return f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}{''.join(joins)}"
 
 
