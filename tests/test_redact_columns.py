@@ -618,3 +618,14 @@ def test_json_output(project: LoadedSpec, capsys: pytest.CaptureFixture[str]) ->
     assert treatments["zip"] == "zip3" and treatments["ssn"] == "drop"
     assert treatments["birth_date"] == "birth_year" and treatments["created_at"] == "year"
     assert "MRN0000" not in out and "Boston" not in out
+
+
+def test_the_key_is_never_stored(project: LoadedSpec) -> None:
+    """Neither the key nor its HMAC pads reach the database file (or its WAL)."""
+    _hospital_rows(project)
+    run(project)
+    ipad, opad = RedactionKey(KEY.encode()).pads()
+    for path in warehouse(project).parent.glob("warehouse.duckdb*"):
+        data = path.read_bytes()
+        assert KEY.encode() not in data and ipad not in data and opad not in data, path.name
+        assert KEY.encode().hex().encode() not in data

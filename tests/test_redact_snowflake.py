@@ -90,7 +90,7 @@ def test_snowflake_sql_uses_the_documented_functions(loaded: LoadedSpec) -> None
         assert f't."{dropped}"' not in text
     shifted = render_redaction(loaded, "shifted")
     assert "DATEADD('day', __clinipipe_shift.p, t.\"ADMIT_TS\")" in shifted
-    assert "SELECT DISTINCT \"PATIENT_ID\" AS v" in shifted  # one offset per patient
+    assert 'SELECT DISTINCT "PATIENT_ID" AS v' in shifted  # one offset per patient
 
 
 @pytest.mark.parametrize(

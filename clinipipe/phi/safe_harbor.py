@@ -29,6 +29,10 @@ code only when it is not used for anything else). They are therefore **pseudonym
 policy**, consistently: the same id gives the same pseudonym in every table and every run with
 the same key, so joins still work.
 
+Dates are identifiers by type: a date or timestamp column the spec leaves unclassified (a
+patient's ``created_at``) is treated as class ``date`` (`plan_table`), since every date of a
+patient's records falls under 164.514(b)(2)(i)(C).
+
 Pseudonyms are HMAC-SHA256 with a secret key read from the environment (`phi.hmac_key_env`),
 over ``<namespace> 0x1F <value as text>``, hex, first 24 digits (96 bits). The namespace is
 the join-key column name (``patient_id``) or the PHI class (``mrn``, ``health_plan_id``...), so
