@@ -106,7 +106,9 @@ def test_snowflake_deploy_through_fakesnow(project: Path, fake_snowflake: list[s
             "CREATE TABLE CLINIPIPE.RAW.PATIENTS (patient_id INT)",
             "CREATE TABLE CLINIPIPE.RAW.ENCOUNTERS (encounter_id INT, patient_id INT, "
             "admit_ts TIMESTAMP, department VARCHAR)",
-            "CREATE TABLE CLINIPIPE.RAW.LABS (lab_id INT, encounter_id INT, abnormal_flag VARCHAR)",
+            "CREATE TABLE CLINIPIPE.RAW.LABS (lab_id INT, encounter_id INT, patient_id INT, "
+            "abnormal_flag VARCHAR, collected_ts TIMESTAMP, test_name VARCHAR, "
+            "value_numeric NUMBER(12, 3), unit VARCHAR)",
             *[f"CREATE TABLE CLINIPIPE.RAW.{t} (id INT)"
               for t in ("PROVIDERS", "MEDICATIONS", "CLAIMS", "CLINICAL_NOTES")],
         ):  # fmt: skip

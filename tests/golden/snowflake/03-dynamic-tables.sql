@@ -44,7 +44,7 @@ CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."RECENT_LABS"
   INITIALIZATION_WAREHOUSE = "CLINIPIPE_INIT_WH"
   REFRESH_MODE = AUTO
   INITIALIZE = ON_CREATE
-  COMMENT = 'Each patient''s ten most recent lab results'
+  COMMENT = 'The ten most recent lab results of each patient'
   AS
 select patient_id, lab_id, collected_ts, test_name, value_numeric, unit, abnormal_flag
 from raw.labs
