@@ -1,7 +1,8 @@
 """A labelled evaluation corpus of synthetic clinical notes, and the scoring of a detector set.
 
-``generate_corpus(n, seed)`` writes ``n`` notes in five styles (discharge summary, nursing note,
-radiology report, patient-portal message, telephone encounter) from phrase templates, and records
+``generate_corpus(n, seed)`` writes ``n`` notes in six styles (discharge summary, nursing note,
+radiology report, patient-portal message, telephone encounter, and clinic notes written from
+another author's templates: ``clinipipe/synth/data/note_templates.txt``), and records
 the exact character span and category of every PHI value it puts in. Each note also carries its
 patient's structured identifiers (``known``) for record linkage, in the spelling a database holds
 them (phone digits, ISO birth date, "Last" and "First" in separate columns) rather than the note's.
@@ -44,7 +45,7 @@ from clinipipe.phi.validators import luhn
 
 __all__ = ["STYLES", "Corpus", "Score", "generate_corpus", "score"]
 
-STYLES: tuple[str, ...] = ("discharge", "nursing", "radiology", "portal", "telephone")
+STYLES: tuple[str, ...] = ("discharge", "nursing", "radiology", "portal", "telephone", "clinic")
 
 KNOWN_CATEGORIES: dict[str, str] = {
     "first_name": "NAME",
@@ -399,12 +400,21 @@ _FIELDS: dict[str, str | None] = {
     "old_age": "AGE",
     "rel_age": None,  # filled as AGE or not depending on the value (see _age_field)
     "age_any": None,
+    # fields of clinipipe/synth/data/note_templates.txt (the "clinic" style)
+    "ec_name": "NAME",
+    "workplace": "NAME",
+    "ref_last": "NAME",
+    "phone": "PHONE",
+    "phone_dash": "PHONE",
+    "mrn": "MRN",
+    "account": "ACCOUNT",
 }
 for _f in _words(
     "dob_mdy dob_iso dob_long admit_mdy admit_long admit_dmy admit_noyear discharge_mdy "
     "discharge_long discharge_dmy mid_mdy mid_iso mid_ord mid_slash_noyear followup_mdy "
     "followup_long followup_noyear sign_mdy sign_long note_mdy note_long note_iso note_dmy "
-    "note_noyear prior_mdy prior_long prior_noyear onset_noyear onset_ord onset_mdy onset_long"
+    "note_noyear prior_mdy prior_long prior_noyear onset_noyear onset_ord onset_mdy onset_long "
+    "visit_mdy visit_long visit_iso visit_dmy lab_mdy prev_mdy"
 ):
     _FIELDS[_f] = "DATE"
 
@@ -716,6 +726,67 @@ def _eponym_lines() -> list[str]:
     return _read_synth("eponyms.txt")
 
 
+_SYNTH_SECTIONS = ("header", "hpi", "history", "social", "contact", "ros", "exam", "data", "plan")
+
+
+def _clinic_templates() -> list[tuple[float, list[str]]]:
+    """The synth package's note templates (another author's phrasing), as one style."""
+    by_section: dict[str, list[str]] = {}
+    for line in _read_synth("note_templates.txt"):
+        section, text = line.split("\t", 1)
+        by_section.setdefault(section, []).append(text.replace("\\n", "\n") + "\n")
+    order = [*_SYNTH_SECTIONS, "sign"]
+    return [
+        (1.0 if sec in ("header", "hpi", "plan", "sign") else 0.7, by_section[sec]) for sec in order
+    ]
+
+
+def _clinic_fields(v: dict[str, str], rng: random.Random) -> None:
+    """Values for the synth templates' field names, from the note's own values."""
+    sbp, dbp = v["bp"].split("/")
+    v.update(
+        {
+            "sex_word": v["sex"],
+            "note_type": rng.choice(["Progress Note", "Consult Note", "Telephone Encounter"]),
+            "dx_desc": rng.choice(["Essential hypertension", "Type 2 diabetes", "Low back pain"]),
+            "dx_code": rng.choice(["I10", "E11.9", "M54.5"]),
+            "visit_mdy": v["note_mdy"],
+            "visit_long": v["note_long"],
+            "visit_iso": v["note_iso"],
+            "visit_dmy": v["note_dmy"],
+            "lab_mdy": v["mid_mdy"],
+            "prev_mdy": v["prior_mdy"],
+            "workplace": v["employer"],
+            "ref_last": v["cons_last"],
+            "ref_specialty": v["specialty"],
+            "prov_specialty": v["specialty"],
+            "ec_name": f"{v['ec_first']} {v['ec_last']}",
+            "dept": rng.choice(["Cardiology", "Internal Medicine", "Family Medicine"]),
+            "phone": v["phone_fmt"],
+            "phone_dash": v["phone2_fmt"],
+            "mrn": v["mrn_token"],
+            "account": v["account_token"],
+            "sbp": sbp,
+            "dbp": dbp,
+            "temp": f"{rng.randint(970, 1010) / 10:.1f}",
+            "rr": str(rng.randint(12, 24)),
+            "weight_lb": str(rng.randint(100, 280)),
+            "na": str(rng.randint(130, 146)),
+            "k": f"{rng.randint(33, 52) / 10:.1f}",
+            "wbc": f"{rng.randint(40, 150) / 10:.1f}",
+            "a1c": f"{rng.randint(50, 110) / 10:.1f}",
+            "weeks": str(rng.randint(2, 12)),
+            "quit_years": str(rng.randint(1, 30)),
+            "prev_year": str(rng.randint(2010, 2020)),
+            "father_age": str(rng.randint(50, 88)),
+            "pronoun": "She" if v["sex"] == "female" else "He",
+            "pronoun_lc": "she" if v["sex"] == "female" else "he",
+            "note_time": v["time"],
+            "admit_time": v["time"],
+        }
+    )
+
+
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -772,6 +843,7 @@ def generate_corpus(n: int = 2000, seed: int = 0) -> Corpus:
     rng = random.Random(seed)
     cities = [line.split("\t") for line in _read_synth("cities.txt")]
     eponyms = _eponym_lines()
+    templates = {**_TEMPLATES, "clinic": _clinic_templates()}
     texts: list[str] = []
     styles: list[str] = []
     span_rows: list[tuple[int, int, int, str]] = []
@@ -781,9 +853,10 @@ def generate_corpus(n: int = 2000, seed: int = 0) -> Corpus:
         values = _draw(fake, rng, cities)
         values["eponym"] = rng.choice(eponyms)
         values["eponym2"] = rng.choice(eponyms)
+        _clinic_fields(values, rng)
         out: list[str] = []
         spans: list[tuple[int, int, str]] = []
-        for probability, options in _TEMPLATES[style]:
+        for probability, options in templates[style]:
             if rng.random() < probability:
                 _render(rng.choice(options), values, out, spans)
         text = "".join(out)

@@ -1,24 +1,30 @@
-"""Name detection from word lists: census first and last names, found with an Aho-Corasick
-automaton over a whole batch, then accepted or rejected by their neighbours.
+"""Name detection from word lists: census first and last names, judged by their neighbours,
+computed column-wise over a whole batch (no Python loop over words).
 
-Rules (the lists and context words are data, see ``data/README.md`` and ``data/detectors.yaml``):
+The joined batch text is split once into capitalized words and the gaps between them
+(``re.split``, in C); every rule below is then an Arrow/numpy operation over those arrays. The
+lists and context words are data (see ``data/README.md`` and ``data/detectors.yaml``).
 
 * A capitalized word (Title Case, or upper case of 3+ letters) that is a census name is a
-  *strong* name unless it is also a common English word (``name_words.txt``: Will, Rose, Hope,
-  Dean, Brown...), a medical eponym (``eponyms.txt``: Parkinson, Foley...), or followed by an
-  eponym head word ("Murphy sign", "Graves' disease"): those are *weak*.
-* Adjacent capitalized words ("First Last", "Last, First", "First M. Last") form one run; a
-  run is a name when it holds a strong word, or two name words, or follows a title (Dr., Mrs.)
-  or a relation/label word (wife, son, "Patient:"). Unknown capitalized words that are not
-  English words join an accepted run ("Dr. Okonkwo", "Jaylen Smith").
-* Eponyms count only after a title ("Dr. Foley").
+  *strong* name, unless it is also a common English word (``name_words.txt``: Will, Rose, Hope,
+  Dean, Brown...), a medical eponym (``eponyms.txt``: Parkinson, Foley...), or upper case of 3
+  letters: those are *weak*. Followed by an eponym head ("Murphy sign", "Graves disease") it is
+  no name unless a title precedes it; titles, credentials and lab analytes
+  (``abbreviations.txt``) and words inside known non-name phrases (``not_names.txt``: Blue
+  Cross, Glasgow Coma Scale) never are.
+* A weak word is a name next to an accepted name: after it ("John Brown"), before it as a first
+  name ("Will Smith"), as "Last," before a first name ("Brown, John"), two weak words as
+  "First Last" ("Mark Young"); or after a title ("Dr."), a cue word ("wife", "Patient:") or
+  before an after-cue ("is a 63 y/o", ", MD").
+* Capitalized words that are neither census names nor English words join an accepted name
+  next to them ("Jaylen Smith", "Dana Okafor"). Adjacent accepted words ("First Last",
+  "Last, First", "First M. Last") make one span.
 
 Guarantee: every returned span starts and ends on a word boundary and lies within one row.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +32,9 @@ from functools import cache
 from importlib import resources
 
 import ahocorasick
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _DATA = "clinipipe.phi.data"
 
@@ -34,10 +43,6 @@ def read_list(name: str) -> list[str]:
     """The non-comment, non-blank lines of a data file, stripped."""
     text = resources.files(_DATA).joinpath(name).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
-
-
-_CAP = re.compile(r"[A-Z][A-Za-z'\u2019]*(?:-[A-Z][A-Za-z'\u2019]*)*")
-_INITIAL = re.compile(r"[A-Z]\.?")
 
 
 @dataclass(frozen=True)
@@ -56,112 +61,69 @@ class NameLexicon:
 
     context: NameContext = field(default_factory=NameContext)
 
-    @property
-    def names(self) -> frozenset[str]:
-        return _lists()[0]
-
-    def words(self) -> frozenset[str]:
-        return _lists()[1]
-
     def find(self, text: str) -> list[tuple[int, int, float]]:
         """Name spans ``(start, end, confidence)`` in ``text`` (a joined batch or one note)."""
         return _find(text, self.context)
 
 
-_Sets = tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str], frozenset[str]]
+@dataclass(frozen=True)
+class _Lists:
+    names: pa.Array
+    firsts: pa.Array
+    ambiguous: pa.Array
+    eponyms: pa.Array
+    heads: pa.Array
+    english: pa.Array
+    abbreviations: pa.Array
+
+
+def _lower_array(words: Iterable[str]) -> pa.Array:
+    return pa.array(sorted({w.lower() for w in words}), pa.string())
 
 
 @cache
-def _lists() -> _Sets:
-    names = frozenset(n.lower() for n in read_list("first_names.txt") + read_list("last_names.txt"))
-    ambiguous = frozenset(read_list("name_words.txt"))
-    eponyms = frozenset(e.lower() for e in read_list("eponyms.txt"))
-    heads = frozenset(read_list("eponym_heads.txt"))
-    english = frozenset(read_list("english_words.txt"))
-    return names, ambiguous, eponyms, heads, english
+def _lists() -> _Lists:
+    firsts = read_list("first_names.txt")
+    return _Lists(
+        names=_lower_array(firsts + read_list("last_names.txt")),
+        firsts=_lower_array(firsts),
+        ambiguous=_lower_array(read_list("name_words.txt")),
+        eponyms=_lower_array(read_list("eponyms.txt")),
+        heads=_lower_array(read_list("eponym_heads.txt")),
+        english=_lower_array(read_list("english_words.txt")),
+        abbreviations=_lower_array(read_list("abbreviations.txt")),
+    )
+
+
+_NAME, _FIRST, _AMBIGUOUS, _EPONYM, _ENGLISH, _ABBREV = 1, 2, 4, 8, 16, 32
 
 
 @cache
-def _first_names() -> frozenset[str]:
-    return frozenset(n.lower() for n in read_list("first_names.txt"))
+def _flags() -> dict[str, int]:
+    """Every listed word (lower case) -> bit flags of the lists holding it."""
+    lists = _lists()
+    flags: dict[str, int] = {}
+    for bit, array in (
+        (_NAME, lists.names),
+        (_FIRST, lists.firsts),
+        (_AMBIGUOUS, lists.ambiguous),
+        (_EPONYM, lists.eponyms),
+        (_ENGLISH, lists.english),
+        (_ABBREV, lists.abbreviations),
+    ):
+        for word in array.to_pylist():
+            flags[word] = flags.get(word, 0) | bit
+    return flags
 
 
 @cache
-def _automaton() -> ahocorasick.Automaton:
-    """Every census name in Title Case and upper case (plus Mc/O' spellings)."""
-    auto = ahocorasick.Automaton()
-    for name in _lists()[0]:
-        forms = {name.title(), name.upper()}
-        if name.startswith("mc") and len(name) > 3:
-            forms.add("Mc" + name[2:].title())
-        if name.startswith("o") and len(name) > 3 and name[1] not in "aeiou":
-            forms.add("O'" + name[1:].title())
-        for form in forms:
-            auto.add_word(form, len(form))
-    auto.make_automaton()
-    return auto
-
-
-def _alternation(words: Iterable[str]) -> str:
-    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-
-
-@cache
-def _context_res(context: NameContext) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
-    titles = re.compile(rf"(?:^|[^A-Za-z])(?:{_alternation(context.titles)})\.?\s+$")
-    cues = re.compile(rf"(?i:(?:^|[^a-z])(?:{_alternation(context.cues)})[:,]?\s+$)")
-    after = "|".join(f"(?:{a})" for a in context.after) or "(?!)"
-    return titles, cues, re.compile(after)
-
-
-def _is_word_char(ch: str) -> bool:
-    return ch.isalnum() or ch in "'\u2019"
-
-
-_STRONG, _WEAK, _EPONYM_USE = 2, 1, 0
-_INITIAL_GAP = re.compile(r" [A-Z]\.? ")
-_NEXT_CAP = re.compile(r"(?: |, )([A-Z][a-z'\u2019]+(?:-[A-Z][a-z'\u2019]+)?)(?![A-Za-z0-9])")
-_PREV_CAP = re.compile(
-    r"(?<![A-Za-z'\u2019-])([A-Z][a-z'\u2019]+(?:-[A-Z][a-z'\u2019]+)?)(?: |, )$"
-)
-_HEAD_WORD = re.compile(r"(?:['\u2019]s)?[ -]([A-Za-z]+)")
-
-
-#: Abbreviations that the census lists hold as names but notes use otherwise.
-ABBREVIATIONS = frozenset(
-    [
-        "dr",
-        "mr",
-        "mrs",
-        "ms",
-        "mx",
-        "rm",
-        "pt",
-        "st",
-        "mt",
-        "ft",
-        "jr",
-        "sr",
-        "md",
-        "rn",
-        "np",
-        "pa",
-        "do",
-        "dds",
-        "phd",
-        "lpn",
-        "cna",
-        "pcp",
-        "er",
-        "or",
-        "icu",
-        "ed",
-        "ct",
-        "mri",
-        "dea",
-        "npi",
-    ]
-)
+def _sets() -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]:
+    """names, eponyms, English words and abbreviations as Python sets (for single words)."""
+    lists = _lists()
+    return tuple(  # type: ignore[return-value]
+        frozenset(a.to_pylist())
+        for a in (lists.names, lists.eponyms, lists.english, lists.abbreviations)
+    )
 
 
 @cache
@@ -173,179 +135,152 @@ def _phrases() -> ahocorasick.Automaton:
     return auto
 
 
-def _not_name_spans(text: str) -> tuple[list[int], list[int]]:
-    """Start and end offsets of the ``not_names.txt`` phrases in ``text``."""
-    starts, ends = [], []
-    for end_idx, length in _phrases().iter_long(text):
-        starts.append(end_idx - length + 1)
-        ends.append(end_idx + 1)
-    return starts, ends
+def _alternation(words: Iterable[str]) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
-def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
-    """See the module docstring. One pass of the automaton; Python work per name hit only."""
-    _names, ambiguous, eponyms, heads, english = _lists()
-    res = _context_res(context)
-    n = len(text)
-    skip_starts, skip_ends = _not_name_spans(text)
-    firsts = _first_names()
-    starts: list[int] = []
-    ends: list[int] = []
-    kinds: list[int] = []
-    for end_idx, length in _automaton().iter_long(text):
-        s, e = end_idx - length + 1, end_idx + 1
-        if s > 0 and _is_word_char(text[s - 1]):
-            continue
-        if e < n:
-            nxt = text[e]
-            if (nxt.isalnum() or nxt == "-") or (
-                nxt in "'\u2019" and text[e + 1 : e + 2] not in ("s", " ", "")
-            ):
-                continue
-        word = text[s:e]
-        low = word.lower()
-        if low in ABBREVIATIONS or (length < 3 and word.isupper()):
-            continue
-        if skip_starts:
-            k = bisect.bisect_right(skip_starts, s) - 1
-            if k >= 0 and skip_ends[k] >= e:
-                continue
-        weak = low in ambiguous or low in eponyms or (length <= 3 and word.isupper())
-        kind = _WEAK if weak else _STRONG
-        if e < n and text[e] in " -'\u2019":
-            m = _HEAD_WORD.match(text, e)
-            if m is not None and m.group(1).lower() in heads:
-                kind = _EPONYM_USE
-        starts.append(s)
-        ends.append(e)
-        kinds.append(kind)
-    count = len(starts)
-    # Which hits touch the next one: "First Last", "Last, First", "First M. Last".
-    joined = [False] * (count + 1)
-    for i in range(count - 1):
-        gap = text[ends[i] : starts[i + 1]]
-        joined[i] = gap in (" ", ", ") or _INITIAL_GAP.fullmatch(gap) is not None
-    conf: list[float] = [0.0] * count
-    for i in range(count):
-        conf[i] = _judge_hit(text, i, starts, ends, kinds, joined, conf, firsts, res)
-    # Backwards: a weak "Last," or first name right before an accepted name ("Ward, Maria MD").
-    for i in range(count - 2, -1, -1):
-        if not conf[i] and kinds[i] == _WEAK and joined[i] and conf[i + 1]:
-            comma = text[ends[i]] == ","
-            nxt = text[starts[i + 1] : ends[i + 1]].lower()
-            if (nxt in firsts) if comma else text[starts[i] : ends[i]].lower() in firsts:
-                conf[i] = 0.75
-    out: list[tuple[int, int, float]] = []
-    for i in range(count):
-        if not conf[i]:
-            continue
-        s, e = starts[i], ends[i]
-        prev_named = i > 0 and joined[i - 1] and conf[i - 1] > 0
-        next_named = joined[i] and conf[i + 1] > 0
-        if not next_named:  # an unknown, non-English capitalized word after: "Dana Okafor"
-            m = _NEXT_CAP.match(text, e)
-            if m is not None and m.group(1).lower() not in english:
-                e = m.end(1)
-        if not prev_named:
-            m = _PREV_CAP.search(text, max(0, s - 30), s)
-            if m is not None and m.group(1).lower() not in english:
-                s = m.start(1)
-        if prev_named and out:  # one span for "First M. Last"
-            out[-1] = (out[-1][0], e, max(out[-1][2], conf[i]))
-        else:
-            out.append((s, e, conf[i]))
+# A capitalized word of two letters or more (O'Brien, Smith-Jones); initials stay in the gaps.
+_WORD = re.compile(r"([A-Z][A-Za-z]*[a-zA-Z](?:['\u2019][A-Z][A-Za-z]+)?(?:-[A-Z][A-Za-z]+)*)")
+_JOIN = r"^(?: |, | [A-Z]\.? )$"
+_HEAD = "^(?:['\u2019]s)?[ -](?P<w>[A-Za-z]+)"  # Arrow's RE2 wants the character itself
+
+
+def _in(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    return np.asarray(pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False))
+
+
+def _match(values: pa.Array, pattern: str, ignore_case: bool = False) -> np.ndarray:
+    return np.asarray(
+        pc.fill_null(pc.match_substring_regex(values, pattern, ignore_case=ignore_case), False)
+        .to_numpy(zero_copy_only=False)
+        .astype(bool)
+    )
+
+
+def _shift(a: np.ndarray, by: int, fill: bool = False) -> np.ndarray:
+    """``a`` moved by ``by`` places (``out[i] = a[i - by]``), padded with ``fill``."""
+    out = np.full_like(a, fill)
+    if by > 0:
+        out[by:] = a[:-by]
+    elif by < 0:
+        out[:by] = a[-by:]
     return out
 
 
-def _judge_hit(
-    text: str,
-    i: int,
-    starts: list[int],
-    ends: list[int],
-    kinds: list[int],
-    joined: list[bool],
-    conf: list[float],
-    firsts: frozenset[str],
-    res: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]],
-) -> float:
-    """Confidence that name hit ``i`` is a name (0: it is not), given the hits before it."""
-    s, e, kind = starts[i], ends[i], kinds[i]
-    prev_named = i > 0 and joined[i - 1] and kinds[i - 1] != _EPONYM_USE
-    next_named = joined[i] and kinds[i + 1] != _EPONYM_USE
-    if kind == _STRONG:
-        return 0.9 if prev_named or next_named else 0.8
-    if kind == _WEAK:
-        # A weak word counts after an accepted name ("John Brown"), or before a name as a first
-        # name or as "Last," before a first name ("Will Smith", "Brown, John"); two weak
-        # words make a name as "First Last" ("Mark Young"), not as "Oak Street" or "Call Jane".
-        if prev_named and conf[i - 1] > 0:
-            return 0.8
-        if next_named:
-            comma = text[e] == ","
-            nxt = text[starts[i + 1] : ends[i + 1]].lower()
-            if (not comma and text[s:e].lower() in firsts) or (
-                comma and kinds[i + 1] == _STRONG and nxt in firsts
-            ):
-                return 0.8
-    titles_re, cues_re, after_re = res
-    head = text[max(0, s - 40) : s]
-    cut = head.rfind("\x00")
-    if cut >= 0:
-        head = head[cut + 1 :]
-    if titles_re.search(head) is not None:
-        return 0.85
-    if kind == _WEAK and (cues_re.search(head) is not None or after_re.match(text, e) is not None):
-        return 0.75
-    return 0.0
+def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
+    """See the module docstring."""
+    parts = _WORD.split(text)
+    count = len(parts) // 2
+    if count == 0:
+        return []
+    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    starts = offsets[1::2][:count]
+    ends = starts + lengths[1::2]
+    words = pa.array(parts[1::2], pa.string())
+    gaps = pa.array(parts[0::2], pa.string())  # gaps[i] is before word i, gaps[i + 1] after
+    before, after = gaps[:count], gaps[1:]
+    lists = _lists()
+    low = pc.utf8_lower(words)
+    lows = [w.lower() for w in parts[1::2]]
+    flags_of = _flags()
+    flags = np.fromiter(
+        (flags_of.get(w if "-" not in w else w.split("-", 1)[0], 0) for w in lows),
+        dtype=np.int64,
+        count=count,
+    )
+    length = np.asarray(pc.utf8_length(words).to_numpy(zero_copy_only=False))
+    upper = np.asarray(pc.utf8_is_upper(words).to_numpy(zero_copy_only=False))
+    abbrev = (flags & _ABBREV) > 0
+    named = ((flags & _NAME) > 0) & ~abbrev & ~(upper & (length < 3))
+    named &= ~_inside_phrases(text, starts, ends)
+    first = (flags & _FIRST) > 0
+    weak = named & (((flags & (_AMBIGUOUS | _EPONYM)) > 0) | (upper & (length <= 3)))
+    strong = named & ~weak
+    unknown = ~named & ((flags & _ENGLISH) == 0) & ~abbrev & (length >= 3)
+
+    # The word after: in the gap ("Murphy sign") or the next capitalized word ("Beck Depression").
+    head = pc.struct_field(pc.extract_regex(after, _HEAD), "w")
+    next_low = pa.concat_arrays([low[1:], pa.array([""], pa.string())])
+    head = pc.utf8_lower(pc.if_else(_match(after, "^(?:['\u2019]s)?[ -]$"), next_low, head))
+    eponym_use = named & _in(pc.fill_null(head, ""), lists.heads)
+
+    joined = _match(after, _JOIN)  # word i touches word i + 1
+    comma = _match(after, r"^,")
+    prev_low = pa.concat_arrays([pa.array([""], pa.string()), low[:-1]])
+    titles = _lower_array(context.titles)
+    titled = _in(prev_low, titles) & _match(before, r"^\.? +$")
+    lead = pc.binary_join_element_wise(
+        pa.concat_arrays([pa.array([""], pa.string()), words[:-1]]), before, ""
+    )
+    cue_re = rf"(?:^|[^a-z])(?:{_alternation(context.cues)})[:,]? +$" if context.cues else "(?!)"
+    cued = _match(lead, cue_re, ignore_case=True)
+    trail = pc.binary_join_element_wise(after, pa.concat_arrays([words[1:], pa.array([""])]), "")
+    after_re = "^(?:" + "|".join(f"(?:{a})" for a in context.after) + ")" if context.after else ""
+    after_cued = _match(trail, after_re) if after_re else np.zeros(count, bool)
+
+    strong_ok = strong & ~eponym_use
+    weak_ok = weak & ~eponym_use
+    nxt = _shift(named & ~eponym_use, -1)
+    nxt_strong_first = _shift(strong_ok & first, -1)
+    nxt_first = _shift(first, -1)
+    accepted = strong_ok | (named & titled)
+    accepted |= weak_ok & (cued | after_cued)
+    accepted |= weak_ok & joined & ~comma & first & nxt  # Will Smith, Mark Young
+    accepted |= weak_ok & joined & comma & nxt_strong_first  # Brown, John
+    for _ in range(3):  # weak words chained after accepted ones: Dr. Victor Smith
+        accepted |= weak_ok & _shift(accepted & joined, 1)
+        # "Ward, Maria MD": a weak "Last," or first name before an accepted word
+        accepted |= weak_ok & joined & _shift(accepted, -1) & np.where(comma, nxt_first, first)
+    accepted |= unknown & ((_shift(accepted & joined, 1)) | (joined & _shift(accepted, -1)))
+    if not accepted.any():
+        return []
+
+    near = (joined & _shift(accepted, -1)) | _shift(accepted & joined, 1)
+    conf = np.where(strong_ok, np.where(near, 0.9, 0.8), np.where(titled, 0.85, 0.75))
+    run_start = accepted & ~_shift(accepted & joined, 1)
+    run_end = accepted & ~(joined & _shift(accepted, -1))
+    s_idx, e_idx = np.flatnonzero(run_start), np.flatnonzero(run_end)
+    run_id = np.cumsum(run_start) - 1
+    best = np.zeros(len(s_idx))
+    np.maximum.at(best, run_id[accepted], conf[accepted])
+    return list(zip(starts[s_idx].tolist(), ends[e_idx].tolist(), best.tolist(), strict=True))
+
+
+def _inside_phrases(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which words lie inside a ``not_names.txt`` phrase."""
+    p_start, p_end = [], []
+    for end_idx, length in _phrases().iter_long(text):
+        p_start.append(end_idx - length + 1)
+        p_end.append(end_idx + 1)
+    if not p_start:
+        return np.zeros(len(starts), dtype=bool)
+    k = np.searchsorted(np.asarray(p_start), starts, side="right") - 1
+    inside = k >= 0
+    inside[inside] = np.asarray(p_end)[k[inside]] >= ends[inside]
+    return inside
 
 
 _NOT_PLACES = frozenset(
-    [
-        "the",
-        "a",
-        "an",
-        "this",
-        "that",
-        "his",
-        "her",
-        "their",
-        "our",
-        "my",
-        "your",
-        "assisted",
-        "skilled",
-        "nursing",
-        "senior",
-        "group",
-        "home",
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-        "monday",
-        "tuesday",
-        "wednesday",
-        "thursday",
-        "friday",
-        "saturday",
-        "sunday",
-    ]
+    re.findall(
+        r"\w+",
+        "the a an this that his her their our my your assisted skilled nursing senior group home "
+        "january february march april may june july august september october november december "
+        "monday tuesday wednesday thursday friday saturday sunday",
+    )
 )
+
+
+def abbreviations() -> frozenset[str]:
+    """Abbreviations the census lists hold as names but notes use otherwise (Dr, Rm, Na...)."""
+    return _sets()[3]
 
 
 def is_name_token(word: str) -> bool:
     """A census name, or a word that is not an English word (for names after a cue word)."""
-    names, _ambiguous, eponyms, _heads, english = _lists()
+    names, eponyms, english, abbrevs = _sets()
     low = word.lower()
-    if low in eponyms or low in ABBREVIATIONS or len(word) < 2:
+    if low in eponyms or low in abbrevs or len(word) < 2:
         return False
     return low in names or low not in english
 

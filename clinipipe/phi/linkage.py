@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
-from functools import cache
+from functools import cache, lru_cache
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clinipipe.phi.categories import CATEGORIES, CATEGORY_OF_PHI_CLASS
 from clinipipe.phi.text import JoinedText
@@ -214,7 +216,40 @@ def _address_variants(value: str) -> set[str]:
     return out
 
 
-def variants(value: str, category: str) -> set[str]:
+def anchor_pairs(values: pa.Array, category: str) -> tuple[np.ndarray, list[str]]:
+    """``(rows, anchors)``: lower-case substrings such that every spelling of a row's value
+    contains at least one of that row's anchors (name words, last four digits, the year, the
+    house number...). Computed column-wise; null values have none."""
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
+    if category == "NAME":
+        parts = pc.split_pattern_regex(lowered, r"[\s,.]+")
+        rows = np.asarray(pc.list_parent_indices(parts).to_numpy(zero_copy_only=False))
+        keys = pc.list_flatten(parts)
+    elif category == "DATE":
+        year = pc.struct_field(pc.extract_regex(lowered, r"(?P<y>(?:19|20)\d\d)"), "y")
+        year = pc.coalesce(year, lowered)
+        short = pc.utf8_slice_codeunits(year, -2)
+        n = len(values)
+        rows = np.concatenate([np.arange(n), np.arange(n)])
+        keys = pa.concat_arrays([year, short])
+    else:
+        if category == "ADDRESS":
+            first = pc.struct_field(pc.extract_regex(lowered, r"^(?P<a>\S+)"), "a")
+            keys = pc.coalesce(first, lowered)
+        else:
+            d = pc.replace_substring_regex(lowered, r"\D", "")
+            need = 4 if category in ("PHONE", "FAX", "SSN") else 6
+            long_enough = pc.fill_null(pc.greater_equal(pc.utf8_length(d), need), False)
+            keys = pc.if_else(long_enough, pc.utf8_slice_codeunits(d, -4), lowered)
+        rows = np.arange(len(values))
+    keep = np.asarray(
+        pc.fill_null(pc.greater(pc.utf8_length(keys), 0), False).to_numpy(zero_copy_only=False)
+    )
+    return rows[keep], pc.filter(keys, pa.array(keep)).to_pylist()
+
+
+@lru_cache(maxsize=4096)
+def variants(value: str, category: str) -> frozenset[str]:
     """The spellings of a known ``value`` searched for (all at least two characters)."""
     value = value.strip()
     if not value:
@@ -230,14 +265,18 @@ def variants(value: str, category: str) -> set[str]:
         "URL": lambda v: {v, v.lower()},
         "IP": lambda v: {v},
     }.get(category, _id_variants)
-    return {v for v in make(value) if len(v.strip()) >= _MIN_LENGTH}
+    return frozenset(v for v in make(value) if len(v.strip()) >= _MIN_LENGTH)
 
 
-def _strings(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
-    typ = column.type
-    if pa.types.is_timestamp(typ):
+def _string_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A known column as one string array (dates as ISO dates, numbers as digits)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_timestamp(column.type):
         column = column.cast(pa.date32())
-    return [None if v is None else str(v) for v in column.to_pylist()]
+    if not pa.types.is_string(column.type):
+        column = column.cast(pa.string())
+    return column
 
 
 def find_known(
@@ -260,12 +299,25 @@ def find_known(
     english = _english_words()
     starts = joined.starts.tolist()
     found: dict[str, list[tuple[int, int, float]]] = {}
+    valid = joined.valid
     for column in known.column_names:
         category = category_of_column(column, categories)
         out = found.setdefault(category, [])
-        for row, value in enumerate(_strings(known.column(column))):
-            if value is None or not joined.valid[row]:
-                continue
+        array = _string_array(known.column(column))
+        # Cheap test first, one str.find per row: a note holding no anchor of a value cannot
+        # hold any spelling of it (most known values are absent from most notes).
+        rows, keys = anchor_pairs(array, category)
+        present = sorted(
+            {
+                r
+                for r, a in zip(rows.tolist(), keys, strict=True)
+                if valid[r] and low.find(a, starts[r], starts[r + 1] - 1) >= 0
+            }
+        )
+        if not present:
+            continue
+        values = array.take(pa.array(present, pa.int64())).to_pylist()
+        for row, value in zip(present, values, strict=True):
             lo, hi = starts[row], starts[row + 1] - 1
             for form in variants(value, category):
                 key = form.lower() if low is not text else form

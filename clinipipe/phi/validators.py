@@ -238,7 +238,13 @@ def has_digit(text: str) -> bool:
     return sum(c.isdigit() for c in text) >= 2
 
 
+def any_digit(text: str) -> bool:
+    """At least one digit (a licence plate such as 5E-PPPX)."""
+    return any(c.isdigit() for c in text)
+
+
 VALIDATORS: dict[str, Callable[[str], bool]] = {
+    "any_digit": any_digit,
     "ssn": ssn,
     "luhn": luhn,
     "npi": npi,
