@@ -90,16 +90,10 @@ def _name_variants(value: str) -> set[str]:
         tokens = tokens[1:] + tokens[:1]
     if len(tokens) == 1:
         return out
+    # Each word is searched on its own (spans of adjacent words merge downstream); only the
+    # forms with an initial need their own spelling.
     first, last = tokens[0], tokens[-1]
-    for form in (
-        " ".join(tokens),
-        f"{last}, {first}",
-        f"{last}, {' '.join(tokens[:-1])}",
-        f"{first[0]}. {last}",
-        f"{first} {last[0]}.",
-        f"{first} {last}",
-    ):
-        out |= _cases(form)
+    out |= {f"{first[0]}. {last}", f"{first} {last[0]}."}
     for t in tokens:
         t = t.strip(".")
         if len(t) >= _MIN_LENGTH:
@@ -153,15 +147,16 @@ def _ssn_variants(value: str) -> set[str]:
 
 
 def _parse_date(value: str) -> date | None:
-    for fmt in ("%Y-%m-%d", "%m/%d/%Y", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return datetime.strptime(value[: len(value)], fmt).date()
-        except ValueError:
-            continue
     try:
         return date.fromisoformat(value[:10])
     except ValueError:
-        return None
+        pass
+    for fmt in ("%m/%d/%Y", "%Y-%m-%d %H:%M:%S"):
+        try:
+            return datetime.strptime(value, fmt).date()
+        except ValueError:
+            continue
+    return None
 
 
 def _date_variants(value: str) -> set[str]:
@@ -170,30 +165,17 @@ def _date_variants(value: str) -> set[str]:
         return {value}
     m, dd, y = d.month, d.day, d.year
     month, mon = _MONTHS[m - 1], _MONTHS[m - 1][:3]
-    suffix = "th" if 11 <= dd <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(dd % 10, "th")
     y2 = f"{y % 100:02d}"
+    # The generic date detectors find every spelling; linkage adds the common ones.
     forms = {
         value,
         d.isoformat(),
         f"{m}/{dd}/{y}",
         f"{m:02d}/{dd:02d}/{y}",
         f"{m}/{dd}/{y2}",
-        f"{m:02d}/{dd:02d}/{y2}",
-        f"{m}-{dd}-{y}",
-        f"{m:02d}-{dd:02d}-{y}",
-        f"{m}.{dd}.{y}",
-        f"{y}/{m:02d}/{dd:02d}",
         f"{month} {dd}, {y}",
-        f"{month} {dd} {y}",
-        f"{month} {dd}{suffix}, {y}",
         f"{mon} {dd}, {y}",
-        f"{mon}. {dd}, {y}",
-        f"{dd} {month} {y}",
-        f"{dd} {mon} {y}",
         f"{dd}-{mon}-{y}",
-        f"{dd:02d}-{mon}-{y}",
-        f"{dd}-{mon}-{y2}",
-        f"{dd:02d}-{mon}-{y2}",
     }
     return forms
 
@@ -317,8 +299,12 @@ def find_known(
         if not present:
             continue
         values = array.take(pa.array(present, pa.int64())).to_pylist()
+        shape = _NUMBER_SHAPES.get(category)
         for row, value in zip(present, values, strict=True):
             lo, hi = starts[row], starts[row + 1] - 1
+            if shape is not None:
+                out.extend(_find_number(text, low, lo, hi, digits(value), shape))
+                continue
             for form in variants(value, category):
                 key = form.lower() if low is not text else form
                 if len(key) != len(form):
@@ -330,6 +316,40 @@ def find_known(
                         out.append((k, e, CONFIDENCE))
                     k = low.find(key, k + 1, hi)
     return {c: v for c, v in found.items() if v}
+
+
+# Any spelling of a phone number or SSN ends with its last four digits: find those, then read
+# the number written before them and compare digits.
+_NUMBER_SHAPES: dict[str, re.Pattern[str]] = {
+    "PHONE": re.compile(r"(?:\+?1[\s.-]*)?\(?\d{3}\)?[\s./-]*\d{3}[\s.-]*\d{4}$"),
+    "FAX": re.compile(r"(?:\+?1[\s.-]*)?\(?\d{3}\)?[\s./-]*\d{3}[\s.-]*\d{4}$"),
+    "SSN": re.compile(r"\d{3}[\s-]?\d{2}[\s-]?\d{4}$"),
+}
+
+
+def _find_number(
+    text: str, low: str, lo: int, hi: int, number: str, shape: re.Pattern[str]
+) -> list[tuple[int, int, float]]:
+    """Spans in ``text[lo:hi]`` of ``number`` (digits) written in any spacing/punctuation."""
+    if len(number) == 11 and number[0] == "1":
+        number = number[1:]
+    if len(number) < 4:
+        return []
+    out = []
+    tail = number[-4:]
+    k = low.find(tail, lo, hi)
+    while k >= 0:
+        e = k + 4
+        start = max(lo, k - 24)
+        m = shape.search(text, start, e)
+        if (
+            m is not None
+            and digits(m.group()).endswith(number)
+            and _whole_word(text, m.start(), e, len(text))
+        ):
+            out.append((m.start(), e, CONFIDENCE))
+        k = low.find(tail, k + 1, hi)
+    return out
 
 
 def _whole_word(text: str, s: int, e: int, n: int) -> bool:
