@@ -479,3 +479,42 @@ def test_spec_pattern_replaces_a_builtin_and_is_validated() -> None:
         PhiSpec(patterns=[{"name": "x", "category": "MRN", "regex": "("}])
     with pytest.raises(ValidationError, match="validator"):
         PhiSpec(patterns=[{"name": "x", "category": "MRN", "regex": "x", "validator": "no"}])
+
+
+def test_python_only_patterns_and_anchors_still_run() -> None:
+    """A rule RE2 cannot run (a lookbehind) falls back to Python's engine; an anchored rule
+    searches only around its anchor."""
+    spec = PhiSpec(
+        patterns=[{"name": "ticket", "category": "OTHER_ID", "regex": r"(?<=ticket )T\d{5}"}]
+    )
+    ds = DetectorSet.load(spec)
+    ticket = next(d for d in ds.detectors if d.name == "ticket")
+    assert ticket.fast_regex is None
+    assert detected(ds, "see ticket T12345 and T99999") == [("T12345", "OTHER_ID")]
+    anchored = Detector(
+        "badge",
+        "OTHER_ID",
+        "low",
+        0.9,
+        r"B-\d{4}",
+        r"B-\d{4}",
+        anchor="badge",
+        anchor_window=(0, 12),
+    )
+    assert anchored.find("badge no B-1234, room B-5678") == [(9, 15, 0.9)]
+
+
+@pytest.mark.parametrize(
+    ("value", "shape"),
+    [
+        ("4th", r"\d{1,2}(st|nd|rd|th)"),
+        ("03/04/2021", r"\d\d/\d\d/2021"),
+        ("2021-03-04", r"2021-\d\d-\d\d"),
+        ("March 4th, 2021", r"[A-Z][a-z]{2} \d{1,2}, 2021"),
+    ],
+)
+def test_date_surrogates_keep_layout_and_year(value: str, shape: str) -> None:
+    import re
+
+    out = surrogate("DATE", value, b"k")
+    assert re.fullmatch(shape, out) and out == surrogate("DATE", value, b"k")

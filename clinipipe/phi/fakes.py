@@ -70,6 +70,27 @@ def _shape(value: str, rnd: _Stream) -> str:
     return "".join(out)
 
 
+def _date(value: str, rnd: _Stream) -> str:
+    """A date in the same layout: "4th" -> "17th", "03/04/2021" -> "11/17/2021", a written
+    month -> "Nov 17, 2021"; the year (which Safe Harbor keeps) is kept when present."""
+    year = re.search(r"(?:19|20)\d\d", value)
+    month, day = 1 + rnd.below(12), 1 + rnd.below(28)
+    if re.fullmatch(r"\d{1,2}(?:st|nd|rd|th)", value.strip()):
+        return (
+            f"{day}{'th' if 11 <= day <= 13 else {1: 'st', 2: 'nd', 3: 'rd'}.get(day % 10, 'th')}"
+        )
+    numeric = re.fullmatch(r"\d{1,4}([/.-])\d{1,2}(?:[/.-](\d{2,4}))?", value.strip())
+    if numeric:
+        sep, tail = numeric.group(1), numeric.group(2)
+        if value[:4].isdigit():  # ISO order
+            return f"{value[:4]}-{month:02d}-{day:02d}"
+        if tail is None:
+            return f"{month}{sep}{day}"
+        return f"{month:02d}{sep}{day:02d}{sep}{tail}"
+    y = year.group() if year else None
+    return f"{_MONTHS[month - 1]} {day}, {y}" if y else f"{_MONTHS[month - 1]} {day}"
+
+
 def surrogate(category: str, value: str, key: bytes) -> str:
     """A realistic replacement for ``value`` of ``category`` (see the module docstring)."""
     rnd = _Stream(key, f"{category}\x1f{normalize(category, value)}".encode())
@@ -82,9 +103,7 @@ def surrogate(category: str, value: str, key: bytes) -> str:
         given = first[rnd.below(len(first))]
         return f"{surname}, {given}" if "," in value else f"{given} {surname}"
     if category == "DATE":
-        year = re.search(r"(?:19|20)\d\d", value)
-        y = year.group() if year else str(1940 + rnd.below(80))
-        return f"{_MONTHS[rnd.below(12)]} {1 + rnd.below(28)}, {y}"
+        return _date(value, rnd)
     if category == "AGE":
         return "90+"
     if category in ("PHONE", "FAX"):

@@ -26,10 +26,11 @@ Guarantee: every returned span starts and ends on a word boundary and lies withi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from itertools import repeat
 
 import ahocorasick
 import numpy as np
@@ -177,20 +178,13 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     offsets = np.concatenate(([0], np.cumsum(lengths)))
     starts = offsets[1::2][:count]
     ends = starts + lengths[1::2]
-    words = pa.array(parts[1::2], pa.string())
     gaps = pa.array(parts[0::2], pa.string())  # gaps[i] is before word i, gaps[i + 1] after
     before, after = gaps[:count], gaps[1:]
     lists = _lists()
-    low = pc.utf8_lower(words)
-    lows = [w.lower() for w in parts[1::2]]
-    flags_of = _flags()
-    flags = np.fromiter(
-        (flags_of.get(w if "-" not in w else w.split("-", 1)[0], 0) for w in lows),
-        dtype=np.int64,
-        count=count,
-    )
-    length = np.asarray(pc.utf8_length(words).to_numpy(zero_copy_only=False))
-    upper = np.asarray(pc.utf8_is_upper(words).to_numpy(zero_copy_only=False))
+    keys = [w.lower().partition("-")[0] for w in parts[1::2]]  # Smith-Jones -> smith
+    flags = np.fromiter(map(_flags().get, keys, repeat(0)), dtype=np.int64, count=count)
+    length = lengths[1::2]
+    upper = np.fromiter(map(str.isupper, parts[1::2]), dtype=bool, count=count)
     abbrev = (flags & _ABBREV) > 0
     named = ((flags & _NAME) > 0) & ~abbrev & ~(upper & (length < 3))
     named &= ~_inside_phrases(text, starts, ends)
@@ -198,26 +192,48 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     weak = named & (((flags & (_AMBIGUOUS | _EPONYM)) > 0) | (upper & (length <= 3)))
     strong = named & ~weak
     unknown = ~named & ((flags & _ENGLISH) == 0) & ~abbrev & (length >= 3)
-
-    # The word after: in the gap ("Murphy sign") or the next capitalized word ("Beck Depression").
-    head = pc.struct_field(pc.extract_regex(after, _HEAD), "w")
-    next_low = pa.concat_arrays([low[1:], pa.array([""], pa.string())])
-    head = pc.utf8_lower(pc.if_else(_match(after, "^(?:['\u2019]s)?[ -]$"), next_low, head))
-    eponym_use = named & _in(pc.fill_null(head, ""), lists.heads)
-
     joined = _match(after, _JOIN)  # word i touches word i + 1
     comma = _match(after, r"^,")
-    prev_low = pa.concat_arrays([pa.array([""], pa.string()), low[:-1]])
-    titles = _lower_array(context.titles)
-    titled = _in(prev_low, titles) & _match(before, r"^\.? +$")
-    lead = pc.binary_join_element_wise(
-        pa.concat_arrays([pa.array([""], pa.string()), words[:-1]]), before, ""
-    )
+
+    # Context rules run on the few words they can change, not on every capitalized word.
+    def on(mask: np.ndarray, rule: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        out = np.zeros(count, dtype=bool)
+        idx = np.flatnonzero(mask)
+        if len(idx):
+            out[idx] = rule(idx)
+        return out
+
+    def eponym_rule(idx: np.ndarray) -> np.ndarray:
+        # The word after: in the gap ("Murphy sign") or the next capitalized word ("Beck
+        # Depression").
+        nxt_idx = np.minimum(idx + 1, count - 1)
+        gap = after.take(pa.array(idx))
+        head = pc.struct_field(pc.extract_regex(gap, _HEAD), "w")
+        nxt_word = pa.array([keys[i] if i != j else "" for i, j in zip(nxt_idx, idx, strict=True)])
+        head = pc.if_else(_match(gap, "^(?:['\u2019]s)?[ -]$"), nxt_word, pc.utf8_lower(head))
+        return _in(pc.fill_null(head, ""), lists.heads)
+
+    titles = frozenset(t.lower() for t in context.titles)
+
+    def title_rule(idx: np.ndarray) -> np.ndarray:
+        prev = np.fromiter((i > 0 and keys[i - 1] in titles for i in idx), bool, len(idx))
+        return prev & _match(before.take(pa.array(idx)), r"^\.? +$")
+
     cue_re = rf"(?:^|[^a-z])(?:{_alternation(context.cues)})[:,]? +$" if context.cues else "(?!)"
-    cued = _match(lead, cue_re, ignore_case=True)
-    trail = pc.binary_join_element_wise(after, pa.concat_arrays([words[1:], pa.array([""])]), "")
-    after_re = "^(?:" + "|".join(f"(?:{a})" for a in context.after) + ")" if context.after else ""
-    after_cued = _match(trail, after_re) if after_re else np.zeros(count, bool)
+    after_re = (
+        "^(?:" + "|".join(f"(?:{a})" for a in context.after) + ")" if context.after else "(?!)"
+    )
+
+    def cue_rule(idx: np.ndarray) -> np.ndarray:
+        prev_words = pa.array([parts[2 * i - 1] if i > 0 else "" for i in idx], pa.string())
+        lead = pc.binary_join_element_wise(prev_words, before.take(pa.array(idx)), "")
+        nxt_words = pa.array([parts[2 * i + 3] if i + 1 < count else "" for i in idx])
+        trail = pc.binary_join_element_wise(after.take(pa.array(idx)), nxt_words, "")
+        return _match(lead, cue_re, ignore_case=True) | _match(trail, after_re)
+
+    eponym_use = on(named, eponym_rule)
+    titled = on(named, title_rule)
+    cued = on(weak & ~eponym_use, cue_rule)
 
     strong_ok = strong & ~eponym_use
     weak_ok = weak & ~eponym_use
@@ -225,7 +241,7 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     nxt_strong_first = _shift(strong_ok & first, -1)
     nxt_first = _shift(first, -1)
     accepted = strong_ok | (named & titled)
-    accepted |= weak_ok & (cued | after_cued)
+    accepted |= weak_ok & cued
     accepted |= weak_ok & joined & ~comma & first & nxt  # Will Smith, Mark Young
     accepted |= weak_ok & joined & comma & nxt_strong_first  # Brown, John
     for _ in range(3):  # weak words chained after accepted ones: Dr. Victor Smith
