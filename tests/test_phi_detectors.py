@@ -518,3 +518,13 @@ def test_date_surrogates_keep_layout_and_year(value: str, shape: str) -> None:
 
     out = surrogate("DATE", value, b"k")
     assert re.fullmatch(shape, out) and out == surrogate("DATE", value, b"k")
+
+
+def test_offsets_are_characters_in_non_ascii_text(ds: DetectorSet) -> None:
+    """RE2 scans UTF-8 bytes; offsets come back as character offsets whatever precedes."""
+    prefixes = ["", "é", "€€ ", "😀 naïve café • ", "日本語テキスト "]
+    texts = [f"{p}SSN 123-45-6789, Dr. Okonkwo: {p}03/04/2021 ok" for p in prefixes]
+    for row in ds.find(texts).to_pylist():
+        value = texts[row["row"]][row["start"] : row["end"]]
+        assert value in ("123-45-6789", "Okonkwo", "03/04/2021"), value
+    assert ds.find(texts).num_rows == 3 * len(prefixes)

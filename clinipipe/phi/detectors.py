@@ -16,6 +16,7 @@ Guarantees of :meth:`DetectorSet.find` / :meth:`DetectorSet.redact`:
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -374,30 +375,37 @@ def spec_detectors(phi: PhiSpec | None) -> tuple[Detector, ...]:
 
 
 class _Utf8:
-    """A string's UTF-8 bytes and the maps between byte and character offsets."""
+    """A string's UTF-8 bytes and the maps between byte and character offsets (computed from
+    the positions of the continuation bytes only: notes are mostly ASCII)."""
 
     def __init__(self, text: str) -> None:
         self.data = text.encode("utf-8")
-        self._map: np.ndarray | None = None
-        self._inverse: np.ndarray | None = None
+        self._cont: np.ndarray | None = None
+        self._adjusted: np.ndarray | None = None
         if len(self.data) != len(text):
             raw = np.frombuffer(self.data, dtype=np.uint8)
-            starts = (raw & 0xC0) != 0x80
-            self._map = np.concatenate(([0], np.cumsum(starts))).astype(np.int64)
-            self._inverse = np.concatenate((np.flatnonzero(starts), [len(self.data)]))
+            self._cont = np.flatnonzero((raw & 0xC0) == 0x80)
+            self._adjusted = self._cont - np.arange(len(self._cont))
+            self._cont_list = self._cont.tolist()
+            self._adjusted_list = self._adjusted.tolist()
 
     def chars(self, offsets: list[int]) -> list[int]:
-        """Character offsets of byte offsets."""
-        if self._map is None:
+        """Character offsets of byte offsets (at character boundaries)."""
+        if self._cont is None:
             return offsets
-        return self._map[np.asarray(offsets, dtype=np.int64)].tolist()
+        b = np.asarray(offsets, dtype=np.int64)
+        return (b - np.searchsorted(self._cont, b)).tolist()
 
     def char(self, offset: int) -> int:
-        return offset if self._map is None else int(self._map[offset])
+        if self._cont is None:
+            return offset
+        return offset - bisect.bisect_left(self._cont_list, offset)
 
     def byte(self, offset: int) -> int:
         """Byte offset of a character offset."""
-        return offset if self._inverse is None else int(self._inverse[offset])
+        if self._adjusted is None:
+            return offset
+        return offset + bisect.bisect_right(self._adjusted_list, offset)
 
 
 class _ScanUnit:
