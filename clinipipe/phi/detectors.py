@@ -441,16 +441,30 @@ class _ScanUnit:
                 cands = first.spans_at(text, at, to)
             return [(0, cands)] if cands else []
         assert self._python is not None
-        fast, match = self._fast, self._python.match
+        match = self._python.match
         groups = self._python.groupindex
         data = utf8.data
+        end = len(data)
         by_branch: dict[int, list[tuple[int, int, int]]] = {}
+        low = getattr(self._fast, "_regexp", None)
+        if low is None:  # pragma: no cover - another re2 binding
+            search = self._fast.search
+
+            def next_start(pos: int) -> int:
+                found = search(data, pos)
+                return -1 if found is None else found.start()
+        else:
+            low_match = low.Match
+
+            def next_start(pos: int) -> int:
+                return low_match(_UNANCHORED, data, pos, end)[0][0]
+
         pos = 0
-        while True:
-            found = re2_spans(fast, data, pos, limit=1)
-            if not found:
+        while pos <= end:
+            found = next_start(pos)
+            if found < 0:
                 break
-            s = utf8.char(found[0][0])
+            s = utf8.char(found)
             m = match(text, s)
             if m is None or m.lastgroup is None:  # RE2 and Python disagree: skip a character
                 pos = utf8.byte(s + 1)

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from datetime import date
+from functools import lru_cache
 
 _NON_DIGIT = re.compile(r"\D")
 _MONTHS = {
@@ -167,6 +168,7 @@ _NUMERIC_DATE = re.compile(r"^(\d{1,4})[-/.](\d{1,2})(?:[-/.](\d{2,4}))?$")
 _WORDS = re.compile(r"[A-Za-z]+|\d+")
 
 
+@lru_cache(maxsize=1 << 16)
 def real_date(text: str) -> bool:
     """A calendar date in one of the usual spellings (3/4/2021, 2021-03-04, 4-Mar-21,
     March 4th, 2021, 4 March 2021, Mar 4, 03/04): the day exists in that month (29 February
