@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 try:  # RE2 (google-re2): a linear-time engine, 5-20x faster than `re` on these patterns
@@ -40,7 +41,7 @@ from clinipipe.phi.categories import CATEGORIES, SEVERITIES
 from clinipipe.phi.fakes import surrogate
 from clinipipe.phi.lexicon import NameContext, NameLexicon, read_list
 from clinipipe.phi.linkage import find_known
-from clinipipe.phi.text import JoinedText, assemble, join_texts, resolve_overlaps
+from clinipipe.phi.text import JoinedText, as_string_array, assemble, join_texts, resolve_overlaps
 from clinipipe.phi.validators import VALIDATORS
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ class Detector:
     titles: tuple[str, ...] = ()
     cues: tuple[str, ...] = ()
     after_cues: tuple[str, ...] = ()
+    lower_cues: tuple[str, ...] = ()
+    lower_stop: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -170,8 +173,21 @@ class Detector:
         """Spans ``(start, end, confidence)`` this detector finds in ``text`` (which may be a
         joined batch: context never reaches across a row separator)."""
         if self.kind == "names":
-            return NameLexicon(NameContext(self.titles, self.cues, self.after_cues)).find(text)
+            lower = [(0, len(text))] if text.islower() else []
+            return self.lexicon.find(text, lower)
         return self.judge(text, self.candidates(text))
+
+    @cached_property
+    def lexicon(self) -> NameLexicon:
+        return NameLexicon(
+            NameContext(
+                self.titles,
+                self.cues,
+                self.after_cues,
+                self.cues + self.lower_cues,
+                self.lower_stop,
+            )
+        )
 
     def candidates(self, text: str) -> list[tuple[int, int, int]]:
         """Raw regex matches as ``(span start, span end, match end)`` (the span is the ``phi``
@@ -229,6 +245,7 @@ class Detector:
         context rule, with their confidence."""
         out: list[tuple[int, int, float]] = []
         validate, ctx, not_after = self._validate, self._context_re, self._not_after_re
+        trims = getattr(validate, "trims", False)
         window, bounded, n = self.context_window, self.bounded, len(text)
         for s, e, me in candidates:
             if s >= e:
@@ -237,8 +254,12 @@ class Detector:
                 continue
             if not_after is not None and not_after.match(text, me):
                 continue
-            if validate is not None and not validate(text[s:e]):
-                continue
+            if validate is not None:
+                verdict = validate(text[s:e])
+                if not verdict:
+                    continue
+                if trims:
+                    e = s + int(verdict)
             conf = self.confidence
             if ctx is not None:
                 found = self._context_found(text, s, window, ctx)
@@ -341,7 +362,16 @@ def _detector(entry: Mapping[str, Any], fragments: Mapping[str, str]) -> Detecto
     for key in ("pattern", "prefilter"):
         if key in values:
             values[key] = _expand(str(values[key]), fragments)
-    for key in ("context", "blockers", "titles", "cues", "after_cues", "anchor_window"):
+    for key in (
+        "context",
+        "blockers",
+        "titles",
+        "cues",
+        "after_cues",
+        "lower_cues",
+        "lower_stop",
+        "anchor_window",
+    ):
         if key in values:
             values[key] = tuple(values[key])
             if key != "anchor_window" and not all(isinstance(w, str) for w in values[key]):
@@ -372,6 +402,17 @@ def spec_detectors(phi: PhiSpec | None) -> tuple[Detector, ...]:
         values.setdefault("priority", 60)
         out.append(_detector(values, {}))
     return tuple(out)
+
+
+def _lower_case_rows(
+    texts: pa.Array | pa.ChunkedArray | Sequence[str | None], joined: JoinedText
+) -> list[tuple[int, int]]:
+    """``(start, end)`` in the joined text of the rows typed all in lower case."""
+    arr = as_string_array(texts)
+    lower = pc.fill_null(pc.utf8_is_lower(arr), False)
+    rows = np.flatnonzero(np.asarray(lower.to_numpy(zero_copy_only=False)))
+    starts = joined.starts
+    return [(int(starts[r]), int(starts[r + 1]) - 1) for r in rows.tolist()]
 
 
 class _Utf8:
@@ -473,9 +514,11 @@ class _ScanUnit:
             phi = f"{name}_phi"
             span = m.span(phi) if phi in groups else m.span(name)
             by_branch.setdefault(int(name[1:]), []).append((*span, m.end()))
-            # Resume after the PHI span, not after the context that follows it: in
-            # "Springfield, MA 01103" the city's context "MA" starts the ZIP's match.
-            pos = utf8.byte(max(span[1], s + 1))
+            # Resume at the PHI span, not after the match: another branch may start there or
+            # in the context after it ("to: dr. armstrong": the cue branch's rejected word
+            # "dr" starts the title branch; "Springfield, MA 01103": the city's context "MA"
+            # starts the ZIP's match).
+            pos = utf8.byte(span[0] if span[0] > s else max(span[1], s + 1))
         return list(by_branch.items())
 
 
@@ -575,7 +618,7 @@ class DetectorSet:
                     add(self.detectors[i].judge(text, cands), i)
         for i, d in enumerate(self.detectors):
             if d.kind == "names":
-                add(d.scan(text), i)
+                add(d.lexicon.find(text, _lower_case_rows(texts, joined)), i)
         if known is not None and known.num_columns:
             cats = dict(known_categories or {})
             base = len(self.detectors)

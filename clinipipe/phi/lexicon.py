@@ -26,7 +26,7 @@ Guarantee: every returned span starts and ends on a word boundary and lies withi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -54,6 +54,10 @@ class NameContext:
     cues: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     """Regexes that, right after a word, make it a name ("Mark is a 63 y/o")."""
+    lower: tuple[str, ...] = ()
+    """Cue words before a name in text typed all in lower case ("from: tony black")."""
+    lower_stop: tuple[str, ...] = ()
+    """Function words never taken for a name after a cue in lower-case text ("my son will")."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,16 @@ class NameLexicon:
 
     context: NameContext = field(default_factory=NameContext)
 
-    def find(self, text: str) -> list[tuple[int, int, float]]:
-        """Name spans ``(start, end, confidence)`` in ``text`` (a joined batch or one note)."""
-        return _find(text, self.context)
+    def find(
+        self, text: str, lower_case: Sequence[tuple[int, int]] = ()
+    ) -> list[tuple[int, int, float]]:
+        """Name spans ``(start, end, confidence)`` in ``text`` (a joined batch or one note);
+        ``lower_case``: ranges of ``text`` typed all in lower case, where lower-case words
+        are judged too (:func:`_find_lower`)."""
+        found = _find(text, self.context)
+        for lo, hi in lower_case:
+            found.extend(_find_lower(text, lo, hi, self.context))
+        return found
 
 
 @dataclass(frozen=True)
@@ -263,6 +274,110 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     return list(zip(starts[s_idx].tolist(), ends[e_idx].tolist(), best.tolist(), strict=True))
 
 
+_LOWER_WORD = re.compile(r"[a-z][a-z'\u2019]+(?:-[a-z]+)*")
+
+
+def _find_lower(text: str, lo: int, hi: int, context: NameContext) -> list[tuple[int, int, float]]:
+    """Names in a stretch typed all in lower case (few notes, so a plain loop): a frequent
+    census name that is no English word ("kara", "stephen"); after a cue word ("thanks,",
+    "my son") a name that is no common English word, or any name followed by such a name
+    ("crystal mccarthy"); any name right after an accepted one ("tony black", "tony d.
+    black"). Never an eponym before its head word ("murphy sign") or a word of a non-name
+    phrase ("toyota camry")."""
+    cues = frozenset(c.lower() for c in (*context.lower, *context.titles))
+    stop = frozenset(context.lower_stop)
+    firsts = _first_names_lower()
+    heads = _heads()
+    skip = _lower_phrase_spans(text, lo, hi)
+    words = [
+        m
+        for m in _LOWER_WORD.finditer(text, lo, hi)
+        if not any(s <= m.start() and m.end() <= e for s, e in skip)
+    ]
+    count = len(words)
+    strong = _names_only()
+    flags = _flags()
+    out: list[tuple[int, int, float]] = []
+    accepted_prev = False
+    for i, m in enumerate(words):
+        word = m.group()
+        gap = text[words[i - 1].end() : m.start()] if i else ""
+        adjacent = i > 0 and (gap in (" ", ", ") or _INITIAL_LOWER.fullmatch(gap) is not None)
+        prev_word = words[i - 1].group() if i else ""
+        prev2 = words[i - 2].group() if i > 1 else ""
+        after_cue = (
+            i > 0
+            and gap.strip(" :,.\n\t-") == ""
+            and (prev_word in cues or f"{prev2} {prev_word}" in cues)
+        )
+        nxt = words[i + 1].group() if i + 1 < count else ""
+        nxt_gap = text[m.end() : words[i + 1].start()] if i + 1 < count else ""
+        bits = flags.get(word, 0)
+        named = bool(bits & _NAME) and not bits & _ABBREV
+        eponym = nxt in heads and nxt_gap == " "
+        # as is_name_token(word, strict=True), from the flags
+        unambiguous = (named and not bits & (_AMBIGUOUS | _EPONYM)) or (
+            not bits & (_NAME | _ENGLISH | _ABBREV) and len(word) > 1
+        )
+        accept = not eponym and (
+            word in strong
+            or (after_cue and unambiguous)
+            or (after_cue and word in firsts and word not in stop)
+            or (after_cue and named and nxt_gap == " " and nxt in strong)
+            or (accepted_prev and adjacent and (named or unambiguous))
+        )
+        if accept:
+            if accepted_prev and adjacent:
+                out[-1] = (out[-1][0], m.end(), 0.7)
+            else:
+                out.append((m.start(), m.end(), 0.7))
+        accepted_prev = accept
+    return out
+
+
+def _lower_phrase_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Spans of the lower-case ``not_names.txt`` phrases in ``text[lo:hi]``."""
+    return [
+        (lo + end - length + 1, lo + end + 1)
+        for end, length in _lower_phrases().iter_long(text[lo:hi])
+    ]
+
+
+@cache
+def _lower_phrases() -> ahocorasick.Automaton:
+    auto = ahocorasick.Automaton()
+    for phrase in read_list("not_names.txt"):
+        auto.add_word(phrase.lower(), len(phrase))
+    auto.make_automaton()
+    return auto
+
+
+@cache
+def _first_names_lower() -> frozenset[str]:
+    return frozenset(_lists().firsts.to_pylist())
+
+
+@cache
+def _heads() -> frozenset[str]:
+    return frozenset(_lists().heads.to_pylist())
+
+
+_INITIAL_LOWER = re.compile(r" [a-z]\. ")
+
+
+@cache
+def _names_only() -> frozenset[str]:
+    """Frequent census names (all first names, the 10,000 commonest surnames) that are no
+    English word at all and at least four letters long: safe to find in lower case."""
+    _names, _eponyms, english, abbrevs = _sets()
+    frequent = read_list("first_names.txt") + read_list("last_names.txt")[:10_000]
+    return frozenset(
+        n.lower()
+        for n in frequent
+        if n.lower() not in english and n.lower() not in abbrevs and len(n) > 3
+    )
+
+
 def _inside_phrases(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Which words lie inside a ``not_names.txt`` phrase."""
     p_start, p_end = [], []
@@ -292,13 +407,21 @@ def abbreviations() -> frozenset[str]:
     return _sets()[3]
 
 
-def is_name_token(word: str) -> bool:
-    """A census name, or a word that is not an English word (for names after a cue word)."""
+def is_name_token(word: str, strict: bool = False) -> bool:
+    """A census name, or a word that is not an English word (for names after a cue word).
+    ``strict``: a census name that is also a common English word (will, rose) does not count."""
     names, eponyms, english, abbrevs = _sets()
     low = word.lower()
     if low in eponyms or low in abbrevs or len(word) < 2:
         return False
+    if strict and low in names:
+        return low not in _ambiguous()
     return low in names or low not in english
+
+
+@cache
+def _ambiguous() -> frozenset[str]:
+    return frozenset(_lists().ambiguous.to_pylist())
 
 
 def is_place_word(text: str) -> bool:

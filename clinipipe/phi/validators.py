@@ -1,6 +1,8 @@
 """Validators: pure checks that a matched string is a real identifier of its kind.
 
-Each validator takes the matched text (the PHI span only, never its context) and returns a bool.
+Each validator takes the matched text (the PHI span only, never its context) and returns a bool;
+a *trimming* validator (attribute ``trims``) returns how many leading characters to keep (0:
+reject).
 They never raise on bad input and never log the value. :data:`VALIDATORS` names them for the
 detector rules (``validator: ssn`` in ``data/detectors.yaml`` or a spec pattern).
 """
@@ -12,6 +14,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 from functools import lru_cache
+from typing import Any
 
 _NON_DIGIT = re.compile(r"\D")
 _MONTHS = {
@@ -245,7 +248,7 @@ def any_digit(text: str) -> bool:
     return any(c.isdigit() for c in text)
 
 
-VALIDATORS: dict[str, Callable[[str], bool]] = {
+VALIDATORS: dict[str, Callable[[str], Any]] = {
     "any_digit": any_digit,
     "ssn": ssn,
     "luhn": luhn,
@@ -277,5 +280,29 @@ def place_name(text: str) -> bool:
     return is_place_word(text)
 
 
+def name_tokens(text: str) -> int:
+    """Length of the longest leading run of name words in ``text`` (0: none): census names
+    that are not common English words, words that are no English word at all, and initials
+    between them ("anthony gomez", "tony d. black" -> "tony d."; "george thinks" -> "george").
+    A *trimming* validator: the span is cut to that length."""
+    from clinipipe.phi.lexicon import is_name_token
+
+    length = 0
+    for m in re.finditer(r"\S+", text):
+        word = m.group().rstrip(".")
+        if len(word) == 1 and word.isalpha() and m.group().endswith("."):
+            continue  # an initial: kept only if a name word follows
+        # The first word must be an unambiguous name; after it a surname may be a word
+        # too ("carolyn miller", "tony black").
+        if not is_name_token(word, strict=length == 0):
+            break
+        length = m.end()
+    return length
+
+
+name_tokens.trims = True  # type: ignore[attr-defined]
+
+
 VALIDATORS["name_token"] = name_token
+VALIDATORS["name_tokens"] = name_tokens
 VALIDATORS["place_name"] = place_name
