@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from clinipipe.phi.categories import CATEGORIES
-from clinipipe.phi.validators import luhn
+from clinipipe.phi.validators import MONTH_NAMES, luhn
 
 __all__ = ["STYLES", "Corpus", "Score", "generate_corpus", "score"]
 
@@ -458,9 +458,6 @@ _SPECIALTIES = _words("cardiology|nephrology|GI|pulmonology|neurology|ID|endocri
 _SUBJECTS = _words("Refill request|Question about my results|Appointment|Billing question", "|")
 _PAYERS = _words("Aetna|Blue Cross Blue Shield|Tufts Health Plan|Cigna|UnitedHealthcare", "|")
 _PHARMACIES = _words("CVS Pharmacy|Walgreens|Rite Aid|Stop & Shop Pharmacy|Big Y Pharmacy", "|")
-_MONTHS = _words(
-    "January February March April May June July August September October November December"
-)
 _MBI_LETTERS = "ACDEFGHJKMNPQRTUVWXY"
 
 
@@ -475,7 +472,7 @@ def _ordinal(day: int) -> str:
 
 def _date_forms(d: date, rng: random.Random) -> dict[str, str]:
     m, dd, y = d.month, d.day, d.year
-    month = _MONTHS[m - 1]
+    month = MONTH_NAMES[m - 1]
     mdy = rng.choice(
         [f"{m}/{dd}/{y}", f"{m:02d}/{dd:02d}/{y}", f"{m}/{dd}/{y % 100:02d}", f"{m}-{dd}-{y}"]
     )

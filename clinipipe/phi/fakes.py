@@ -16,8 +16,9 @@ import re
 from functools import cache
 
 from clinipipe.phi.lexicon import read_list
+from clinipipe.phi.validators import MONTH_NAMES
 
-_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+_MONTHS = tuple(m[:3] for m in MONTH_NAMES)
 _STREETS = ("St", "Ave", "Rd", "Ln", "Dr", "Way", "Ct", "Pl")
 _NORMALIZE_DIGITS = frozenset(
     {"PHONE", "FAX", "SSN", "MRN", "ACCOUNT", "HEALTH_PLAN", "IP", "ZIP", "AGE"}

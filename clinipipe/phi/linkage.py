@@ -22,24 +22,10 @@ import pyarrow.compute as pc
 
 from clinipipe.phi.categories import CATEGORIES, CATEGORY_OF_PHI_CLASS
 from clinipipe.phi.text import JoinedText
-from clinipipe.phi.validators import digits
+from clinipipe.phi.validators import MONTH_NAMES, digits
 
 CONFIDENCE = 0.99
 _MIN_LENGTH = 2
-_MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
 _SUFFIXES = {
     "street": "st",
     "avenue": "ave",
@@ -164,7 +150,7 @@ def _date_variants(value: str) -> set[str]:
     if d is None:
         return {value}
     m, dd, y = d.month, d.day, d.year
-    month, mon = _MONTHS[m - 1], _MONTHS[m - 1][:3]
+    month, mon = MONTH_NAMES[m - 1], MONTH_NAMES[m - 1][:3]
     y2 = f"{y % 100:02d}"
     # The generic date detectors find every spelling; linkage adds the common ones.
     forms = {

@@ -17,6 +17,21 @@ from functools import lru_cache
 from typing import Any
 
 _NON_DIGIT = re.compile(r"\D")
+MONTH_NAMES: tuple[str, ...] = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+"""English month names, January first (the other PHI modules share this one list)."""
 _MONTHS = {
     m: i
     for i, names in enumerate(
