@@ -9,6 +9,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 import re2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from clinipipe.phi import (
@@ -22,6 +24,7 @@ from clinipipe.phi import (
 )
 from clinipipe.phi import validators as v
 from clinipipe.phi.fakes import surrogate
+from clinipipe.phi.text import Utf8Text
 from clinipipe.spec.model import PhiSpec
 from clinipipe.spec.types import PHI_CLASSES
 
@@ -528,3 +531,15 @@ def test_offsets_are_characters_in_non_ascii_text(ds: DetectorSet) -> None:
         value = texts[row["row"]][row["start"] : row["end"]]
         assert value in ("123-45-6789", "Okonkwo", "03/04/2021"), value
     assert ds.find(texts).num_rows == 3 * len(prefixes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_utf8_offset_maps_round_trip(text: str) -> None:
+    """Byte and character offsets map onto each other at every character boundary."""
+    utf8 = Utf8Text(text)
+    byte = 0
+    for char, ch in enumerate(text):
+        assert utf8.byte(char) == byte and utf8.char(byte) == char
+        byte += len(ch.encode("utf-8"))
+    assert utf8.byte(len(text)) == len(utf8.data) and utf8.chars([len(utf8.data)]) == [len(text)]

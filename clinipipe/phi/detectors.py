@@ -16,7 +16,6 @@ Guarantees of :meth:`DetectorSet.find` / :meth:`DetectorSet.redact`:
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,19 +28,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-try:  # RE2 (google-re2): a linear-time engine, 5-20x faster than `re` on these patterns
-    import re2 as _re2
-
-    _UNANCHORED = _re2._Anchor.UNANCHORED
-except ImportError:  # pragma: no cover - the dependency is declared; Python's engine still works
-    _re2 = None
-    _UNANCHORED = None
-
 from clinipipe.phi.categories import CATEGORIES, SEVERITIES
 from clinipipe.phi.fakes import surrogate
 from clinipipe.phi.lexicon import NameContext, NameLexicon, read_list
 from clinipipe.phi.linkage import find_known
-from clinipipe.phi.text import JoinedText, as_string_array, assemble, join_texts, resolve_overlaps
+from clinipipe.phi.text import (
+    UNANCHORED,
+    JoinedText,
+    Utf8Text,
+    as_string_array,
+    assemble,
+    compile_re2,
+    join_texts,
+    re2_spans,
+    resolve_overlaps,
+    without_groups,
+)
 from clinipipe.phi.validators import VALIDATORS
 
 if TYPE_CHECKING:
@@ -167,7 +169,7 @@ class Detector:
         or the pattern uses a feature RE2 lacks (it then runs on Python's engine)."""
         if self.anchor or self.ignore_case or self.kind != "pattern":
             return None
-        return compile_re2(_without_groups(self.pattern))
+        return compile_re2(without_groups(self.pattern))
 
     def scan(self, text: str) -> list[tuple[int, int, float]]:
         """Spans ``(start, end, confidence)`` this detector finds in ``text`` (which may be a
@@ -289,48 +291,6 @@ class Detector:
         return self.scan(text)
 
 
-def re2_spans(
-    regex: Any, data: bytes, pos: int = 0, limit: int | None = None
-) -> list[tuple[int, int]]:
-    """Byte spans of the successive non-overlapping matches of an RE2 regex (at most
-    ``limit``), calling RE2 directly: the ``re2`` module's match objects cost more than the
-    scan itself."""
-    low = getattr(regex, "_regexp", None)
-    if low is None:  # pragma: no cover - another re2 binding: use its public API
-        spans = [m.span() for m in regex.finditer(data, pos)]
-        return spans if limit is None else spans[:limit]
-    match, end, out = low.Match, len(data), []
-    while pos <= end:
-        s, e = match(_UNANCHORED, data, pos, end)[0]
-        if s < 0:
-            break
-        out.append((s, e))
-        if limit is not None and len(out) >= limit:
-            break
-        pos = e if e > s else e + 1
-    return out
-
-
-def _without_groups(pattern: str) -> str:
-    """``pattern`` with its ``phi`` group made non-capturing: RE2 finds match boundaries much
-    faster when it need not report groups (Python reads the group afterwards)."""
-    return pattern.replace("(?P<phi>", "(?:")
-
-
-@cache
-def compile_re2(pattern: str) -> Any | None:
-    """``pattern`` compiled by RE2 for bytes, or None (RE2 not installed, or a Python-only
-    feature such as a lookaround or a backreference)."""
-    if _re2 is None:
-        return None
-    options = _re2.Options()
-    options.max_mem = 64 << 20
-    try:
-        return _re2.compile(pattern, options)
-    except Exception:
-        return None
-
-
 def _expand(text: str, fragments: Mapping[str, str]) -> str:
     def sub(m: re.Match[str]) -> str:
         name = m.group(1)
@@ -415,40 +375,6 @@ def _lower_case_rows(
     return [(int(starts[r]), int(starts[r + 1]) - 1) for r in rows.tolist()]
 
 
-class _Utf8:
-    """A string's UTF-8 bytes and the maps between byte and character offsets (computed from
-    the positions of the continuation bytes only: notes are mostly ASCII)."""
-
-    def __init__(self, text: str) -> None:
-        self.data = text.encode("utf-8")
-        self._cont: np.ndarray | None = None
-        self._adjusted: np.ndarray | None = None
-        if len(self.data) != len(text):
-            raw = np.frombuffer(self.data, dtype=np.uint8)
-            self._cont = np.flatnonzero((raw & 0xC0) == 0x80)
-            self._adjusted = self._cont - np.arange(len(self._cont))
-            self._cont_list = self._cont.tolist()
-            self._adjusted_list = self._adjusted.tolist()
-
-    def chars(self, offsets: list[int]) -> list[int]:
-        """Character offsets of byte offsets (at character boundaries)."""
-        if self._cont is None:
-            return offsets
-        b = np.asarray(offsets, dtype=np.int64)
-        return (b - np.searchsorted(self._cont, b)).tolist()
-
-    def char(self, offset: int) -> int:
-        if self._cont is None:
-            return offset
-        return offset - bisect.bisect_left(self._cont_list, offset)
-
-    def byte(self, offset: int) -> int:
-        """Byte offset of a character offset."""
-        if self._adjusted is None:
-            return offset
-        return offset + bisect.bisect_right(self._adjusted_list, offset)
-
-
 class _ScanUnit:
     """One scan over the batch for one or several patterns (see ``DetectorSet._scan_units``)."""
 
@@ -458,7 +384,7 @@ class _ScanUnit:
         self._python: re.Pattern[str] | None = None
         if len(branches) > 1:
             self._fast = compile_re2(
-                "|".join(f"(?:{_without_groups(d.pattern)})" for d, _ in branches)
+                "|".join(f"(?:{without_groups(d.pattern)})" for d, _ in branches)
             )
             self._python = re.compile(
                 "|".join(
@@ -467,7 +393,7 @@ class _ScanUnit:
                 )
             )
 
-    def candidates(self, text: str, utf8: _Utf8) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    def candidates(self, text: str, utf8: Utf8Text) -> list[tuple[int, list[tuple[int, int, int]]]]:
         """``(branch, candidates)`` pairs: raw matches of each branch's pattern."""
         if self._fast is None:
             first = self.branches[0][0]
@@ -498,7 +424,7 @@ class _ScanUnit:
             low_match = low.Match
 
             def next_start(pos: int) -> int:
-                return low_match(_UNANCHORED, data, pos, end)[0][0]
+                return low_match(UNANCHORED, data, pos, end)[0][0]
 
         pos = 0
         while pos <= end:
@@ -611,7 +537,7 @@ class DetectorSet:
                 labels.append(np.full(len(found), label, dtype=np.int64))
                 confs.append(arr[:, 2])
 
-        utf8 = _Utf8(text)
+        utf8 = Utf8Text(text)
         for unit in self._scan_units:
             for branch, cands in unit.candidates(text, utf8):
                 for i in unit.branches[branch][1]:
