@@ -38,7 +38,14 @@ from typing import Any
 import pyarrow as pa
 
 from clinipipe.phi import CATEGORIES, DetectorSet
-from clinipipe.phi.corpus import Corpus, Score, generate_corpus, score
+from clinipipe.phi.corpus import (
+    Corpus,
+    Score,
+    false_positives,
+    generate_corpus,
+    misses,
+    score,
+)
 
 
 def _pin_one_core() -> None:
@@ -84,6 +91,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--misses",
+        type=int,
+        default=0,
+        help="also print this many missed and falsely detected spans (synthetic values)",
+    )
     args = parser.parse_args()
     _pin_one_core()
 
@@ -153,6 +166,14 @@ def main() -> None:
         (">= 5 MB/s per core (with linkage)", speed["redact_linkage_mb_s"] >= 5),
     )
     print("\nTargets: " + "; ".join(f"{t} {'met' if ok else 'NOT met'}" for t, ok in targets))
+    if args.misses:
+        found = detectors.find(corpus.texts, corpus.known, corpus.known_categories)
+        print("\nMissed (category, value, context), with linkage:")
+        for row in misses(corpus, found, args.misses):
+            print("  ", row)
+        print("False positives (category, detector, value, context):")
+        for row in false_positives(corpus, found, args.misses):
+            print("  ", row)
 
 
 if __name__ == "__main__":

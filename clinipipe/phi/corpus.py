@@ -14,9 +14,8 @@ name recall measured here is an upper bound for names absent from any list (stat
 benchmark). Hard cases are planted on purpose: names that are words (April, Will, Rose, Hope,
 Dean), patients named like eponyms (Parkinson, Foley), eponyms that are not names, dates without
 a year and "on the 4th", a quarter of the portal messages typed all in lower case, ages over 89
-next to ages under 90, many phone spellings, addresses over
-two lines, relatives' and employers' names, and clinical numbers that look like PHI (BP 120/80,
-ICD codes, doses, times).
+next to ages under 90, many phone spellings, addresses over two lines, relatives' and
+employers' names, and clinical numbers that look like PHI (BP 120/80, ICD codes, doses, times).
 
 Deterministic for ``(n, seed)`` and a given Faker version.
 
@@ -32,7 +31,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from importlib import resources
@@ -1005,6 +1004,3 @@ def false_positives(
         if len(out) >= limit:
             break
     return out
-
-
-Finder = Callable[[pa.Array], pa.Table]

@@ -298,7 +298,11 @@ def find_known(
                 k = low.find(key, lo, hi)
                 while k >= 0:
                     e = k + len(key)
-                    if _whole_word(text, k, e, n) and (key not in english or text[k].isupper()):
+                    if (
+                        _whole_word(text, k, e, n)
+                        and (key not in english or text[k].isupper())
+                        and not (category == "NAME" and _eponym_use(text, k, e))
+                    ):
                         out.append((k, e, CONFIDENCE))
                     k = low.find(key, k + 1, hi)
     return {c: v for c, v in found.items() if v}
@@ -336,6 +340,24 @@ def _find_number(
             out.append((m.start(), e, CONFIDENCE))
         k = low.find(tail, k + 1, hi)
     return out
+
+
+_HEAD_AFTER = re.compile(r"(?:['\u2019]s)? ([A-Za-z]+)")
+
+
+def _eponym_use(text: str, s: int, e: int) -> bool:
+    """A name used as an eponym: "Foley catheter", "Murphy sign", "Wolff-Parkinson-White"."""
+    if (s > 0 and text[s - 1] == "-") or text[e : e + 1] == "-":
+        return True
+    m = _HEAD_AFTER.match(text, e)
+    return m is not None and m.group(1).lower() in _eponym_heads()
+
+
+@cache
+def _eponym_heads() -> frozenset[str]:
+    from clinipipe.phi.lexicon import read_list
+
+    return frozenset(read_list("eponym_heads.txt"))
 
 
 def _whole_word(text: str, s: int, e: int, n: int) -> bool:
