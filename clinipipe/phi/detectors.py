@@ -520,8 +520,10 @@ class DetectorSet:
         texts: pa.Array | pa.ChunkedArray | Sequence[str | None],
         known: pa.Table | None = None,
         known_categories: Mapping[str, str] | None = None,
+        keep: frozenset[str] = frozenset(),
     ) -> Spans:
-        """Every detected span over the joined batch, overlaps resolved."""
+        """Every detected span over the joined batch, overlaps resolved. A merged span takes
+        a category in ``keep`` only when every span merged into it has one."""
         joined = join_texts(texts)
         text = joined.text
         starts: list[np.ndarray] = []
@@ -561,6 +563,9 @@ class DetectorSet:
         rank = np.asarray([self._labels[k][3] for k in lab], dtype=np.int64) * 1000 + (
             conf * 999
         ).astype(np.int64)
+        if keep:  # a group of overlapping spans is kept only if all of its members are
+            kept = np.asarray([self._labels[k][1] in keep for k in lab], dtype=bool)
+            rank = rank - kept * (1 << 40)
         g_start, g_end, winner = resolve_overlaps(s, e, rank)
         return Spans(joined, g_start, g_end, lab[winner], conf[winner])
 
@@ -618,10 +623,11 @@ class DetectorSet:
         """``texts`` (same length and nulls, ``string`` type) with each detected span whose
         category is not in ``keep`` replaced by ``[CATEGORY]``, or with ``surrogates=True`` by a
         realistic surrogate derived from HMAC-SHA256(``key``, category + normalized value):
-        the same value gets the same surrogate in every row and run."""
+        the same value gets the same surrogate in every row and run. Overlapping detections
+        are kept only if all of them are in ``keep`` (a date overlapping a name goes)."""
         if surrogates and not key:
             raise ValueError("surrogates need a secret key (HMAC-SHA256)")
-        sp = self.spans(texts, known, known_categories)
+        sp = self.spans(texts, known, known_categories, keep)
         categories = [self._labels[k][1] for k in sp.label]
         keep_mask = np.asarray([c in keep for c in categories], dtype=bool)
         start, end = sp.start[~keep_mask], sp.end[~keep_mask]
