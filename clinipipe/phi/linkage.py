@@ -264,7 +264,6 @@ def find_known(
     if len(low) != len(text):  # a character whose lower case is longer: match case as given
         low = text
     n = len(text)
-    english = _english_words()
     starts = joined.starts.tolist()
     found: dict[str, list[tuple[int, int, float]]] = {}
     valid = joined.valid
@@ -291,16 +290,13 @@ def find_known(
             if shape is not None:
                 out.extend(_find_number(text, low, lo, hi, digits(value), shape))
                 continue
-            for form in variants(value, category):
-                key = form.lower() if low is not text else form
-                if len(key) != len(form):
-                    continue
+            for key, needs_capital in _keys(value, category, low is text):
                 k = low.find(key, lo, hi)
                 while k >= 0:
                     e = k + len(key)
                     if (
                         _whole_word(text, k, e, n)
-                        and (key not in english or text[k].isupper())
+                        and (not needs_capital or text[k].isupper())
                         and not (category == "NAME" and _eponym_use(text, k, e))
                     ):
                         out.append((k, e, CONFIDENCE))
@@ -358,6 +354,26 @@ def _eponym_heads() -> frozenset[str]:
     from clinipipe.phi.lexicon import read_list
 
     return frozenset(read_list("eponym_heads.txt"))
+
+
+def clear_caches() -> None:
+    """Forget the spellings computed for known values (benchmarks measure cold batches)."""
+    variants.cache_clear()
+    _keys.cache_clear()
+
+
+@lru_cache(maxsize=1 << 14)
+def _keys(value: str, category: str, case_sensitive: bool) -> tuple[tuple[str, bool], ...]:
+    """The spellings of ``value`` as searched: lower case (unless the text's lower case has
+    another length), each with whether it must start with a capital in the text (a one-word
+    name that is also an English word: Will, Rose, Brown)."""
+    english = _english_words()
+    out = []
+    for form in variants(value, category):
+        key = form if case_sensitive else form.lower()
+        if len(key) == len(form):
+            out.append((key, key in english))
+    return tuple(out)
 
 
 def _whole_word(text: str, s: int, e: int, n: int) -> bool:
