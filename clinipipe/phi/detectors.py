@@ -80,8 +80,19 @@ class Detector:
     one of the ``context`` words occurs within ``context_window`` characters before it (after
     ``blockers`` words, which cancel it). Context found raises the confidence by
     ``context_boost``. ``priority`` decides the label when spans of two detectors overlap.
-    ``kind`` is ``pattern`` or ``names`` (census name lists; ``pattern`` is then the token
-    shape, and ``titles``/``cues`` the context words).
+    ``bounded``: the span may not touch a letter or digit on either side; ``not_after``: a
+    regex that must not match right after the match (what a lookahead would say, kept out of
+    the pattern so that RE2 can run it).
+
+    Speed hints that never change what one detector finds on its own: detectors of one
+    ``family`` share one RE2 pass (an alternation by priority: where two match at the same
+    position only the higher-priority one is tried); ``anchor`` (a cheap regex) and
+    ``anchor_window`` (characters before, after) restrict a Python-only pattern to windows
+    around the anchor's matches.
+
+    ``kind`` is ``pattern`` or ``names`` (census name lists, :mod:`clinipipe.phi.lexicon`;
+    ``pattern`` is then the word shape, ``titles``/``cues``/``after_cues`` the context, and
+    ``lower_cues``/``lower_stop`` the extra rules for notes typed all in lower case).
     """
 
     name: str
@@ -592,7 +603,13 @@ class DetectorSet:
         known: pa.Table | None = None,
         known_categories: Mapping[str, str] | None = None,
     ) -> pa.Table:
-        """One row per detected span (schema :data:`FINDINGS_SCHEMA`), sorted by row, start."""
+        """One row per detected span (schema :data:`FINDINGS_SCHEMA`), sorted by row, start.
+
+        ``known`` (aligned row for row with ``texts``) holds each row's patient's identifiers,
+        one per column; ``known_categories`` maps a column to its category (or spec PHI class;
+        unmapped columns named like one count as it, others as ``OTHER_ID``). Those values and
+        their usual spellings are found in their own row (detector ``linkage``,
+        :mod:`clinipipe.phi.linkage`)."""
         sp = self.spans(texts, known, known_categories)
         rows = sp.joined.rows_of(sp.start)
         offset = sp.joined.starts[rows]
