@@ -55,9 +55,6 @@ class JoinedText:
         """The row holding each character offset."""
         return np.searchsorted(self.starts, offsets, side="right") - 1
 
-    def row_text(self, row: int) -> str:
-        return self.text[int(self.starts[row]) : int(self.starts[row + 1]) - 1]
-
 
 def as_string_array(texts: pa.Array | pa.ChunkedArray | Sequence[str | None]) -> pa.Array:
     """``texts`` as one (not chunked) Arrow ``large_string`` array."""
