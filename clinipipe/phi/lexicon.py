@@ -214,21 +214,24 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
             out[idx] = rule(idx)
         return out
 
+    key_arr = pa.array(keys, pa.string())
+    next_keys = pa.concat_arrays([key_arr[1:], pa.array([""], pa.string())])
+    prev_keys = pa.concat_arrays([pa.array([""], pa.string()), key_arr[:-1]])
+
     def eponym_rule(idx: np.ndarray) -> np.ndarray:
         # The word after: in the gap ("Murphy sign") or the next capitalized word ("Beck
         # Depression").
-        nxt_idx = np.minimum(idx + 1, count - 1)
-        gap = after.take(pa.array(idx))
-        head = pc.struct_field(pc.extract_regex(gap, _HEAD), "w")
-        nxt_word = pa.array([keys[i] if i != j else "" for i, j in zip(nxt_idx, idx, strict=True)])
-        head = pc.if_else(_match(gap, "^(?:['\u2019]s)?[ -]$"), nxt_word, pc.utf8_lower(head))
+        take = pa.array(idx)
+        gap = after.take(take)
+        head = pc.utf8_lower(pc.struct_field(pc.extract_regex(gap, _HEAD), "w"))
+        head = pc.if_else(_match(gap, "^(?:['\u2019]s)?[ -]$"), next_keys.take(take), head)
         return _in(pc.fill_null(head, ""), lists.heads)
 
-    titles = frozenset(t.lower() for t in context.titles)
+    titles = _lower_array(context.titles)
 
     def title_rule(idx: np.ndarray) -> np.ndarray:
-        prev = np.fromiter((i > 0 and keys[i - 1] in titles for i in idx), bool, len(idx))
-        return prev & _match(before.take(pa.array(idx)), r"^\.? +$")
+        take = pa.array(idx)
+        return _in(prev_keys.take(take), titles) & _match(before.take(take), r"^\.? +$")
 
     cue_re = rf"(?:^|[^a-z])(?:{_alternation(context.cues)})[:,]? +$" if context.cues else "(?!)"
     after_re = (
