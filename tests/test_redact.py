@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from clinipipe.backup import audit
+from clinipipe.phi.linkage import eponym_use
 from clinipipe.phi.safe_harbor import TREATMENTS, RedactionKey, Treatment
 from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
 from clinipipe.spec import LoadedSpec, load_spec
@@ -118,8 +119,11 @@ def test_research_schema_holds_no_raw_phi_value(
         text = redacted[key.pseudonym(note_id, "note_id")]
         for column, value in zip(OWN_IDENTIFIERS, identifiers, strict=True):
             if value and len(value) > 2:
-                found = re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text, re.IGNORECASE)
-                assert found is None, f"note {note_id} keeps its {column}"
+                for found in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", text, re.I):
+                    # "Allen test" for a patient named Allen names the test, not the patient
+                    if column.endswith("name") and eponym_use(text, found.start(), found.end()):
+                        continue
+                    raise AssertionError(f"note {note_id} keeps its {column}")
     assert any("[NAME]" in t for t in redacted.values())
     assert any("[MRN]" in t for t in redacted.values())
 

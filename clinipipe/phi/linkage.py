@@ -297,7 +297,7 @@ def find_known(
                     if (
                         _whole_word(text, k, e, n)
                         and (not needs_capital or text[k].isupper())
-                        and not (category == "NAME" and _eponym_use(text, k, e))
+                        and not (category == "NAME" and eponym_use(text, k, e))
                     ):
                         out.append((k, e, CONFIDENCE))
                     k = low.find(key, k + 1, hi)
@@ -341,7 +341,7 @@ def _find_number(
 _HEAD_AFTER = re.compile(r"(?:['\u2019]s)? ([A-Za-z]+)")
 
 
-def _eponym_use(text: str, s: int, e: int) -> bool:
+def eponym_use(text: str, s: int, e: int) -> bool:
     """A name used as an eponym: "Foley catheter", "Murphy sign", "Wolff-Parkinson-White"."""
     if (s > 0 and text[s - 1] == "-") or text[e : e + 1] == "-":
         return True
