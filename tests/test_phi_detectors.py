@@ -202,6 +202,8 @@ NEGATIVES = [
     "A 72-year-old man. Grade 2/6 murmur. 4th floor. Unit 6 West.",
     "Invalid SSN 000-12-3456 and phone 123-456-7890 are not PHI.",
     "Take 1/2 tab daily. Strength 4/5 bilaterally.",
+    # a payer named after a state is no city ("Shield of" was read as one before a state)
+    "Blue Cross Blue Shield of Massachusetts",
 ]
 
 

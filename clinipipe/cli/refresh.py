@@ -153,9 +153,9 @@ def status(
                 keys = "" if last.keys_changed is None else f"\n{last.keys_changed:,} keys"
                 cells = [f"{last.refresh_action}\n{started}, {_seconds(last.seconds)}",
                          rows + keys, last.warehouse or "-"]  # fmt: skip
-            metered = "\n".join(
-                f"{use.jobs} runs, {_seconds(use.seconds)} {wh}" for wh, use in s.metered.items()
-            )
+            runs = sum(use.jobs for use in s.metered.values())
+            busy = sum(use.seconds for use in s.metered.values())
+            metered = f"{runs} × {_seconds(busy)}" if runs else ""  # noqa: RUF001
             table.add_row(
                 s.name, _lag(s.lag_seconds, s.target_lag_seconds), flag, *cells, metered or "-",
                 style="yellow" if s.behind else None,
