@@ -3,9 +3,10 @@
 Starts a throwaway PostgreSQL, scaffolds a project in ./quickstart, fills the source with a
 synthetic hospital, validates the spec, renders the SQL for DuckDB and Snowflake, deploys to a
 local DuckDB warehouse twice (the second run changes nothing), backfills the history, changes
-a few rows on the source and streams them (CDC, which also builds the dynamic tables and
-publishes the interactive tables), shows their freshness and runs a dashboard. The PostgreSQL
-server is removed at the end; the project folder stays for you to look at.
+a few rows on the source and streams them (CDC, which also builds the dynamic tables,
+publishes the interactive tables and scans every batch for PHI), shows their freshness, runs a
+dashboard, scans for PHI leaks (one is planted) and builds a Safe Harbor research extract. The
+PostgreSQL server is removed at the end; the project folder stays for you to look at.
 
     python examples/quickstart.py [--patients N]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,9 +29,11 @@ from clinipipe.embedded import EmbeddedPostgres
 MARKER = ".clinipipe-quickstart"
 
 
-def step(title: str, *args: str, env: dict[str, str], cwd: Path) -> None:
+def step(title: str, *args: str, env: dict[str, str], cwd: Path, expect: int = 0) -> None:
     print(f"\n$ clinipipe {' '.join(args)}    # {title}", flush=True)
-    subprocess.run([sys.executable, "-m", "clinipipe", *args], env=env, cwd=cwd, check=True)
+    done = subprocess.run([sys.executable, "-m", "clinipipe", *args], env=env, cwd=cwd)
+    if done.returncode != expect:
+        sys.exit(f"clinipipe {args[0]} exited {done.returncode}, expected {expect}")
 
 
 def main() -> None:
@@ -45,7 +49,10 @@ def main() -> None:
 
     with EmbeddedPostgres() as pg:
         print(f"Embedded PostgreSQL {pg.server_version_num // 10000} on {pg.host}:{pg.port}")
-        env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg.dsn}
+        # A throwaway pseudonym key for this demo only: a real one is generated once, kept
+        # secret by the data owner and never changes (pseudonyms depend on it).
+        env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg.dsn,
+               "CLINIPIPE_HMAC_KEY": secrets.token_hex(32)}  # fmt: skip
         env.pop("CLINIPIPE_CONFIG", None)
         env.pop("CLINIPIPE_DUCKDB_PATH", None)
         step("scaffold the project", "init", str(project), env=env, cwd=project.parent)
@@ -62,14 +69,34 @@ def main() -> None:
         step("backfill history on the initialization warehouse", "backfill", env=env, cwd=project)
         step("backfill again: already complete", "backfill", env=env, cwd=project)
         with psycopg2.connect(pg.dsn) as source, source.cursor() as cur:
-            print("\n(the hospital keeps working: new lab results for patient 1 on the source)")
+            print("\n(the hospital keeps working: new lab results for patient 1 on the source,"
+                  " and a clerk pastes an SSN into a medication's frequency field)")  # fmt: skip
             cur.execute("UPDATE labs SET abnormal_flag = 'H' WHERE patient_id = 1")
+            cur.execute(
+                "UPDATE medications SET frequency = 'BID; pt SSN 123-45-6789 per phone' "
+                "WHERE medication_id = (SELECT min(medication_id) FROM medications)"
+            )
         source.close()
         step("stream the changes, refresh dynamic tables, publish interactive tables", "cdc",
              "start", "--until-caught-up", env=env, cwd=project)  # fmt: skip
         step("freshness of every derived and interactive table", "status", env=env, cwd=project)
         step("a dashboard, served from the published interactive table", "dashboard",
              "recent_labs_of_patient", "--param", "patient_id=1", env=env, cwd=project)  # fmt: skip
+        step("PHI where it must not be: finds the pasted SSN (masked), exit 3", "scan",
+             "--full", env=env, cwd=project, expect=3)  # fmt: skip
+        step("a HIPAA Safe Harbor research extract", "redact", "--policy", "safe_harbor",
+             env=env, cwd=project)  # fmt: skip
+        step("the gate on the research schema: the SSN came along in an unclassified column",
+             "scan", "--schema", "research", "--full", env=env, cwd=project, expect=3)  # fmt: skip
+        spec = project / "clinipipe.yaml"
+        text = spec.read_text()
+        unclassified = "        start_date: date\n        end_date: date\n"
+        spec.write_text(text.replace(unclassified, unclassified + "        frequency: free_text\n"))
+        print("\n(classify medications.frequency as free_text in clinipipe.yaml)")
+        step("redact again: only the table whose treatment changed is rebuilt", "redact",
+             "--policy", "safe_harbor", env=env, cwd=project)  # fmt: skip
+        step("the research schema holds no PHI now", "scan", "--schema", "research", "--full",
+             env=env, cwd=project)  # fmt: skip
 
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         deployments = con.execute("SELECT count(*) FROM _clinipipe.deployments").fetchone()

@@ -204,6 +204,9 @@ NEGATIVES = [
     "Take 1/2 tab daily. Strength 4/5 bilaterally.",
     # a payer named after a state is no city ("Shield of" was read as one before a state)
     "Blue Cross Blue Shield of Massachusetts",
+    # keyed pseudonyms (hex) of a research extract: "baca", "cabe" inside them are no names
+    "6b98baca46ab40ad21c14332",
+    "10265cabe9826ed3c9273157",
 ]
 
 

@@ -260,7 +260,8 @@ def test_due_publishes_follow_the_dynamic_tables_and_the_target_lag(
 
     # A refresh that changed rows makes only its interactive table due; NO_DATA does not.
     warehouse.close()
-    execute(pg_dsn, "UPDATE labs SET abnormal_flag = 'H' WHERE patient_id = (SELECT min(patient_id) FROM labs)")
+    first = "(SELECT min(patient_id) FROM labs)"
+    execute(pg_dsn, f"UPDATE labs SET abnormal_flag = 'H' WHERE patient_id = {first}")
     catch_up(built)
     warehouse.connect()
     results = {r.name: r.refresh_action for r in refresh(built, target=warehouse)}

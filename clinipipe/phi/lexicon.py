@@ -277,7 +277,8 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     return list(zip(starts[s_idx].tolist(), ends[e_idx].tolist(), best.tolist(), strict=True))
 
 
-_LOWER_WORD = re.compile(r"[a-z][a-z'\u2019]+(?:-[a-z]+)*")
+# Letters glued to digits ("6b98baca46ab", a pseudonym or a hash) are not a word.
+_LOWER_WORD = re.compile(r"(?<![A-Za-z0-9])[a-z][a-z'\u2019]+(?:-[a-z]+)*(?![A-Za-z0-9])")
 
 
 def _find_lower(text: str, lo: int, hi: int, context: NameContext) -> list[tuple[int, int, float]]:

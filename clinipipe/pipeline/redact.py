@@ -58,7 +58,7 @@ from clinipipe.phi.safe_harbor import (
 )
 from clinipipe.secrets import environment
 from clinipipe.spec.loader import LoadedSpec
-from clinipipe.sql.context import schema_names
+from clinipipe.sql.context import RESEARCH_README_TABLE, schema_names
 from clinipipe.targets import open_target
 from clinipipe.targets.base import Target, TargetError
 from clinipipe.targets.duckdb_redact import HELPER_PREFIX, SHIFT_COLUMN, ResearchBuild
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 __all__ = ["RedactError", "RedactOptions", "RedactResult", "TableResult", "redact"]
 
 TEMPLATE = "06-redaction.sql"
-README_TABLE = "_readme"
 
 
 class RedactError(Exception):
@@ -375,7 +374,7 @@ def _redact(
             *statements,
         ]
 
-    target.prepare_research_schema(schema, README_TABLE)
+    target.prepare_research_schema(schema, RESEARCH_README_TABLE)
     target.build_research_tables(builds, key, finish)
     entry = holder["entry"]
     if not audit.head_is(target, entry):
@@ -422,7 +421,7 @@ def _readme_sql(
     target: Target, schema: str, policy: str, label: str, counts: dict[str, int], at: dt.datetime
 ) -> list[str]:
     q = target.dialect.quote_literal
-    table = target.research_table(schema, README_TABLE)
+    table = target.research_table(schema, RESEARCH_README_TABLE)
     out = []
     for name, rows in counts.items():
         out.append(f"DELETE FROM {table} WHERE table_name = {q(name)}")

@@ -47,7 +47,7 @@ from clinipipe.phi.scan import (
 from clinipipe.secrets import environment, scrub_values
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import Spec, TableSpec
-from clinipipe.sql.context import CONTROL_SCHEMA, schema_names
+from clinipipe.sql.context import CONTROL_SCHEMA, RESEARCH_README_TABLE, schema_names
 from clinipipe.targets import open_target
 from clinipipe.targets.base import CdcBatch, Target, TargetError
 
@@ -217,6 +217,8 @@ def plan_scan(loaded: LoadedSpec, target: Target, options: ScanOptions) -> list[
         else:
             for name in target.phi_scan_table_names(schema):
                 if wanted_tables and name.lower() not in wanted_tables:
+                    continue
+                if name == RESEARCH_README_TABLE:  # clinipipe's own label table, no data
                     continue
                 types = target.phi_scan_columns(schema, name)
                 key = tuple(target.phi_scan_primary_key(schema, name))

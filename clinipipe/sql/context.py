@@ -11,6 +11,9 @@ CONTROL_SCHEMA = "_clinipipe"
 DERIVED_SCHEMA = "derived"
 SERVING_SCHEMA = "serving"
 RAW_SCHEMA = "raw"
+RESEARCH_README_TABLE = "_readme"
+"""clinipipe's label table in a research schema (policy, version, rows and build time of each
+table); metadata, not data: `clinipipe scan` does not scan it."""
 
 
 def snowflake_settings(spec: Spec) -> SnowflakeTarget:

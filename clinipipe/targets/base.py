@@ -615,7 +615,6 @@ class Target(ABC):
             f"{(result.rows_inserted or 0) + (result.rows_deleted or 0)}, NULL)"
         )
 
-
     # --- redaction (clinipipe.pipeline.redact; dialect SQL in <target>_redact.py) ---------------
     #
     # Guarantees for every implementation of `build_research_tables`: a research table is
