@@ -41,10 +41,10 @@ class ServingError(Exception):
 class _Generation:
     """One open generation file: its shared flock, its read-only connection, its users."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, threads: int) -> None:
         self.path = path
         self.fd = fd
-        self.con = duckdb.connect(str(path), read_only=True)
+        self.con = duckdb.connect(str(path), read_only=True, config={"threads": threads})
         self.users = 0
         self.retired = False
 
@@ -92,13 +92,18 @@ class ServingReader:
     """Query published interactive tables of the DuckDB warehouse file `warehouse`.
 
     `recheck_seconds` bounds how long a reader keeps answering from a generation after a newer
-    one was published (plus the time of one open). Use as a context manager or call
-    :meth:`close`.
+    one was published (plus the time of one open). `threads` is DuckDB's parallelism *per
+    query*: dashboards run many small queries side by side (one per request thread), so one
+    thread each is the default; raise it for a reader that runs few large scans. Use as a
+    context manager or call :meth:`close`.
     """
 
-    def __init__(self, warehouse: Path | str, *, recheck_seconds: float = 0.1) -> None:
+    def __init__(
+        self, warehouse: Path | str, *, recheck_seconds: float = 0.1, threads: int = 1
+    ) -> None:
         self.root = serving_root(Path(warehouse))
         self.recheck_seconds = recheck_seconds
+        self.threads = threads
         self._lock = threading.Lock()
         self._tables: dict[str, _Table] = {}
         self._closed = False
@@ -164,7 +169,7 @@ class ServingReader:
                 table = self._tables[name] = _Table(self.root / name)
             now = time.monotonic()
             if table.current is None:  # first use: nothing to serve meanwhile, open it here
-                self._install(table, self._find_newer(table.folder, None, None))
+                self._install(table, self._find_newer(table.folder, None, None, self.threads))
                 table.checked = now
             elif now - table.checked < self.recheck_seconds or table.checking:
                 return self._use(table)
@@ -175,7 +180,7 @@ class ServingReader:
         # keep running on the current one meanwhile.
         found = None
         try:
-            found = self._find_newer(table.folder, current, stamp)
+            found = self._find_newer(table.folder, current, stamp, self.threads)
         finally:
             with self._lock:
                 table.checking = False
@@ -216,7 +221,7 @@ class ServingReader:
 
     @staticmethod
     def _find_newer(
-        folder: Path, current: _Generation | None, stamp: tuple[int, int] | None
+        folder: Path, current: _Generation | None, stamp: tuple[int, int] | None, threads: int
     ) -> tuple[_Generation | None, tuple[int, int]]:
         """The generation CURRENT names in `folder`, opened, if it is not `current`
         ((None, stamp) when unchanged). Touches no reader state, so it runs without the lock."""
@@ -242,7 +247,7 @@ class ServingReader:
             if fd is None:
                 continue  # superseded and deleted meanwhile: read CURRENT again
             try:
-                return _Generation(path, fd), new_stamp
+                return _Generation(path, fd, threads), new_stamp
             except BaseException:
                 os.close(fd)
                 raise

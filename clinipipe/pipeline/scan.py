@@ -44,7 +44,7 @@ from clinipipe.phi.scan import (
     reaches,
     row_keys,
 )
-from clinipipe.secrets import environment, scrub_values
+from clinipipe.secrets import environment, first_line, scrub_values
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import Spec, TableSpec
 from clinipipe.sql.context import CONTROL_SCHEMA, RESEARCH_README_TABLE, schema_names
@@ -500,7 +500,7 @@ class CdcScanner:
             return findings
         except Exception as exc:
             self.stats.errors += 1
-            reason = scrub_values(str(exc).splitlines()[0] if str(exc) else "")
+            reason = scrub_values(first_line(exc))
             self.stats.last_error = f"{type(exc).__name__}: {reason}"[:300]
             self._event(f"PHI scan of a CDC batch failed ({self.stats.last_error}); CDC goes on")
             return []

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import psycopg2
 import psycopg2.extensions
 
-from clinipipe.secrets import mask_dsn
+from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.sql.render import RenderedFile
 
 
@@ -34,7 +34,7 @@ def connect(dsn: str, *, application_name: str = "clinipipe") -> psycopg2.extens
     try:
         return psycopg2.connect(dsn, application_name=application_name, connect_timeout=15)
     except psycopg2.Error as exc:
-        reason = mask_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        reason = mask_dsn(first_line(exc))
         raise SourceError(
             f"cannot connect to the source PostgreSQL ({mask_dsn(dsn)}): {reason}. Check "
             "source.dsn (CLINIPIPE_SOURCE_DSN), that the server runs and accepts connections "
@@ -58,7 +58,7 @@ def apply_source_files(dsn: str, files: Sequence[RenderedFile]) -> int:
                         cur.execute(statement.sql)
                     except psycopg2.Error as exc:
                         con.rollback()
-                        reason = mask_dsn(str(exc).strip().splitlines()[0])
+                        reason = mask_dsn(first_line(exc))
                         raise SourceError(
                             f"statement {statement.number} of template {file.name} failed on "
                             f"the source: {reason}. Nothing was changed on the source."

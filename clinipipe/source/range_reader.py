@@ -17,7 +17,7 @@ from typing import BinaryIO
 import psycopg2
 import pyarrow as pa
 
-from clinipipe.secrets import mask_dsn
+from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.source.catalog import EXPORT_SESSION_SETTINGS, TableSchema, export_select_list
 from clinipipe.source.copy_reader import read_csv_batches
 from clinipipe.source.dialect import POSTGRES
@@ -149,7 +149,7 @@ def _raise_source_failure(
         return
     exc = failure[0]
     if isinstance(exc, psycopg2.Error):
-        reason = mask_dsn(str(exc).strip().splitlines()[0])
+        reason = mask_dsn(first_line(exc))
         raise SourceError(
             f"reading {table.schema}.{table.name} range {page_range.number} failed: {reason}"
         ) from None

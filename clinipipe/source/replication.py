@@ -14,7 +14,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from clinipipe.secrets import mask_dsn
+from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.source.dialect import POSTGRES
 from clinipipe.source.postgres import SourceError, connect
 
@@ -64,7 +64,7 @@ def create_slot_exporting_snapshot(dsn: str, slot: str) -> SnapshotHolder:
     except psycopg2.Error as exc:
         raise SourceError(
             f"cannot open a replication connection to {mask_dsn(dsn)}: "
-            f"{mask_dsn(_first_line(exc))}. The role needs the REPLICATION attribute "
+            f"{mask_dsn(first_line(exc))}. The role needs the REPLICATION attribute "
             "(ALTER ROLE ... WITH REPLICATION) and pg_hba.conf must allow it."
         ) from None
     option = "(SNAPSHOT 'export')" if con.server_version >= 150000 else "EXPORT_SNAPSHOT"
@@ -76,7 +76,7 @@ def create_slot_exporting_snapshot(dsn: str, slot: str) -> SnapshotHolder:
         _, consistent_point, snapshot_name, _ = cur.fetchone()
     except psycopg2.Error as exc:
         con.close()
-        reason = _first_line(exc)
+        reason = first_line(exc)
         hint = ""
         if "wal_level" in reason:
             hint = (
@@ -142,11 +142,6 @@ def drop_slot(dsn: str, slot: str) -> bool:
         return True
     finally:
         con.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def slot_lag_bytes(dsn: str, slot: str) -> int | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extras
 
-from clinipipe.secrets import mask_dsn
+from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.source.pgoutput import lsn_to_str
 from clinipipe.source.postgres import SourceError, connect
 from clinipipe.source.stream_settings import STREAM_SESSION_OPTIONS, verify_stream_settings
@@ -64,7 +64,7 @@ class ReplicationStream:
             )
         except psycopg2.Error as exc:
             self.close()
-            reason = mask_dsn(str(exc).strip().splitlines()[0])
+            reason = mask_dsn(first_line(exc))
             raise SourceError(
                 f"cannot stream from replication slot {self.slot!r}: {reason}"
             ) from None
@@ -89,8 +89,7 @@ class ReplicationStream:
                     return None
         except psycopg2.Error as exc:
             raise SourceError(
-                f"replication stream from slot {self.slot!r} failed: "
-                f"{mask_dsn(str(exc).strip().splitlines()[0])}"
+                f"replication stream from slot {self.slot!r} failed: {mask_dsn(first_line(exc))}"
             ) from None
         return StreamMessage(bytes(message.payload), message.data_start)
 

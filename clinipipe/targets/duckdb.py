@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from clinipipe.secrets import scrub_values
+from clinipipe.secrets import first_line, scrub_values
 from clinipipe.source.catalog import Column, TableSchema
 from clinipipe.source.pgoutput import lsn_to_str
 from clinipipe.spec.loader import LoadedSpec
@@ -102,7 +102,7 @@ class DuckDBTarget(Target):
         try:
             self._con = duckdb.connect(str(self.path), read_only=self.read_only)
         except duckdb.Error as exc:
-            reason = str(exc).splitlines()[0]
+            reason = first_line(exc)
             hint = ""
             if "lock" in reason.lower():
                 hint = " Another clinipipe process (or a DuckDB client) has it open; stop it first."
@@ -216,7 +216,7 @@ class DuckDBTarget(Target):
         except duckdb.Error as exc:
             raise TargetError(
                 f"applying schema changes to {self.describe()} failed: "
-                f"{scrub_values(str(exc).splitlines()[0])} (nothing was changed)"
+                f"{scrub_values(first_line(exc))} (nothing was changed)"
             ) from None
 
     def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
@@ -264,7 +264,7 @@ class DuckDBTarget(Target):
         except duckdb.Error as exc:
             raise TargetError(
                 f"loading {table.name} range {work.range_no} into {self.describe()} failed: "
-                f"{scrub_values(str(exc).splitlines()[0])} (nothing of this range was kept)"
+                f"{scrub_values(first_line(exc))} (nothing of this range was kept)"
             ) from None
         finally:
             cur.close()
@@ -307,7 +307,7 @@ class DuckDBTarget(Target):
         except duckdb.Error as exc:
             raise TargetError(
                 f"applying a CDC batch to {self.describe()} failed: "
-                f"{scrub_values(str(exc).splitlines()[0])} (nothing of the batch was kept)"
+                f"{scrub_values(first_line(exc))} (nothing of the batch was kept)"
             ) from None
         finally:
             cur.close()
@@ -343,7 +343,7 @@ class DuckDBTarget(Target):
                         con.execute(statement.sql)
                     except duckdb.Error as exc:
                         raise DeployStatementError(
-                            file.name, statement.number, str(exc).splitlines()[0], rolled_back=True
+                            file.name, statement.number, first_line(exc), rolled_back=True
                         ) from None
                     run += 1
                 con.execute(self.template_record_sql(record, file))
@@ -366,7 +366,7 @@ class DuckDBTarget(Target):
             rows = self.con.execute(f"DESCRIBE SELECT * FROM ({_dt_sql(sql)}) AS q").fetchall()
         except duckdb.Error as exc:
             raise TargetError(
-                f"the query cannot be bound: {scrub_values(str(exc).splitlines()[0])}"
+                f"the query cannot be bound: {scrub_values(first_line(exc))}"
             ) from None
         return [(str(r[0]), str(r[1])) for r in rows]
 
@@ -517,7 +517,7 @@ class DuckDBTarget(Target):
                 cur.execute("ROLLBACK")
                 raise
         except (duckdb.Error, TargetError) as exc:
-            reason = scrub_values(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            reason = scrub_values(first_line(exc))
             failed = RefreshResult(
                 work.name, "FAILED", work.action,
                 f"{work.action.lower()} refresh failed, nothing changed: {reason}", None,
@@ -700,7 +700,7 @@ class DuckDBTarget(Target):
         try:
             return self.con.execute(candidate_sql(query, self.dialect)).to_arrow_table()
         except duckdb.Error as exc:
-            reason = scrub_values(str(exc).splitlines()[0])
+            reason = scrub_values(first_line(exc))
             raise TargetError(
                 f"PHI scan of {query.schema}.{query.table} failed: {reason}"
             ) from None
@@ -731,7 +731,7 @@ class DuckDBTarget(Target):
                 cur.execute("ROLLBACK")
                 raise
         except duckdb.Error as exc:
-            reason = scrub_values(str(exc).splitlines()[0])
+            reason = scrub_values(first_line(exc))
             raise TargetError(f"recording PHI findings failed: {reason}") from None
         finally:
             cur.close()

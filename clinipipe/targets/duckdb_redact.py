@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from clinipipe.phi.safe_harbor import AGE_CAP, ColumnPlan, RedactionKey, TablePlan, Treatment
-from clinipipe.secrets import scrub_values
+from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.context import CONTROL_SCHEMA
 from clinipipe.sql.dialect import Dialect
 from clinipipe.targets.base import TargetError
@@ -372,7 +372,7 @@ def build_duckdb_tables(
     except duckdb.Error as exc:
         raise TargetError(
             f"building the research tables failed, nothing was changed: "
-            f"{scrub_values(str(exc).strip().splitlines()[0] if str(exc).strip() else '')}"
+            f"{scrub_values(first_line(exc))}"
         ) from None
     finally:
         for reader in readers:
