@@ -109,20 +109,22 @@ def run_client(spec: Path, rate: float, seconds: float, patients: int, days: lis
 
 
 class Writer(threading.Thread):
-    """Commits `events` changes per second on the source, 1/10 of them every 100 ms."""
+    """Commits `events` changes per second on the source, 1/10 of them every 100 ms, on its own
+    connection; writer `index` inserts lab ids of its own range."""
 
-    def __init__(self, dsn: str, events: int, patients: int, labs: int) -> None:
+    def __init__(self, dsn: str, events: int, patients: int, labs: int, index: int) -> None:
         super().__init__(daemon=True)
         self.dsn, self.events, self.patients, self.labs = dsn, events, patients, labs
+        self.index = index
         self.stop = threading.Event()
         self.committed = 0
 
     def run(self) -> None:
-        rng = random.Random(9)
+        rng = random.Random(9 + self.index)
         per_tick = max(1, self.events // 10)
         inserts = per_tick * 3 // 10
         updates = per_tick - inserts
-        next_id = self.labs + 1
+        next_id = self.labs + 1 + self.index * 1_000_000_000
         con = psycopg2.connect(self.dsn)
         try:
             with con.cursor() as cur:
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--anchor-seconds", type=float, default=15.0)
     parser.add_argument("--events", type=int, default=1_000)
+    parser.add_argument("--writers", type=int, default=2, help="source writer threads")
     parser.add_argument("--lag", default="10 seconds")
     parser.add_argument("--client", metavar="SPEC")
     parser.add_argument("--days", nargs="*", default=[])
@@ -220,19 +223,24 @@ def main() -> None:
             [sys.executable, "-m", "clinipipe", "-q", "-c", str(spec), "cdc", "start", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
         )  # fmt: skip
-        writer = Writer(dsn, args.events, args.patients, built.rows["labs"])
-        writer.start()
+        share = args.events // args.writers
+        writers = [Writer(dsn, share, args.patients, built.rows["labs"], i)
+                   for i in range(args.writers)]  # fmt: skip
+        for writer in writers:
+            writer.start()
         started = dt.datetime.now(dt.UTC)
         console.print(f"CDC + {args.events:,} events/s running; waiting for a first publish ...")
         wait_published(warehouse, names, before, 120 + 10 * float(args.lag.split()[0]), cdc)
         console.print(f"measured run ({args.seconds:.0f} s) ...")
-        committed_before = writer.committed
+        committed_before = sum(w.committed for w in writers)
         window_start = dt.datetime.now(dt.UTC)
         loaded_run = run_client(spec, args.rate, args.seconds, args.patients, days)
         window_end = dt.datetime.now(dt.UTC)
-        committed = writer.committed - committed_before
-        writer.stop.set()
-        writer.join()
+        committed = sum(w.committed for w in writers) - committed_before
+        for writer in writers:
+            writer.stop.set()
+        for writer in writers:
+            writer.join()
         cdc.send_signal(signal.SIGINT)
         out, err = cdc.communicate(timeout=300)
         if cdc.returncode != 0:
