@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--anchor-seconds", type=float, default=15.0)
     parser.add_argument("--events", type=int, default=1_000)
-    parser.add_argument("--writers", type=int, default=2, help="source writer threads")
+    parser.add_argument("--writers", type=int, default=1, help="source writer threads")
     parser.add_argument("--lag", default="10 seconds")
     parser.add_argument("--client", metavar="SPEC")
     parser.add_argument("--days", nargs="*", default=[])
