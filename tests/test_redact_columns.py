@@ -618,6 +618,12 @@ def test_json_output(project: LoadedSpec, capsys: pytest.CaptureFixture[str]) ->
     assert treatments["zip"] == "zip3" and treatments["ssn"] == "drop"
     assert treatments["birth_date"] == "birth_year" and treatments["created_at"] == "year"
     assert "MRN0000" not in out and "Boston" not in out
+    # Text the spec leaves unclassified is copied as it is, and flagged as such.
+    flagged = {c["column"] for c in patients["columns"] if c.get("unclassified_text")}
+    assert flagged == {"sex", "state"}
+    code, _, err = redact_cli(capsys, project, "--policy", "safe_harbor", "--tables", "patients")
+    assert code == 0 and "patients.sex, patients.state" in err.replace("\n", " ")
+    assert "clinipipe scan --schema research --full" in err.replace("\n", " ")
 
 
 def test_the_key_is_never_stored(project: LoadedSpec) -> None:

@@ -110,5 +110,16 @@ def redact(
         style = None if t.action == "rebuilt" else "dim"
         table.add_row(t.table, t.action, f"{t.rows:,}", summary, style=style)
     out.print(table)
+    copied = [f"{t.table}.{c['column']}" for t in result.tables for c in t.columns
+              if c.get("unclassified_text")]  # fmt: skip
+    if copied:
+        err.print(
+            f"note: {len(copied)} text columns the spec does not classify were copied as they "
+            f"are ({', '.join(copied)}); before releasing the schema, run `clinipipe scan "
+            f"--schema {result.schema} --full`, and classify any column that may hold PHI "
+            "(free_text redacts it like a note)",
+            style="yellow",
+            markup=False,
+        )
     info(result.label)
     info(f"Manifest recorded in the audit log (entry {result.audit_seq}).")

@@ -274,12 +274,24 @@ class ColumnPlan:
     join_key: bool = False
     date_by_type: bool = False
 
+    @property
+    def unclassified_text(self) -> bool:
+        """Text the spec does not classify, copied as it is: a leak if someone typed PHI into
+        it (`clinipipe scan` of the research schema finds that)."""
+        return (
+            self.phi_class == "none"
+            and self.treatment is Treatment.KEEP
+            and (is_text(self.data_type))
+        )
+
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "column": self.name,
             "class": self.phi_class,
             "treatment": self.treatment.value,
         }
+        if self.unclassified_text:
+            out["unclassified_text"] = True
         if self.join_key:
             out["join_key"] = True
         if self.date_by_type:
@@ -330,6 +342,11 @@ def patient_table(spec: Spec) -> TableSpec | None:
             if wanted in table.columns.values() and len(table.primary_key) == 1:
                 return table
     return None
+
+
+def is_text(data_type: str) -> bool:
+    """True for a character type (as DuckDB or Snowflake report it)."""
+    return data_type.upper().startswith(("VARCHAR", "TEXT", "STRING", "CHAR"))
 
 
 def is_temporal(data_type: str) -> bool:
