@@ -391,3 +391,29 @@ def test_dashboards_must_read_one_interactive_table_and_declare_their_parameters
     assert any("dashboards[0].params.patient_id" in p and "declared but not used" in p
                for p in problems), problems  # fmt: skip
     assert len(problems) == 3, problems
+
+
+def test_publish_errors_name_the_cause_and_keep_the_previous_generation(
+    built: LoadedSpec, hospital_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = str(hospital_project)
+    assert cli(capsys, "-c", spec, "publish", "lab_dashboard")[0] == 0
+    folder = serving_root(hospital_project.parent / "warehouse.duckdb") / "lab_dashboard"
+    before = read_current(folder)
+    with open_target(built) as target:
+        target.con.execute("DROP TABLE derived.recent_labs")
+    code, _, err = cli(capsys, "-c", spec, "publish", "lab_dashboard")
+    assert code == 1 and "recent_labs, which is not built yet" in err
+    assert "clinipipe refresh recent_labs" in err and read_current(folder) == before
+
+    # A query that fails while the new generation is written: a scrubbed message, exit 1.
+    hospital_project.write_text(hospital_project.read_text().replace(
+        "  - name: census_dashboard\n    from: daily_census\n",
+        "  - name: census_dashboard\n    sql: select cast('MRN-0099' as integer) as census_date\n",
+    ).replace("cluster_by: [census_date, department]", "cluster_by: [census_date]"))  # fmt: skip
+    code, _, err = cli(capsys, "-c", spec, "publish", "census_dashboard")
+    assert code == 1 and "publishing census_dashboard failed" in err
+    assert "MRN-0099" not in err
+    assert read_current(folder.with_name("census_dashboard")) is None
+    code, _, err = cli(capsys, "-c", spec, "publish", "nope")
+    assert code == 2 and "no interactive table named 'nope'" in err

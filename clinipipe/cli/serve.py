@@ -49,7 +49,7 @@ def publish(
             results = run_publish(loaded, target, names or None)
     except PublishError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
-        raise typer.Exit(ExitCode.USAGE) from None
+        raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
     if as_json:
         print_json([r.as_dict() for r in results])
         return

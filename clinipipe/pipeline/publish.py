@@ -63,7 +63,12 @@ _ALIAS = "clinipipe_publish"
 
 
 class PublishError(Exception):
-    """A publish could not run (unknown table, wrong target)."""
+    """A publish could not run; the message says why and readers keep the previous generation.
+    `usage`: the request itself is wrong (an unknown table, a target without local serving)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,9 @@ def _table(loaded: LoadedSpec, name: str) -> InteractiveTable:
         if table.name == name:
             return table
     known = ", ".join(t.name for t in loaded.spec.interactive_tables) or "none"
-    raise PublishError(f"no interactive table named {name!r} in the spec (known: {known})")
+    raise PublishError(
+        f"no interactive table named {name!r} in the spec (known: {known})", usage=True
+    )
 
 
 def _source_data_timestamp(target: DuckDBTarget, table: InteractiveTable) -> dt.datetime | None:
@@ -258,6 +265,11 @@ def publish_table(
         path = folder / generation_name(generation)
         if path.exists() or path.with_name(path.name + ".wal").exists():
             raise PublishError(f"{path} already exists")  # cannot happen: numbers only grow
+        if table.from_ is not None and not target.table_exists(DERIVED_SCHEMA, table.from_):
+            raise PublishError(
+                f"{table.name} serves dynamic table {table.from_}, which is not built yet: run "
+                f"`clinipipe refresh {table.from_}` (or `cdc start`, which builds it) first"
+            )
         cur = target.con.cursor()
         try:
             target.use_warehouse("interactive")
@@ -275,6 +287,11 @@ def publish_table(
                 cur.execute(f"CHECKPOINT {q(_ALIAS)}")
             finally:
                 cur.execute(f"DETACH {q(_ALIAS)}")
+        except duckdb.Error as exc:
+            raise PublishError(
+                f"publishing {table.name} failed (readers keep the previous generation; the "
+                f"partial file is removed by the next publish): {scrub_values(first_line(exc))}"
+            ) from None
         finally:
             cur.close()
         _fsync_path(path)
@@ -331,7 +348,8 @@ def publish(
     if not isinstance(target, DuckDBTarget):
         raise PublishError(
             f"publish serves DuckDB warehouses only; {target.describe()} maintains its "
-            "interactive tables itself (CREATE INTERACTIVE TABLE)"
+            "interactive tables itself (CREATE INTERACTIVE TABLE)",
+            usage=True,
         )
     tables = (
         list(loaded.spec.interactive_tables)
