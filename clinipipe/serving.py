@@ -178,15 +178,15 @@ class ServingReader:
             current, stamp = table.current, table.stamp
         # Look for (and open) a newer generation without the lock: queries of other threads
         # keep running on the current one meanwhile.
-        found = None
         try:
             found = self._find_newer(table.folder, current, stamp, self.threads)
-        finally:
+        except BaseException:
             with self._lock:
                 table.checking = False
-                if found is not None:
-                    self._install(table, found)
+            raise
         with self._lock:
+            table.checking = False
+            self._install(table, found)
             return self._use(table)
 
     def _use(self, table: _Table) -> _Generation:
