@@ -237,8 +237,12 @@ def test_cdc_scans_each_batch_and_alerts_through_the_webhook(
     monkeypatch.setenv("CLINIPIPE_PHI_WEBHOOK_URL", hook.url)
     _with_alerts(leaks, "{format: json, timeout_seconds: 2, retries: 2, min_severity: medium}")
     ssn = "412-70-5531"
-    execute(pg_dsn, f"UPDATE labs SET unit = 'mg/dL (SSN {ssn})' WHERE lab_id = 9")
-    execute(pg_dsn, f"UPDATE encounters SET department = 'Oncology {ssn}' WHERE encounter_id = 4")
+    # One source transaction, so one batch: the alert's batch is the run's last one.
+    execute(
+        pg_dsn,
+        f"UPDATE labs SET unit = 'mg/dL (SSN {ssn})' WHERE lab_id = 9",
+        f"UPDATE encounters SET department = 'Oncology {ssn}' WHERE encounter_id = 4",
+    )
     code, out, err = cli(capsys, "-c", str(leaks.spec), "cdc", "start", "--until-caught-up",
                          "--json")  # fmt: skip
     assert code == 0, err
