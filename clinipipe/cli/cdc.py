@@ -79,6 +79,7 @@ def start(
         "publishes": summary.publishes,
         "publish_failures": summary.publish_failures,
         "phi_scan": phi_stats,  # PHI scan
+        "paused_tables": summary.paused,
     }
     for failure in summary.publish_failures:
         err.print(f"warning: publish of interactive table {failure}", style="yellow", markup=False)
@@ -89,6 +90,11 @@ def start(
             f"Applied {summary.changes:,} changes in {summary.batches} batches "
             f"({summary.transactions} transactions) from {data['start_lsn']} to {data['end_lsn']}."
         )
+    for table, reason in summary.paused.items():
+        err.print(f"error: table {table} is paused, its changes are not applied: {reason}",
+                  style="red", markup=False)  # fmt: skip
+    if summary.paused:
+        raise typer.Exit(ExitCode.FOUND)
 
 
 # --- PHI scanners on every batch (clinipipe.pipeline.scan) -------------------------------------

@@ -100,7 +100,10 @@ def run_backfill(
 
     source = connect(dsn)
     try:
-        schemas = {t.name: introspect_table(source, t.schema_, t.name) for t in wanted}
+        schemas = {
+            t.name: introspect_table(source, t.schema_, t.name, append_only=t.append_only)
+            for t in wanted
+        }
     finally:
         source.close()
 
@@ -124,6 +127,7 @@ def run_backfill(
                 if t in schemas
             ]
             done = target.completed_ranges(run.run_id)
+            _refuse_inexact_resume(schemas, plan, done)
         else:
             run = BackfillRun(
                 run_id=uuid.uuid4().hex,
@@ -172,6 +176,27 @@ def run_backfill(
         target.finish_backfill_run(run.run_id)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _refuse_inexact_resume(
+    schemas: dict[str, TableSchema], plan: list[PageRange], done: set[tuple[str, int]]
+) -> None:
+    """A resume reads the missing ranges under a new snapshot and relies on CDC replaying by
+    key; a table without a primary key cannot be matched, so its rows inserted since the
+    first snapshot would arrive twice."""
+    unfinished = sorted(
+        {
+            r.table
+            for r in plan
+            if (r.table, r.number) not in done and not schemas[r.table].primary_key
+        }
+    )
+    if unfinished:
+        raise BackfillError(
+            f"cannot resume exactly: append-only table(s) {', '.join(unfinished)} (no primary "
+            "key) were not fully loaded, and rows inserted since the first snapshot would be "
+            "loaded twice. Run `clinipipe backfill --force` to load from scratch."
+        )
 
 
 def _decide(

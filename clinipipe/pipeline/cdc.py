@@ -15,6 +15,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import signal
 import threading
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from clinipipe.pipeline.publish import PublishScheduler
@@ -35,6 +37,7 @@ from clinipipe.pipeline.schema_evolution import (
 )
 from clinipipe.source.catalog import (
     EXPORT_SESSION_SETTINGS,
+    CatalogError,
     ColumnType,
     TableSchema,
     introspect_table,
@@ -52,7 +55,8 @@ from clinipipe.source.pgoutput import (
     lsn_to_str,
 )
 from clinipipe.source.postgres import SourceError, connect
-from clinipipe.source.replication import slot_info
+from clinipipe.source.range_reader import PageRange, read_range
+from clinipipe.source.replication import export_snapshot, slot_info
 from clinipipe.source.stream import HEARTBEAT_PREFIX, ReplicationStream, emit_marker
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.targets import open_target
@@ -88,6 +92,9 @@ class CdcSummary:
     reconnects: int = 0
     schema_changes: int = 0
     paused_tables: list[str] = field(default_factory=list)
+    """Tables this run paused."""
+    paused: dict[str, str] = field(default_factory=dict)
+    """Every table CDC does not apply at the end of the run (paused now or earlier) -> why."""
     refreshes: int = 0
     publishes: int = 0
     publish_failures: list[str] = field(default_factory=list)
@@ -122,6 +129,7 @@ def run_cdc(
     dsn, slot = spec.source.dsn, spec.source.slot
     warehouse = spec.warehouses.incremental
     refresh_columns = {d.refresh_key for d in spec.dynamic_tables if d.refresh_key}
+    append_only = {(t.schema_, t.name) for t in spec.source.tables if t.append_only}
     started = time.monotonic()
     summary = CdcSummary()
 
@@ -186,12 +194,21 @@ def run_cdc(
             An incompatible change is only noted here: the table is paused where the stream
             reaches it (its first change in the new layout), or once CDC is idle.
             """
+            nonlocal fills_recorded
             source = connect(dsn)
             try:
                 with source.cursor() as cur:  # ADD COLUMN defaults read as the stream writes text
                     for setting in EXPORT_SESSION_SETTINGS:
                         cur.execute(setting)
-                catalogs = {k: introspect_table(source, *k) for k in keys}
+                catalogs = {}
+                for key in keys:
+                    try:
+                        catalogs[key] = introspect_table(
+                            source, *key, append_only=key in append_only
+                        )
+                    except CatalogError as exc:  # e.g. a column added that clashes by case
+                        if key[1] not in paused:
+                            pause(key[1], str(exc), lsn)
             finally:
                 source.close()
             for key, catalog in catalogs.items():
@@ -208,6 +225,7 @@ def run_cdc(
                 if changes:
                     target.evolve_table(changes, lsn)
                     summary.schema_changes += len(changes)
+                    fills_recorded = True
                 column_map = known or ColumnMap(catalog, {})
                 column_map.learn(
                     catalog, target.recorded_columns(catalog.name),
@@ -215,8 +233,45 @@ def run_cdc(
                 )  # fmt: skip
                 maps[key] = column_map
 
+        def fill_columns() -> None:
+            """Copy the values of columns added with a volatile default (see
+            `SchemaChange.fill`) from the source, under one snapshot taken now. Runs only once
+            the stream passed a marker written after the fill was recorded: every change from
+            before it (rows in the old layout, which would otherwise keep no value) is applied,
+            and every later change carries the column and is applied after the copy."""
+            schemas = {t.name: t.schema_ for t in spec.source.tables}
+            for table, attnum in target.pending_column_fills():
+                source = connect(dsn)
+                try:
+                    catalog = introspect_table(
+                        source,
+                        schemas[table],
+                        table,
+                        append_only=(schemas[table], table) in append_only,
+                    )
+                finally:
+                    source.close()
+                column = next((c for c in catalog.columns if c.attnum == attnum), None)
+                if column is None or not catalog.primary_key:
+                    target.fill_column(catalog, "", attnum, None)
+                    continue
+                keys = [c for c in catalog.columns if c.name in catalog.primary_key]
+                part = dataclasses.replace(catalog, columns=(*keys, column))
+                holder = export_snapshot(dsn)
+                try:
+                    with read_range(
+                        dsn, holder.snapshot_name, part, PageRange(table, 0, 0, None)
+                    ) as rows:
+                        target.fill_column(part, column.name, attnum, rows)
+                finally:
+                    holder.close()
+
         decoder: Decoder | None = None
+        fills_recorded = True  # look for pending column fills (at start, after each DDL)
         evolve([(t.schema_, t.name) for t in spec.source.tables], checkpoint)
+        # Columns to copy from the source once the stream passes `fill_barrier`.
+        fill_barrier: int | None = None
+        fills_due = False
         last_catalog_check = time.monotonic()
         next_refresh = 0.0
         publisher = PublishScheduler()
@@ -247,6 +302,12 @@ def run_cdc(
                     if not arrow.num_rows:
                         continue
                 column_map = _map_for(maps, relation)
+                if not column_map.catalog.primary_key:
+                    arrow, problem = _appends_only(arrow, relation)
+                    if problem is not None:
+                        pause(relation.name, problem, batch_end)
+                    if not arrow.num_rows:
+                        continue
                 targets, schema, kept = column_map.layout(relation.columns, types_of(relation))
                 changes = map_changes(arrow, relation.columns, targets)
                 keys = tuple(sorted(refresh_columns & set(schema.column_names)))
@@ -326,6 +387,8 @@ def run_cdc(
                             stream.confirm(event.lsn)  # nothing pending: all before it is applied
                         if stop_at is not None and event.lsn >= stop_at:
                             caught_up = True
+                        if fill_barrier is not None and event.lsn >= fill_barrier:
+                            fills_due = True
                     elif isinstance(event, Change) and batch_started is None:
                         received_at = received_at or dt.datetime.now(dt.timezone.utc)
                 if not in_transaction and commit_times:
@@ -355,10 +418,19 @@ def run_cdc(
                     summary.publishes += len(published)
                     summary.publish_failures += [f"{n}: {why}" for n, why in failures]
                     next_refresh = time.monotonic() + REFRESH_CHECK_SECONDS
-                if caught_up and not in_transaction and not commit_times:
+                if not in_transaction and not commit_times:
+                    if fills_due:
+                        fill_columns()
+                        fill_barrier, fills_due = None, False
+                    if fill_barrier is None and fills_recorded:
+                        fills_recorded = False
+                        if target.pending_column_fills():
+                            fill_barrier = emit_marker(dsn)
+                if caught_up and not in_transaction and not commit_times and fill_barrier is None:
                     break
             if commit_times and not in_transaction:
                 flush()
+            summary.paused = target.paused_tables(slot)
         finally:
             stream.close()
     summary.seconds = time.monotonic() - started
@@ -381,6 +453,20 @@ def _with_retries(action: Callable[[], None], errors: type[Exception], what: str
             if delay is None:
                 raise CdcError(f"{what} failed repeatedly, giving up: {exc}") from None
             time.sleep(delay)
+
+
+def _appends_only(changes: pa.Table, relation: Relation) -> tuple[pa.Table, str | None]:
+    """The changes of an append-only table (no primary key) before its first update or delete,
+    and why the table must pause when there is one: such a change cannot be matched to one
+    warehouse row."""
+    matchable = pc.is_in(changes["_op"], pa.array(["I", "T"]))
+    if pc.all(matchable).as_py():
+        return changes, None
+    first = pc.min(pc.filter(changes["_seq"], pc.invert(matchable))).as_py()
+    return changes.filter(pc.less(changes["_seq"], first)), (
+        f"an update or delete reached append-only table {relation.schema}.{relation.name} "
+        "(it has no primary key, so the row cannot be matched in the warehouse)"
+    )
 
 
 def _map_for(maps: dict[tuple[str, str], ColumnMap], relation: Relation) -> ColumnMap:

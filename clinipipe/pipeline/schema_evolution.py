@@ -54,43 +54,58 @@ def is_widening(old: str, new: str) -> bool:
 
 
 def plan_changes(catalog: TableSchema, recorded: dict[int, RecordedColumn]) -> list[SchemaChange]:
-    """The changes that bring the raw table of `catalog.name` in line with the source catalog.
+    """The changes that bring the raw table of `catalog.name` in line with the source catalog,
+    in the order to apply them: drops, renames, adds, retypes.
 
-    Raises `IncompatibleChange` for a type change that is not a widening.
+    A dropped column stays in the raw table with its values; when a live column wants its name
+    (re-added, or another column renamed to it) the dropped one is first renamed aside to
+    `<name>__dropped_<attnum>`. Renames may swap names: the target applies them as a set.
+
+    Raises `IncompatibleChange` for a type change that is neither a widening nor a narrowing
+    into a type the raw column already holds (which needs no change: every value fits).
     """
-    changes: list[SchemaChange] = []
+    table = catalog.name
     current = {c.attnum: c for c in catalog.columns}
+    wanted = {column.name.lower(): attnum for attnum, column in current.items()}
+    drops: list[SchemaChange] = []
+    renames: list[SchemaChange] = []
+    for attnum, known in recorded.items():
+        if attnum in current:
+            continue
+        if not known.dropped:
+            drops.append(SchemaChange(table, "drop", attnum, known.target_column))
+        if wanted.get(known.target_column.lower(), attnum) != attnum:
+            aside = f"{known.target_column}__dropped_{attnum}"
+            renames.append(
+                SchemaChange(table, "rename", attnum, known.target_column, new_name=aside)
+            )
+    adds: list[SchemaChange] = []
+    retypes: list[SchemaChange] = []
     for attnum, column in current.items():
         known = recorded.get(attnum)
         if known is None:
-            changes.append(
+            adds.append(
                 SchemaChange(
-                    catalog.name,
-                    "add",
-                    attnum,
-                    column.name,
-                    column.type,
+                    table, "add", attnum, column.name, column.type,
                     missing_value=column.missing_value,
+                    fill=column.has_default and column.missing_value is None,
                 )
-            )
+            )  # fmt: skip
             continue
         if known.target_column != column.name:
-            changes.append(
-                SchemaChange(
-                    catalog.name, "rename", attnum, known.target_column, new_name=column.name
-                )
+            renames.append(
+                SchemaChange(table, "rename", attnum, known.target_column, new_name=column.name)
             )
-        if known.pg_type != column.type.pg_type:
+        if known.pg_type != column.type.pg_type and not is_widening(
+            column.type.pg_type, known.pg_type
+        ):  # a narrowing the raw column already holds keeps the wider raw type
             if not is_widening(known.pg_type, column.type.pg_type):
                 raise IncompatibleChange(
-                    f"column {catalog.schema}.{catalog.name}.{column.name} changed type from "
+                    f"column {catalog.schema}.{table}.{column.name} changed type from "
                     f"{known.pg_type} to {column.type.pg_type}, which is not a widening"
                 )
-            changes.append(SchemaChange(catalog.name, "retype", attnum, column.name, column.type))
-    for attnum, known in recorded.items():
-        if attnum not in current and not known.dropped:
-            changes.append(SchemaChange(catalog.name, "drop", attnum, known.target_column))
-    return changes
+            retypes.append(SchemaChange(table, "retype", attnum, column.name, column.type))
+    return drops + renames + adds + retypes
 
 
 @dataclass
@@ -118,12 +133,19 @@ class ColumnMap:
         self, stream_columns: tuple[str, ...], stream_types: tuple[ColumnType, ...]
     ) -> str | None:
         """Why a stream layout cannot be applied to the raw table (a type change that is not
-        a widening), or None."""
+        a widening), or None.
+
+        A stream layout *narrower* than the raw column is no problem: it is a layout from
+        before a widening the raw table already follows (CDC evolves from the catalog at start
+        and when idle, so the raw table can be ahead of changes still in the stream, e.g. after
+        a restart), and its values fit the wider column exactly.
+        """
         for name, column_type in zip(stream_columns, stream_types, strict=True):
             attnum = self.names.get(name)
             known = self.recorded.get(attnum) if attnum is not None else None
-            changed = known is not None and known.pg_type != column_type.pg_type
-            if changed and not is_widening(known.pg_type, column_type.pg_type):  # type: ignore[union-attr]
+            if known is None or is_widening(column_type.pg_type, known.pg_type):
+                continue
+            if not is_widening(known.pg_type, column_type.pg_type):
                 return (
                     f"column {self.catalog.schema}.{self.catalog.name}.{name} changed type "
                     f"from {known.pg_type} to {column_type.pg_type}, which is not a widening"  # type: ignore[union-attr]
@@ -169,12 +191,14 @@ class ColumnMap:
 def map_changes(
     changes: pa.Table, stream_columns: tuple[str, ...], targets: list[str | None]
 ) -> pa.Table:
-    """Rename the stream's columns (and their `__u` flags) to raw names; drop unmapped ones."""
+    """Rename the stream's columns (and their `__u` flags and `__from` old keys) to raw names;
+    drop unmapped ones."""
     renamed: dict[str, pa.ChunkedArray] = {"_op": changes["_op"], "_seq": changes["_seq"]}
     for name, target in zip(stream_columns, targets, strict=True):
         if target is None:
             continue
         renamed[target] = changes[name]
-        if f"{name}__u" in changes.column_names:
-            renamed[f"{target}__u"] = changes[f"{name}__u"]
+        for suffix in ("__u", "__from"):
+            if f"{name}{suffix}" in changes.column_names:
+                renamed[f"{target}{suffix}"] = changes[f"{name}{suffix}"]
     return pa.table(renamed)

@@ -148,6 +148,10 @@ class Column:
     """PostgreSQL's column number: stable across renames, never reused after a drop."""
     missing_value: str | None = field(default=None, compare=False)
     """Text of the value rows that predate an ADD COLUMN ... DEFAULT read (None: NULL)."""
+    has_default: bool = field(default=False, compare=False)
+    """The column has a DEFAULT. With no `missing_value`, rows that predate the column may
+    hold values only the source knows (a volatile default rewrites the table, and a rewrite
+    sends nothing to logical decoding)."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,8 @@ _COLUMNS_SQL = """
 SELECT a.attname, a.attnotnull, a.atttypid, a.atttypmod, a.attnum,
        CASE WHEN a.atthasmissing THEN
            (SELECT x FROM pg_catalog.unnest(a.attmissingval::text::text[]) AS x LIMIT 1)
-       END AS missing_value
+       END AS missing_value,
+       a.atthasdef AS has_default
   FROM pg_catalog.pg_attribute a
  WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum
@@ -287,7 +292,9 @@ class _PgType:
     is_array: bool
 
 
-def introspect_table(con: Any, schema: str, table: str) -> TableSchema:
+def introspect_table(
+    con: Any, schema: str, table: str, *, append_only: bool = False
+) -> TableSchema:
     """Describe `schema.table` (exact, case-sensitive names) from `pg_catalog`.
 
     `con` is a psycopg2 connection. Only catalog SELECTs run (a handful of round trips whatever
@@ -296,7 +303,9 @@ def introspect_table(con: Any, schema: str, table: str) -> TableSchema:
     enums become ``enum``, arrays get a resolved element type.
 
     Raises `CatalogError` when the table does not exist, is not a table (view, sequence ...),
-    has no primary key, or the connected user lacks USAGE on the schema or SELECT on it.
+    has no primary key (unless `append_only`: then `primary_key` is empty), has two columns
+    whose names differ only by case (one column in a case-insensitive warehouse), or the
+    connected user lacks USAGE on the schema or SELECT on it.
     """
     name = f"{schema}.{table}"
     with con.cursor() as cur:
@@ -323,13 +332,14 @@ def introspect_table(con: Any, schema: str, table: str) -> TableSchema:
             )
 
         cur.execute(_COLUMNS_SQL, {"oid": oid})
-        raw_columns: list[tuple[str, bool, int, int, int, str | None]] = list(cur.fetchall())
+        raw_columns: list[tuple[str, bool, int, int, int, str | None, bool]] = list(cur.fetchall())
         cur.execute(_PRIMARY_KEY_SQL, {"oid": oid})
         primary_key = tuple(r[0] for r in cur.fetchall())
-        if not primary_key:
+        if not primary_key and not append_only:
             raise CatalogError(
                 f"source table {name} has no primary key: clinipipe needs one to apply "
-                "changes exactly once (add a primary key, or leave the table out of the spec)"
+                "changes exactly once (add a primary key; or, for a table that only receives "
+                "inserts, set `append_only: true` on it in the spec)"
             )
         types = _load_types(cur, {c[2] for c in raw_columns})
         resolved = {c[0]: _resolve(types, c[2], c[3]) for c in raw_columns}
@@ -339,12 +349,22 @@ def introspect_table(con: Any, schema: str, table: str) -> TableSchema:
                 pairs.add(_resolve(types, types[type_oid].element, typmod)[:2])
         formatted = _format_types(cur, pairs)
 
+    seen: dict[str, str] = {}
+    for attname, *_ in raw_columns:
+        other = seen.setdefault(attname.lower(), attname)
+        if other != attname:
+            raise CatalogError(
+                f"source table {name} has columns {other!r} and {attname!r}, whose names "
+                "differ only by case: warehouse identifiers are case-insensitive, so they would "
+                "be one column there. Rename one of them in the source (ALTER TABLE ... RENAME "
+                "COLUMN), or leave the table out of the spec"
+            )
     columns = []
-    for attname, attnotnull, _typid, _typmod, attnum, missing in raw_columns:
+    for attname, attnotnull, _typid, _typmod, attnum, missing, has_default in raw_columns:
         base, base_typmod, domain_not_null = resolved[attname]
         column_type = _column_type(types, formatted, base, base_typmod)
         nullable = not (attnotnull or domain_not_null)
-        columns.append(Column(attname, column_type, nullable, attnum, missing))
+        columns.append(Column(attname, column_type, nullable, attnum, missing, has_default))
     return TableSchema(
         schema=schema,
         name=table,

@@ -103,8 +103,10 @@ class TableChanges:
 
     Every change appends one entry to every list: op 'I', 'U', 'D', or 'T' (the table was
     truncated at that point). An Update that changes the primary key adds a delete of the old
-    key first (op 'D'), then the new row. `unchanged[i]` is allocated only
-    for columns that had an unchanged TOAST value in the batch.
+    key first (op 'D'), then the new row, whose `moved_from` entries hold the old key: its
+    unchanged TOAST values are those of the row under that old key. `unchanged[i]` is
+    allocated only for columns that had an unchanged TOAST value in the batch, `moved_from[i]`
+    only for key columns of a batch with a key-changing update.
     """
 
     relation: Relation
@@ -112,6 +114,7 @@ class TableChanges:
     seqs: list[int] = field(default_factory=list)
     values: list[list[bytes | None]] = field(default_factory=list)
     unchanged: dict[int, list[bool]] = field(default_factory=dict)
+    moved_from: dict[int, list[bytes | None]] = field(default_factory=dict)
     chunks: list[pa.Table] = field(default_factory=list)
     compacted_rows: int = 0
 
@@ -128,21 +131,30 @@ class TableChanges:
         if self.ops:
             self.chunks.append(self._lists_to_arrow())
             self.compacted_rows += len(self.ops)
-            self.ops, self.seqs, self.unchanged = [], [], {}
+            self.ops, self.seqs, self.unchanged, self.moved_from = [], [], {}, {}
             self.values = [[] for _ in self.relation.columns]
 
     def to_arrow(self) -> pa.Table:
-        """`_op`, `_seq`, one string column per source column, `<col>__u` flags where needed."""
+        """`_op`, `_seq`, one string column per source column, `<col>__u` flags and
+        `<key>__from` old keys where needed."""
         self.compact()
         if len(self.chunks) == 1:
             return self.chunks[0]
-        flags = {f for chunk in self.chunks for f in chunk.column_names if f.endswith("__u")}
+        extra = {
+            f for chunk in self.chunks for f in chunk.column_names
+            if f.endswith(("__u", "__from"))
+        }  # fmt: skip
         aligned = []
         for chunk in self.chunks:
-            for flag in sorted(flags - set(chunk.column_names)):
-                chunk = chunk.append_column(flag, pa.repeat(False, chunk.num_rows))
+            for name in sorted(extra - set(chunk.column_names)):
+                filler = (
+                    pa.repeat(False, chunk.num_rows)
+                    if name.endswith("__u")
+                    else pa.nulls(chunk.num_rows, pa.string())
+                )
+                chunk = chunk.append_column(name, filler)
             aligned.append(chunk.select(self.chunks[0].column_names + sorted(
-                flags - set(self.chunks[0].column_names))))  # fmt: skip
+                extra - set(self.chunks[0].column_names))))  # fmt: skip
         return pa.concat_tables(aligned)
 
     def _lists_to_arrow(self) -> pa.Table:
@@ -154,6 +166,10 @@ class TableChanges:
             arrays[name] = pa.array(self.values[i], pa.binary()).cast(pa.string())
             if i in self.unchanged:
                 arrays[f"{name}__u"] = pa.array(self.unchanged[i], pa.bool_())
+            if i in self.moved_from:
+                arrays[f"{name}__from"] = pa.array(self.moved_from[i], pa.binary()).cast(
+                    pa.string()
+                )
         return pa.table(arrays)
 
 
@@ -199,11 +215,13 @@ class Decoder:
                 marker = payload[pos : pos + 1]
             if marker != b"N":
                 raise DecodeError(f"update without a new tuple (marker {marker!r})")
+            moved_from = None
             if old_key is not None:
                 relation = self._relation(oid)
                 if self._key_changed(relation, old_key, payload, pos + 1):
                     self._append_values(oid, "D", old_key)
-            self._append(oid, "U", payload, pos + 1)
+                    moved_from = old_key
+            self._append(oid, "U", payload, pos + 1, moved_from)
             return Change(oid)
         if kind == b"D":
             oid = _U32.unpack_from(payload, 1)[0]
@@ -262,7 +280,10 @@ class Decoder:
             self.pending.append(buffer)
         return buffer
 
-    def _append(self, oid: int, op: str, payload: bytes, pos: int) -> None:
+    def _append(
+        self, oid: int, op: str, payload: bytes, pos: int,
+        moved_from: list[bytes | None] | None = None,
+    ) -> None:  # fmt: skip
         buffer = self._buffer(oid)
         ncols = _I16.unpack_from(payload, pos)[0]
         pos += 2
@@ -290,14 +311,29 @@ class Decoder:
             flags = buffer.unchanged.get(i)
             if flags is not None:
                 flags.append(False)
+        if moved_from is not None or buffer.moved_from:
+            self._note_origin(buffer, row, moved_from)
         buffer.ops.append(op)
         self.seq += 1
         buffer.seqs.append(self.seq)
         if len(buffer.ops) >= COMPACT_ROWS:
             buffer.compact()
 
+    @staticmethod
+    def _note_origin(buffer: TableChanges, row: int, moved_from: list[bytes | None] | None) -> None:
+        """Append row `row`'s old key (None: not moved) to the `moved_from` key columns."""
+        for i, is_key in enumerate(buffer.relation.key_flags):
+            if not is_key:
+                continue
+            column = buffer.moved_from.get(i)
+            if column is None:
+                column = buffer.moved_from[i] = [None] * row
+            column.append(moved_from[i] if moved_from is not None else None)
+
     def _append_values(self, oid: int, op: str, values_in: list[bytes | None]) -> None:
         buffer = self._buffer(oid)
+        if buffer.moved_from:
+            self._note_origin(buffer, len(buffer.ops), None)
         for i, value in enumerate(values_in):
             buffer.values[i].append(value)
             flags = buffer.unchanged.get(i)

@@ -17,7 +17,21 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
         [t.qualified for t in spec.source.tables],
         "source table",
     )
+    yield from _raw_name_clashes(spec)
     for i, table in enumerate(spec.source.tables):
+        if not table.primary_key and not table.append_only:
+            yield (
+                ("source", "tables", i, "primary_key"),
+                "table has no primary key: add `primary_key: [column, ...]` (CDC applies "
+                "changes by primary key), or `append_only: true` for a table without one that "
+                "only receives inserts (an update or delete then pauses it)",
+            )
+        if table.primary_key and table.append_only:
+            yield (
+                ("source", "tables", i, "append_only"),
+                "append_only is for tables without a primary key; remove it (changes to a "
+                "table with a primary key are applied by key)",
+            )
         seen: set[str] = set()
         for j, column in enumerate(table.primary_key):
             if column in seen:
@@ -65,6 +79,23 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
 
     yield from _dynamic_table_references(spec)
     yield from _dashboard_references(spec)
+
+
+def _raw_name_clashes(spec: Spec) -> Iterator[tuple[Path, str]]:
+    """Source tables are loaded as raw.<table name>: two tables of one name in different
+    schemas (or names differing only by case) would be loaded into one raw table."""
+    first: dict[str, int] = {}
+    for i, table in enumerate(spec.source.tables):
+        earlier = first.setdefault(table.name.lower(), i)
+        other = spec.source.tables[earlier]
+        if earlier != i and other.qualified.lower() != table.qualified.lower():
+            yield (
+                ("source", "tables", i, "name"),
+                f"source table {table.qualified} and {other.qualified} (item {earlier}) would "
+                f"both load into raw.{table.name}: the warehouse names raw tables by table name "
+                "only. Keep one of them in this spec and replicate the other with a second "
+                "spec (its own warehouse, publication and slot)",
+            )
 
 
 def _duplicates(paths: list[Path], names: list[str], what: str) -> Iterator[tuple[Path, str]]:

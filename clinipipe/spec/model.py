@@ -64,11 +64,17 @@ def _check_lag(value: Duration | None, info: ValidationInfo) -> Duration | None:
 
 
 class TableSpec(Model):
-    """A source table to replicate. A primary key is required: CDC applies changes by key."""
+    """A source table to replicate. CDC applies changes by primary key; a table without one
+    (an event log, an audit table) is replicated only as `append_only`."""
 
     name: Identifier
     schema_: Identifier = Field("public", alias="schema")
-    primary_key: Annotated[list[Identifier], Field(min_length=1)]
+    primary_key: list[Identifier] = Field(default_factory=list)
+    append_only: bool = False
+    """The source table has no primary key: inserts and truncates are replicated; an update
+    or a delete pauses the table (it cannot be matched to a warehouse row). The source table
+    needs REPLICA IDENTITY FULL, or PostgreSQL refuses updates and deletes on it once it is
+    in the publication."""
     columns: dict[Identifier, PhiClass] = Field(default_factory=dict)
     """PHI classification per column; an unlisted column is not PHI (and is scanned for leaks)."""
 

@@ -140,6 +140,8 @@ class SchemaChange:
 
     kind: 'add' (`column` added with `column_type`), 'drop' (kept in the target, no longer
     filled), 'rename' (`column` renamed to `new_name`), 'retype' (widened to `column_type`).
+    An 'add' with `fill` also records that the values of existing rows must be copied from
+    the source (`pending_column_fills`, `fill_column`).
     """
 
     table: str
@@ -149,6 +151,7 @@ class SchemaChange:
     column_type: ColumnType | None = None
     new_name: str | None = None
     missing_value: str | None = None
+    fill: bool = False
 
 
 @dataclass(frozen=True)
@@ -412,6 +415,29 @@ class Target(ABC):
     def evolve_table(self, changes: Sequence[SchemaChange], lsn: int) -> None:
         """Apply schema changes to raw tables and record them (`source_columns`,
         `schema_history`), atomically. Idempotent: a change already applied is skipped."""
+
+    def pending_column_fills(self) -> list[tuple[str, int]]:
+        """(table, attnum) of columns whose existing rows still need their source values (see
+        `SchemaChange.fill`), oldest first."""
+        if not self.table_exists(CONTROL_SCHEMA, "column_fills"):
+            raise TargetError(
+                f"{self.describe()} was deployed by an earlier clinipipe: run `clinipipe deploy` "
+                "to add its new control tables"
+            )
+        rows = self.query(
+            f"SELECT table_name, attnum FROM {self.control('column_fills')} ORDER BY lsn, attnum"
+        )
+        return [(str(t), int(a)) for t, a in rows]
+
+    def fill_column(
+        self, table: TableSchema, column: str, attnum: int, stream: BatchStream | None
+    ) -> int:
+        """Set `column` of the raw table of `table` (its primary key and that column) from
+        `stream` (the source's rows, export text, under one snapshot), matching rows by key,
+        and forget the pending fill of `attnum` — atomically. With no stream (the column is
+        gone from the source) only the pending fill is forgotten. Returns the rows read.
+        Idempotent: filling again from a later snapshot gives the later values."""
+        raise TargetError(f"{self.describe()} cannot copy a column's values from the source")
 
     def paused_tables(self, slot: str) -> dict[str, str]:
         """Tables whose changes CDC no longer applies (table -> reason)."""

@@ -97,6 +97,14 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."source_columns" (
     dropped           BOOLEAN NOT NULL,
     PRIMARY KEY (table_name, attnum)
 );
+-- Columns added with a volatile default (the source rewrote the table, sending no changes):
+-- the values of existing rows are copied from the source once CDC has caught up.
+CREATE TABLE IF NOT EXISTS "_clinipipe"."column_fills" (
+    table_name        VARCHAR NOT NULL,
+    attnum            INTEGER NOT NULL,
+    lsn               BIGINT NOT NULL,
+    PRIMARY KEY (table_name, attnum)
+);
 CREATE TABLE IF NOT EXISTS "_clinipipe"."schema_history" (
     table_name        VARCHAR NOT NULL,
     change            VARCHAR NOT NULL,

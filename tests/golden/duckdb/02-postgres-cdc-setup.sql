@@ -11,18 +11,18 @@
 SELECT 'wal_level = ' || setting AS problem FROM pg_settings
 WHERE name = 'wal_level' AND setting <> 'logical';
 
--- check: a replicated table is missing or has no primary key. Create the table, or add a primary key (CDC applies changes by key).
+-- check: a replicated table is missing or has no primary key. Create the table, or add a primary key (CDC applies changes by key); a table that only receives inserts can be marked `append_only: true` in the spec instead.
 SELECT t.schema_name || '.' || t.table_name AS problem
 FROM (VALUES
-    ('public', 'patients'),
-    ('public', 'providers'),
-    ('public', 'encounters'),
-    ('public', 'labs'),
-    ('public', 'medications'),
-    ('public', 'claims'),
-    ('public', 'clinical_notes')
-) AS t(schema_name, table_name)
-WHERE NOT EXISTS (
+    ('public', 'patients', false),
+    ('public', 'providers', false),
+    ('public', 'encounters', false),
+    ('public', 'labs', false),
+    ('public', 'medications', false),
+    ('public', 'claims', false),
+    ('public', 'clinical_notes', false)
+) AS t(schema_name, table_name, append_only)
+WHERE NOT t.append_only AND NOT EXISTS (
     SELECT 1 FROM pg_index i
     JOIN pg_class c ON c.oid = i.indrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace

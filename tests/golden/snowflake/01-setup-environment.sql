@@ -129,6 +129,13 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."SOURCE_COLUMNS" (
     dropped           BOOLEAN NOT NULL,
     PRIMARY KEY (table_name, attnum)
 );
+-- Columns added with a volatile default, whose existing rows' values are copied from the source.
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."COLUMN_FILLS" (
+    table_name        VARCHAR NOT NULL,
+    attnum            INTEGER NOT NULL,
+    lsn               BIGINT NOT NULL,
+    PRIMARY KEY (table_name, attnum)
+);
 CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."SCHEMA_HISTORY" (
     table_name        VARCHAR NOT NULL,
     change            VARCHAR NOT NULL,
