@@ -58,27 +58,46 @@ target:
 """
 
 
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
+"""
+"""A small process (no site packages) that forks the measured command and reports its peak
+RSS. Linux keeps a process's peak RSS across exec and a (v)forked child starts with its
+parent's: measured straight from this script (hundreds of MB of libraries and query results)
+every figure would include this script's own size."""
+
+
+def measure(folder: Path, env: dict[str, str], *argv: str) -> tuple[int, float, int, str]:
+    """Run `python ARGV` through the launcher: (exit code, seconds, peak RSS bytes, stderr)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", LAUNCHER, *argv],
+        cwd=folder, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    code, rss = (int(x) for x in done.stdout.split()[-2:])
+    return code, seconds, rss, done.stderr
+
+
 def run(folder: Path, dsn: str, *args: str) -> tuple[int, float, int]:
     """Run `clinipipe ARGS` in a child: (exit code, seconds, peak RSS bytes)."""
     env = dict(os.environ, CLINIPIPE_SOURCE_DSN=dsn)
-    started = time.monotonic()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "clinipipe", "-q", "-c", str(folder / "clinipipe.yaml"), *args],
-        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.monotonic() - started
-    code = os.waitstatus_to_exitcode(status)
+    spec = str(folder / "clinipipe.yaml")
+    code, seconds, rss, stderr = measure(folder, env, "-m", "clinipipe", "-q", "-c", spec, *args)
     if code != 0:
-        assert child.stderr is not None
-        sys.exit(f"clinipipe {' '.join(args)} failed ({code}): {child.stderr.read().decode()}")
-    return code, seconds, usage.ru_maxrss * 1024
+        sys.exit(f"clinipipe {' '.join(args)} failed ({code}): {stderr}")
+    return code, seconds, rss
 
 
 def idle_rss() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "import clinipipe.cli.app, duckdb, pyarrow"])
-    _, _, usage = os.wait4(child.pid, 0)
-    return usage.ru_maxrss * 1024
+    """Peak RSS of the interpreter importing what `clinipipe` imports, doing nothing."""
+    _, _, rss, _ = measure(Path.cwd(), dict(os.environ), "-c", "import clinipipe.cli.app")
+    return rss
 
 
 def execute(dsn: str, *statements: str) -> None:

@@ -59,9 +59,19 @@ def start(
             err.print(f"PHI found in this batch: {len(found)} finding(s), see "
                       "_clinipipe.phi_findings", style="red", markup=False)  # fmt: skip
 
+    def on_staged(part: object) -> None:
+        from clinipipe.targets.base import CdcBatch
+
+        assert isinstance(part, CdcBatch)
+        info(f"staged {part.changes:,} changes of a large transaction (committed with its batch)")
+        found = scanner.on_batch(part)  # PHI scan: never raises, alerts in the background
+        if found:
+            err.print(f"PHI found in these changes: {len(found)} finding(s), see "
+                      "_clinipipe.phi_findings", style="red", markup=False)  # fmt: skip
+
     info(f"Streaming from slot {loaded.spec.source.slot}; Ctrl-C stops after the current batch.")
     try:
-        summary = run_cdc(loaded, options, on_batch=on_batch)
+        summary = run_cdc(loaded, options, on_batch=on_batch, on_staged=on_staged)
     except CdcError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.FAILURE) from None

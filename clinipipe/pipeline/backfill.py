@@ -251,14 +251,22 @@ def _select_tables(loaded: LoadedSpec, names: tuple[str, ...]):
 ROWS_PER_RANGE = 2 * 122_880
 """Two of DuckDB's row groups: a range that fills whole row groups is written as it commits,
 instead of leaving a partial group for the final checkpoint."""
-MAX_PAGES_PER_RANGE = 4096  # 32 MiB of heap: bounds the memory a range in flight can take
+MAX_PAGES_PER_RANGE = 4096  # 32 MiB of heap
+BYTES_PER_RANGE = 96 * 1024 * 1024
+"""Table data (out-of-line TOAST values included) per range: what a range in flight holds in
+memory, several times over (text, Arrow, typed values). Wide rows make ranges of fewer rows."""
 
 
 def _pages_per_range(schema: TableSchema) -> int:
     if schema.pages <= 0 or schema.estimated_rows <= 0:
         return MAX_PAGES_PER_RANGE
     rows_per_page = schema.estimated_rows / schema.pages
-    return max(1, min(MAX_PAGES_PER_RANGE, round(ROWS_PER_RANGE / rows_per_page)))
+    rows = ROWS_PER_RANGE
+    if schema.table_bytes > 0:
+        rows = min(
+            rows, max(1, round(BYTES_PER_RANGE * schema.estimated_rows / schema.table_bytes))
+        )
+    return max(1, min(MAX_PAGES_PER_RANGE, round(rows / rows_per_page)))
 
 
 def _load_ranges(

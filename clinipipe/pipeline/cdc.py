@@ -4,9 +4,12 @@ Guarantees:
 
 * **Exactly-once effect.** A batch holds whole source transactions. Its rows and the
   checkpoint (the end LSN of its last transaction) commit in one target transaction; only then
-  is that LSN confirmed to PostgreSQL. After a crash the stream restarts at the confirmed LSN
-  and every transaction at or below the target's checkpoint is skipped. Applying is by primary
-  key, so even a replayed transaction converges to the same state.
+  is that LSN confirmed to PostgreSQL. A transaction too large to buffer is applied in parts
+  into that same open target transaction as it streams (`Target.stage_cdc_changes`), so memory
+  stays bounded; none of it is visible or durable before the batch commits. After a crash the
+  stream restarts at the confirmed LSN and every transaction at or below the target's
+  checkpoint is skipped. Applying is by primary key, so even a replayed transaction converges
+  to the same state.
 * **Order.** Transactions are applied in commit order; within a batch the last change per key
   wins.
 * **Slot hygiene.** When nothing is pending, the position the server reports is confirmed, and
@@ -65,6 +68,9 @@ from clinipipe.targets.base import CdcBatch, TableBatch, TargetError
 HEARTBEAT_SECONDS = 10.0
 CATALOG_CHECK_SECONDS = 5.0
 REFRESH_CHECK_SECONDS = 1.0
+STAGE_ROWS = 100_000
+"""Buffered changes at which a transaction still streaming is applied into the open target
+transaction (targets that stream large transactions): memory stays bounded."""
 
 
 class CdcError(Exception):
@@ -123,8 +129,12 @@ def run_cdc(
     options: CdcOptions = CdcOptions(),
     *,
     on_batch: Callable[[CdcBatch], None] | None = None,
+    on_staged: Callable[[CdcBatch], None] | None = None,
 ) -> CdcSummary:
-    """Stream and apply changes until stopped (signal, --max-seconds, or --until-caught-up)."""
+    """Stream and apply changes until stopped (signal, --max-seconds, or --until-caught-up).
+
+    `on_batch` is called with every committed batch; `on_staged` with every part of a large
+    transaction applied ahead of its batch's commit (not yet visible, not yet durable)."""
     spec = loaded.spec
     dsn, slot = spec.source.dsn, spec.source.slot
     warehouse = spec.warehouses.incremental
@@ -282,17 +292,19 @@ def run_cdc(
         stream = ReplicationStream(dsn, slot, spec.source.publication, checkpoint)
         _with_retries(stream.open, SourceError, "connecting to the replication slot")
         decoder = Decoder()
+        staging = target.streams_large_transactions
+        staged_changes = 0  # changes applied into the open target transaction, not committed
+        transaction_lsn = 0
         commit_times: list[dt.datetime] = []
         batch_end = checkpoint
         batch_started: float | None = None
         received_at: dt.datetime | None = None
         in_transaction = skipping = False
 
-        def flush() -> None:
-            nonlocal batch_end, batch_started, received_at
-            pending = decoder.take()
+        def table_batches() -> list[TableBatch]:
+            """The decoder's buffered changes, mapped onto the raw tables (and taken)."""
             tables = []
-            for buffer in pending:
+            for buffer in decoder.take():
                 if not isinstance(buffer, TableChanges) or not len(buffer):
                     continue
                 relation = buffer.relation
@@ -312,11 +324,41 @@ def run_cdc(
                 changes = map_changes(arrow, relation.columns, targets)
                 keys = tuple(sorted(refresh_columns & set(schema.column_names)))
                 tables.append(TableBatch(schema, changes, keys, kept))
-            batch = CdcBatch(
-                slot, batch_end, tuple(tables), tuple(commit_times),
+            return tables
+
+        def stage(lsn: int) -> None:
+            """Apply what is buffered of a large transaction into the open target transaction
+            (memory stays bounded whatever the transaction's size); the next flush commits."""
+            nonlocal staged_changes
+            part = CdcBatch(
+                slot, batch_end, tuple(table_batches()), (),
                 received_at or dt.datetime.now(dt.timezone.utc), warehouse.name, warehouse.size,
             )  # fmt: skip
-            _with_retries(lambda: target.apply_cdc_batch(batch), TargetError, "applying a batch")
+            target.stage_cdc_changes(part.tables, lsn)
+            staged_changes += part.changes
+            if on_staged is not None:
+                on_staged(part)
+
+        def flush() -> None:
+            nonlocal batch_end, batch_started, received_at, staged_changes
+            batch = CdcBatch(
+                slot, batch_end, tuple(table_batches()), tuple(commit_times),
+                received_at or dt.datetime.now(dt.timezone.utc), warehouse.name, warehouse.size,
+                staged_changes,
+            )  # fmt: skip
+            if staged_changes:  # staged parts are gone on failure: no retry, replay instead
+                try:
+                    target.apply_cdc_batch(batch)
+                except TargetError as exc:
+                    raise CdcError(
+                        f"{exc}; run `clinipipe cdc start` again: it replays the batch from "
+                        "the last checkpoint"
+                    ) from None
+            else:
+                _with_retries(
+                    lambda: target.apply_cdc_batch(batch), TargetError, "applying a batch"
+                )
+            staged_changes = 0
             stream.confirm(batch_end)
             summary.batches += 1
             summary.changes += batch.changes
@@ -341,6 +383,8 @@ def run_cdc(
                     # Connection lost (source restart, network): drop what is not applied and
                     # stream again from the last applied position.
                     stream.close()
+                    target.discard_staged_cdc()
+                    staged_changes = 0
                     decoder = Decoder()
                     paused.update(dict.fromkeys(paused, -1))  # sequence numbers restart
                     commit_times.clear()
@@ -358,6 +402,7 @@ def run_cdc(
                     event = decoder.decode(message.payload)
                     if isinstance(event, Begin):
                         in_transaction = True
+                        transaction_lsn = event.final_lsn
                         skipping = event.final_lsn < checkpoint
                         if skipping:
                             summary.skipped_transactions += 1
@@ -389,8 +434,11 @@ def run_cdc(
                             caught_up = True
                         if fill_barrier is not None and event.lsn >= fill_barrier:
                             fills_due = True
-                    elif isinstance(event, Change) and batch_started is None:
-                        received_at = received_at or dt.datetime.now(dt.timezone.utc)
+                    elif isinstance(event, Change):
+                        if batch_started is None:
+                            received_at = received_at or dt.datetime.now(dt.timezone.utc)
+                        if staging and decoder.pending_rows >= STAGE_ROWS:
+                            stage(transaction_lsn)
                 if not in_transaction and commit_times:
                     due = batch_started is not None and (
                         time.monotonic() - batch_started >= options.batch_ms / 1000

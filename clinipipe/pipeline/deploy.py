@@ -4,14 +4,21 @@ A template runs again only when its rendered text changed since its last success
 deployment (digests kept in `_clinipipe.deployed_templates`), so a second deploy of the same
 spec runs no statement at all. Templates that need the raw tables (Snowflake dynamic and
 interactive tables) wait until `clinipipe backfill` created them and are reported as deferred.
+
+Fail closed on names: before anything is planned (a dry run included), every column name the
+spec writes is checked against the source catalog (`check_source_columns`); an unknown one is a
+spec error at its file:line:col with a did-you-mean (exit 2), since a misspelled classification
+would leave the real column unclassified.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clinipipe.source.postgres import apply_source_files
+from clinipipe.source.columns_check import SourceColumns, source_columns
+from clinipipe.source.postgres import SourceError, apply_source_files
 from clinipipe.spec.loader import LoadedSpec
+from clinipipe.spec.loader import check_source_columns as check_spec_columns
 from clinipipe.sql.render import RenderedFile, render
 from clinipipe.targets import DeploymentRecord, open_target
 
@@ -38,8 +45,56 @@ class DeployResult:
     deployment_id: str | None
 
 
+@dataclass(frozen=True)
+class ColumnCheck:
+    """What `check_source_columns` did: `checked` is False when the source was unreachable
+    (`reason` says why, password masked); `tables`/`columns` counted; `skipped`: tables whose
+    columns could not be read ("schema.table: why")."""
+
+    checked: bool
+    tables: int = 0
+    columns: int = 0
+    skipped: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def check_source_columns(loaded: LoadedSpec, *, required: bool = True) -> ColumnCheck:
+    """Check every column name of the spec against the source catalog.
+
+    Raises `SpecError` (exit 2; file:line:col of each unknown name, with a did-you-mean) when
+    one is not a column of its source table. When the source cannot be reached: raises
+    `SourceError` if `required` (deploy), else returns ``checked=False`` with the reason
+    (validate). Tables that cannot be introspected are listed in `skipped`, not raised: the
+    deploy's source checks name those problems and their fixes. Reads only the catalog.
+    """
+    spec = loaded.spec
+    try:
+        found: SourceColumns = source_columns(
+            spec.source.dsn,
+            [(t.schema_, t.name) for t in spec.source.tables],
+            append_only={(t.schema_, t.name) for t in spec.source.tables if t.append_only},
+        )
+    except SourceError as exc:
+        if required:
+            raise
+        return ColumnCheck(False, reason=str(exc))
+    check_spec_columns(loaded, found.columns)
+    names = sum(
+        len(t.columns) + len(t.primary_key) + len(t.release)
+        for t in spec.source.tables
+        if (t.schema_, t.name) in found.columns
+    )
+    skipped = tuple(f"{s}.{t}: {why}" for (s, t), why in found.skipped.items())
+    return ColumnCheck(True, len(found.columns), names, skipped)
+
+
 def plan_deployment(loaded: LoadedSpec) -> DeployPlan:
-    """Compare the rendered templates with what the target last deployed. Changes nothing."""
+    """Check the spec's column names against the source (`check_source_columns`), then compare
+    the rendered templates with what the target last deployed. Changes nothing."""
+    check_source_columns(loaded)
     files = render(loaded)
     with open_target(loaded, read_only=True) as target:
         deployed = target.deployed_digests()

@@ -158,9 +158,9 @@ class Column:
 class TableSchema:
     """A source table as introspected: columns in table order (dropped columns excluded).
 
-    `pages` and `estimated_rows` are planning estimates taken at introspection time (the heap
-    size in blocks and ``reltuples``, summed over the leaf partitions of a partitioned table),
-    never used for correctness.
+    `pages`, `estimated_rows` and `table_bytes` are planning estimates taken at introspection
+    time (the heap size in blocks, ``reltuples`` and ``pg_table_size``, summed over the leaf
+    partitions of a partitioned table), never used for correctness.
     """
 
     schema: str
@@ -169,6 +169,8 @@ class TableSchema:
     primary_key: tuple[str, ...]
     pages: int
     estimated_rows: int
+    table_bytes: int = 0
+    """Heap plus out-of-line (TOAST) storage: with `estimated_rows`, the width of a row."""
 
     @property
     def column_names(self) -> list[str]:
@@ -201,6 +203,10 @@ SELECT c.oid, c.relkind,
            (SELECT COALESCE(pg_catalog.sum(pg_catalog.pg_relation_size(p.relid)), 0)
               FROM pg_catalog.pg_partition_tree(c.oid) p WHERE p.isleaf)
        ELSE pg_catalog.pg_relation_size(c.oid) END::bigint AS heap_bytes,
+       CASE WHEN c.relkind = 'p' THEN
+           (SELECT COALESCE(pg_catalog.sum(pg_catalog.pg_table_size(p.relid)), 0)
+              FROM pg_catalog.pg_partition_tree(c.oid) p WHERE p.isleaf)
+       ELSE pg_catalog.pg_table_size(c.oid) END::bigint AS table_bytes,
        CASE WHEN c.relkind = 'p' THEN
            (SELECT COALESCE(pg_catalog.sum(GREATEST(pc.reltuples, 0)), 0)
               FROM pg_catalog.pg_partition_tree(c.oid) p
@@ -316,7 +322,8 @@ def introspect_table(
                 f"source table {name} does not exist (names are case-sensitive; check the "
                 "schema and table names in the spec)"
             )
-        oid, relkind, schema_usage, table_select, columns_select, heap_bytes, rows, block = row
+        (oid, relkind, schema_usage, table_select, columns_select, heap_bytes, table_bytes, rows,
+         block) = row  # fmt: skip
         if relkind not in ("r", "p"):
             kind = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}.get(
                 relkind, f"not a table (relkind {relkind!r})"
@@ -372,6 +379,7 @@ def introspect_table(
         primary_key=primary_key,
         pages=int(heap_bytes) // int(block),
         estimated_rows=max(0, int(rows)),
+        table_bytes=int(table_bytes),
     )
 
 

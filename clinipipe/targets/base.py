@@ -165,10 +165,12 @@ class CdcBatch:
     received_at: dt.datetime
     warehouse: str
     size: str
+    staged_changes: int = 0
+    """Changes of this batch already passed to `Target.stage_cdc_changes`."""
 
     @property
     def changes(self) -> int:
-        return sum(t.changes.num_rows for t in self.tables)
+        return self.staged_changes + sum(t.changes.num_rows for t in self.tables)
 
 
 class Target(ABC):
@@ -391,8 +393,26 @@ class Target(ABC):
         Per table: the last change per primary key wins; rows are replaced by key (so applying
         a batch twice has the effect of applying it once); unchanged TOAST values keep the
         target's current value; a truncate removes what came before it in the batch. The
-        changed keys, the batch record and its metering commit in the same transaction.
+        changed keys, the batch record and its metering commit in the same transaction,
+        together with every part staged before it (`stage_cdc_changes`). On failure nothing
+        of the batch, staged parts included, is kept.
         """
+
+    streams_large_transactions: ClassVar[bool] = False
+    """True when `stage_cdc_changes` applies parts as they come (bounded memory)."""
+
+    def stage_cdc_changes(self, tables: Sequence[TableBatch], lsn: int) -> None:
+        """Apply the changes of a transaction still streaming (a large one), in stream order,
+        inside the target transaction the next `apply_cdc_batch` commits: nothing staged is
+        visible or durable before that commit, and a failure, `discard_staged_cdc` or a crash
+        drops all of it. Later parts and the batch see the rows staged before them. `lsn`
+        (the transaction's commit position) dates the changed keys. Only targets with
+        `streams_large_transactions`."""
+        raise TargetError(f"{self.describe()} does not stage CDC changes")
+
+    def discard_staged_cdc(self) -> None:
+        """Roll back every staged part (the stream restarts from the checkpoint). Idempotent."""
+        return  # a target without `streams_large_transactions` never has staged parts
 
     def recorded_columns(self, table: str) -> dict[int, RecordedColumn]:
         """The source columns of `table` the raw table was built or evolved from, by attnum."""

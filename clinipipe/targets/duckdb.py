@@ -84,6 +84,7 @@ class DuckDBTarget(Target):
         assert isinstance(spec, DuckDBTargetSpec)
         self.path = loaded.resolve(spec.path)
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._cdc_cursor: duckdb.DuckDBPyConnection | None = None  # open CDC transaction
 
     def describe(self) -> str:
         return f"DuckDB file {self.path}"
@@ -110,6 +111,7 @@ class DuckDBTarget(Target):
 
     def close(self) -> None:
         if self._con is not None:
+            self.discard_staged_cdc()
             self._con.close()
             self._con = None
 
@@ -278,29 +280,10 @@ class DuckDBTarget(Target):
             f"{duckdb_cast(f'b.{quote(column)}', by_name[column].type)} "
             f"FROM _clinipipe_fill b WHERE {match}"
         )
-        rows = 0
-        cur = self.con.cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION")
-            try:
-                for batch in stream.batches:
-                    cur.register("_clinipipe_fill", batch)
-                    cur.execute(update)
-                    cur.unregister("_clinipipe_fill")
-                    rows += batch.num_rows
-                cur.execute(forget)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-        except duckdb.Error as exc:
-            raise TargetError(
-                f"copying column {table.name}.{column} into {self.describe()} failed: "
-                f"{scrub_values(first_line(exc))} (nothing was changed)"
-            ) from None
-        finally:
-            cur.close()
-        return rows
+        return self._load_batches(
+            stream, "_clinipipe_fill", [update], lambda _rows: [forget],
+            f"copying column {table.name}.{column} into {self.describe()} failed",
+        )  # fmt: skip
 
     def load_range(self, table: TableSchema, work: RangeWork, stream: BatchStream) -> int:
         target = self.raw_name(table.name)
@@ -324,21 +307,40 @@ class DuckDBTarget(Target):
                 f"(SELECT {key_casts} FROM _clinipipe_batch)"
             )
         started = dt.datetime.now(dt.timezone.utc)
+
+        def done(rows: int) -> list[str]:
+            ended = dt.datetime.now(dt.timezone.utc)
+            return self.range_done_sql(table, work, rows, stream.bytes_read, started, ended)
+
+        return self._load_batches(
+            stream, "_clinipipe_batch", [s for s in (delete, insert) if s is not None], done,
+            f"loading {table.name} range {work.range_no} into {self.describe()} failed",
+        )  # fmt: skip
+
+    def _load_batches(
+        self,
+        stream: BatchStream,
+        view: str,
+        per_batch: Sequence[str],
+        finish: Callable[[int], Sequence[str]],
+        failure: str,
+    ) -> int:
+        """In one transaction: each Arrow batch of `stream` registered as `view` and
+        `per_batch` run over it, then `finish(rows read)`; committed, or on any error rolled
+        back whole (a DuckDB error becomes `TargetError` "`failure`: reason"). Returns the rows
+        read."""
         rows = 0
         cur = self.con.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
             try:
                 for batch in stream.batches:
-                    cur.register("_clinipipe_batch", batch)
-                    if delete is not None:
-                        cur.execute(delete)
-                    cur.execute(insert)
-                    cur.unregister("_clinipipe_batch")
+                    cur.register(view, batch)
+                    for statement in per_batch:
+                        cur.execute(statement)
+                    cur.unregister(view)
                     rows += batch.num_rows
-                nbytes = stream.bytes_read
-                ended = dt.datetime.now(dt.timezone.utc)
-                for statement in self.range_done_sql(table, work, rows, nbytes, started, ended):
+                for statement in finish(rows):
                     cur.execute(statement)
                 cur.execute("COMMIT")
             except BaseException:
@@ -346,18 +348,49 @@ class DuckDBTarget(Target):
                 raise
         except duckdb.Error as exc:
             raise TargetError(
-                f"loading {table.name} range {work.range_no} into {self.describe()} failed: "
-                f"{scrub_values(first_line(exc))} (nothing of this range was kept)"
+                f"{failure}: {scrub_values(first_line(exc))} (nothing of it was kept)"
             ) from None
         finally:
             cur.close()
         return rows
 
+    streams_large_transactions = True
+
+    def _cdc_transaction(self) -> duckdb.DuckDBPyConnection:
+        """The cursor of the open CDC transaction (begun on first use)."""
+        if self._cdc_cursor is None:
+            cur = self.con.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            self._cdc_cursor = cur
+        return self._cdc_cursor
+
+    def discard_staged_cdc(self) -> None:
+        cur, self._cdc_cursor = self._cdc_cursor, None
+        if cur is not None:
+            try:
+                cur.execute("ROLLBACK")
+            finally:
+                cur.close()
+
+    def stage_cdc_changes(self, tables: Sequence[TableBatch], lsn: int) -> None:
+        cur = self._cdc_transaction()
+        try:
+            for table_batch in tables:
+                _apply_table_changes(cur, self, table_batch, lsn)
+        except BaseException as exc:
+            self.discard_staged_cdc()
+            if isinstance(exc, duckdb.Error):
+                raise TargetError(
+                    f"applying CDC changes to {self.describe()} failed: "
+                    f"{scrub_values(first_line(exc))} (nothing of the batch was kept)"
+                ) from None
+            raise
+
     def apply_cdc_batch(self, batch: CdcBatch) -> None:
         q = self.dialect.quote_literal
-        cur = self.con.cursor()
+        cur = self._cdc_transaction()
+        self._cdc_cursor = None  # this call ends the transaction, committed or rolled back
         try:
-            cur.execute("BEGIN TRANSACTION")
             try:
                 for table_batch in batch.tables:
                     _apply_table_changes(cur, self, table_batch, batch.end_lsn)
