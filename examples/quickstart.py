@@ -5,8 +5,11 @@ synthetic hospital, validates the spec, renders the SQL for DuckDB and Snowflake
 local DuckDB warehouse twice (the second run changes nothing), backfills the history, changes
 a few rows on the source and streams them (CDC, which also builds the dynamic tables,
 publishes the interactive tables and scans every batch for PHI), shows their freshness, runs a
-dashboard, scans for PHI leaks (one is planted) and builds a Safe Harbor research extract. The
-PostgreSQL server is removed at the end; the project folder stays for you to look at.
+dashboard, scans for PHI leaks (one is planted) and builds a Safe Harbor research extract, which
+fails closed: the planted SSN sits in a column the spec does not release, so the detectors scrub
+it, and when the spec is then changed to release that column as it is, redact's own final scan
+finds the SSN and refuses to call the extract de-identified (exit 3). The PostgreSQL server is
+removed at the end; the project folder stays for you to look at.
 
     python examples/quickstart.py [--patients N]
 """
@@ -84,19 +87,24 @@ def main() -> None:
              "recent_labs_of_patient", "--param", "patient_id=1", env=env, cwd=project)  # fmt: skip
         step("PHI where it must not be: finds the pasted SSN (masked), exit 3", "scan",
              "--full", env=env, cwd=project, expect=3)  # fmt: skip
-        step("a HIPAA Safe Harbor research extract", "redact", "--policy", "safe_harbor",
-             env=env, cwd=project)  # fmt: skip
-        step("the gate on the research schema: the SSN came along in an unclassified column",
-             "scan", "--schema", "research", "--full", env=env, cwd=project, expect=3)  # fmt: skip
+        step("a HIPAA Safe Harbor research extract: medications.frequency is not released, so "
+             "the detectors scrub it (the SSN becomes [SSN]); redact scans what it wrote",
+             "redact", "--policy", "safe_harbor", env=env, cwd=project)  # fmt: skip
+        step("the research schema holds no PHI (the same scan, on demand)", "scan", "--schema",
+             "research", "--full", env=env, cwd=project)  # fmt: skip
         spec = project / "clinipipe.yaml"
         text = spec.read_text()
-        unclassified = "        start_date: date\n        end_date: date\n"
-        spec.write_text(text.replace(unclassified, unclassified + "        frequency: free_text\n"))
-        print("\n(classify medications.frequency as free_text in clinipipe.yaml)")
-        step("redact again: only the table whose treatment changed is rebuilt", "redact",
+        released = "release: [rxnorm_code, drug_name, dose, route]"
+        assert released in text, "the example spec changed: update the quickstart"
+        spec.write_text(text.replace(released, released[:-1] + ", frequency]"))
+        print("\n(someone releases medications.frequency as it is in clinipipe.yaml)")
+        step("redact again: medications is rebuilt with frequency copied as it is, and redact's "
+             "final scan finds the SSN: NOT de-identified, exit 3", "redact", "--policy",
+             "safe_harbor", env=env, cwd=project, expect=3)  # fmt: skip
+        spec.write_text(text)
+        print("\n(the release is taken back)")
+        step("redact again: frequency is scrubbed again, the final scan is clean", "redact",
              "--policy", "safe_harbor", env=env, cwd=project)  # fmt: skip
-        step("the research schema holds no PHI now", "scan", "--schema", "research", "--full",
-             env=env, cwd=project)  # fmt: skip
 
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         deployments = con.execute("SELECT count(*) FROM _clinipipe.deployments").fetchone()

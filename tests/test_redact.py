@@ -198,15 +198,21 @@ def test_cdc_changes_rebuild_only_what_they_touch(
     execute(pg_dsn, "UPDATE labs SET value_numeric = value_numeric + 1 WHERE lab_id = 1")
     catch_up(loaded)
     assert redact(capsys, loaded, "--policy", "safe_harbor")["rebuilt"] == ["labs"]
-    # A patient's name feeds record linkage in the notes: both are rebuilt.
+    # A patient's name feeds record linkage in the notes and in the unclassified (scrubbed)
+    # medications.frequency: all three are rebuilt.
     execute(pg_dsn, "UPDATE patients SET last_name = 'Zyzzyva' WHERE patient_id = 1")
     catch_up(loaded)
     again = redact(capsys, loaded, "--policy", "safe_harbor")
-    assert sorted(again["rebuilt"]) == ["clinical_notes", "patients"]
+    assert sorted(again["rebuilt"]) == ["clinical_notes", "medications", "patients"]
     with DuckDBTarget(loaded, read_only=True) as target:
         verified = audit.verify(target)
-        assert verified.ok and verified.entries == 4
-        manifests = [e.detail for e in audit.entries(target)]
+        assert verified.ok and verified.entries == 8  # each run: its manifest, its final scan
+        entries = audit.entries(target)
+        manifests = [e.detail for e in entries if e.action == "redact"]
+        scans = [e.detail for e in entries if e.action == "redact_scan"]
+    assert len(manifests) == len(scans) == 4 and all(s["clean"] for s in scans)
+    assert all(len(s["tables"]) == 7 for s in scans)  # skipped tables are scanned too
     assert [sorted(t["table"] for t in m["tables"] if t["action"] == "rebuilt")
-            for m in manifests][2:] == [["labs"], ["clinical_notes", "patients"]]  # fmt: skip
+            for m in manifests][2:] == [["labs"], ["clinical_notes", "medications",
+                                               "patients"]]  # fmt: skip
     assert "Zyzzyva" not in json.dumps(manifests)

@@ -387,7 +387,9 @@ def test_limited_dataset_keeps_dates_city_zip5_and_is_labelled(project: LoadedSp
     }
     four = got[key.pseudonym(4, "patient_id")]
     assert four[:3] == ("Salem", "02134", dt.date(1970, 5, 6)) and four[3] == 95
-    assert four[4] == dt.datetime(2020, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
+    # created_at is not classified: fail closed, its year even in a Limited Data Set (classify
+    # it `date` to keep the day)
+    assert four[4] == 2020
     assert four[5] == key.pseudonym("MRN00000004", "mrn")
     assert got[key.pseudonym(5, "patient_id")][1:3] == (None, dt.date(1920, 1, 1))
     columns = {
@@ -422,8 +424,10 @@ def test_limited_dataset_keeps_dates_city_zip5_and_is_labelled(project: LoadedSp
         "data use agreement" in v for v in readme.values()
     )
     with DuckDBTarget(project, read_only=True) as target:
-        manifest = audit.entries(target)[-1].detail
+        manifest = [e for e in audit.entries(target) if e.action == "redact"][-1].detail
     assert manifest["requires_data_use_agreement"] is True and manifest["safe_harbor"] is False
+    # the final scan ignores what a Limited Data Set may keep (dates, city, ZIP): clean
+    assert result["clean"] is True
 
 
 def test_shifted_dates_keep_intervals_and_weekdays_per_patient(project: LoadedSpec) -> None:
@@ -521,8 +525,10 @@ def test_rerun_skips_unchanged_tables_and_rebuilds_changed_ones(project: LoadedS
     with DuckDBTarget(project, read_only=True) as target:
         entries = audit.entries(target)
         assert audit.verify(target).ok
-    assert len(entries) == 6  # one manifest per run
-    manifest = entries[-1].detail
+    # one manifest per run, each followed by its final scan's entry
+    assert [e.action for e in entries] == ["redact", "redact_scan"] * 6
+    assert all(e.detail["clean"] for e in entries if e.action == "redact_scan")
+    manifest = entries[-2].detail
     assert manifest["policy"] == "safe_harbor" and manifest["policy_version"]
     labs = next(t for t in manifest["tables"] if t["table"] == "labs")
     assert labs["action"] == "rebuilt" and labs["rows"] == 1
@@ -556,7 +562,7 @@ def test_a_failed_run_changes_nothing(project: LoadedSpec, monkeypatch: pytest.M
         run(project)
     assert rows(project, "SELECT * FROM research.labs ORDER BY ALL") == before
     assert rows(project, "SELECT * FROM _clinipipe.redaction_state ORDER BY ALL") == states
-    assert rows(project, "SELECT count(*) FROM _clinipipe.audit_log") == [(1,)]
+    assert rows(project, "SELECT count(*) FROM _clinipipe.audit_log") == [(2,)]  # run 1 + scan
     leftovers = rows(
         project,
         "SELECT table_name FROM information_schema.tables "
@@ -618,12 +624,18 @@ def test_json_output(project: LoadedSpec, capsys: pytest.CaptureFixture[str]) ->
     assert treatments["zip"] == "zip3" and treatments["ssn"] == "drop"
     assert treatments["birth_date"] == "birth_year" and treatments["created_at"] == "year"
     assert "MRN0000" not in out and "Boston" not in out
-    # Text the spec leaves unclassified is copied as it is, and flagged as such.
-    flagged = {c["column"] for c in patients["columns"] if c.get("unclassified_text")}
-    assert flagged == {"sex", "state"}
+    # Released columns are copied as they are and say so; unclassified ones fail closed.
+    released = {c["column"] for c in patients["columns"] if c.get("released")}
+    assert released == {"sex", "state"}
+    assert {c["column"] for c in patients["columns"] if c.get("unclassified")} == {"created_at"}
+    assert doc["clean"] is True and doc["final_scan"]["failed"] is False
+    assert {t["table"] for t in doc["final_scan"]["tables"]} == set(STRUCTURED)
     code, _, err = redact_cli(capsys, project, "--policy", "safe_harbor", "--tables", "patients")
-    assert code == 0 and "patients.sex, patients.state" in err.replace("\n", " ")
-    assert "clinipipe scan --schema research --full" in err.replace("\n", " ")
+    flat = " ".join(err.split())
+    assert (
+        code == 0 and "Released as they are (spec `release`): patients.sex, patients.state" in flat
+    )
+    assert "patients.created_at (year)" in flat and "De-identified under HIPAA Safe Harbor" in flat
 
 
 def test_the_key_is_never_stored(project: LoadedSpec) -> None:

@@ -10,9 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from clinipipe.cli.output import ExitCode, info, out, print_json
+from clinipipe.cli.output import ExitCode, err, info, out, print_json
 from clinipipe.cli.state import State
-from clinipipe.pipeline.deploy import DeployPlan, deploy, plan_deployment
+from clinipipe.pipeline.deploy import DeployPlan, check_source_columns, deploy, plan_deployment
 from clinipipe.secrets import mask_dsn
 from clinipipe.spec.errors import SpecError
 from clinipipe.sql.render import available_dialects, render, write_rendered
@@ -65,10 +65,15 @@ def init(
 
 
 def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Check the spec; print every problem as file:line:col (exit 2), or a summary (exit 0)."""
+    """Check the spec; print every problem as file:line:col (exit 2), or a summary (exit 0).
+
+    When the source is reachable, every column name of the spec is also checked against its
+    catalog (unknown names are problems); when it is not, the summary says that check was
+    skipped (`deploy` always makes it)."""
     state: State = ctx.obj
     try:
         loaded = state.spec()
+        columns = check_source_columns(loaded, required=False)
     except SpecError as exc:
         if not as_json:
             raise
@@ -85,6 +90,7 @@ def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
         "dynamic_tables": len(spec.dynamic_tables),
         "interactive_tables": len(spec.interactive_tables),
         "dashboards": len(spec.dashboards),
+        "source_columns": columns.as_dict(),
     }
     if as_json:
         print_json(summary)
@@ -95,6 +101,21 @@ def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
         f"target {spec.target.type}, {len(spec.dynamic_tables)} dynamic and "
         f"{len(spec.interactive_tables)} interactive tables."
     )
+    if columns.checked:
+        out.print(
+            f"[green]✓[/green] {columns.columns} column names of {columns.tables} tables "
+            "checked against the source catalog."
+        )
+    else:
+        note = (
+            "note: column names not checked against the source (it could not be reached); "
+            "`clinipipe deploy` checks them."
+        )
+        if columns.reason:
+            note += f" {mask_dsn(columns.reason)}"
+        err.print(note, style="yellow", markup=False)
+    for skipped in columns.skipped:
+        err.print(f"note: columns not checked: {mask_dsn(skipped)}", style="yellow", markup=False)
 
 
 def render_command(

@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from clinipipe.cli.output import ExitCode, err, info, out, print_json
+from clinipipe.cli.scan import _print_report
 from clinipipe.cli.state import State
 
 
@@ -70,10 +71,13 @@ def redact(
     """Build the research dataset: every table de-identified column by column, by policy.
 
     Structured columns are transformed in SQL inside the warehouse; notes are redacted by the
-    PHI detectors with each patient's own identifiers. Tables whose source did not change since
-    the last run are skipped; the others are rebuilt atomically. Each run appends a manifest
-    (policy, columns, treatments, row counts; never values) to the audit log. The HMAC key comes
-    from the environment variable named by phi.hmac_key_env and is never printed.
+    PHI detectors with each patient's own identifiers. Fails closed: a column the spec neither
+    classifies nor releases (`release:`) is scrubbed (text), cut to the year (dates) or dropped.
+    Tables whose source did not change since the last run are skipped; the others are rebuilt
+    atomically. Then every research table of the run is scanned in full: exit 3 when the scan
+    finds PHI (the dataset is then not called de-identified). Each run appends a manifest
+    (policy, columns, treatments, row counts) and the scan's counts to the audit log, never
+    values. The HMAC key comes from the variable named by phi.hmac_key_env, never printed.
     """
     from clinipipe.pipeline.redact import RedactError, RedactOptions
     from clinipipe.pipeline.redact import redact as run_redact
@@ -95,6 +99,8 @@ def redact(
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
     if as_json:
         print_json(result.as_dict())
+        if not result.clean:
+            raise typer.Exit(ExitCode.FOUND)
         return
     table = Table(title=f"Research schema {result.schema} ({result.policy})", box=box.SIMPLE_HEAD)
     table.add_column("table", no_wrap=True)
@@ -110,16 +116,47 @@ def redact(
         style = None if t.action == "rebuilt" else "dim"
         table.add_row(t.table, t.action, f"{t.rows:,}", summary, style=style)
     out.print(table)
-    copied = [f"{t.table}.{c['column']}" for t in result.tables for c in t.columns
-              if c.get("unclassified_text")]  # fmt: skip
-    if copied:
+    unclassified = [f"{t.table}.{c['column']} ({c['treatment']})" for t in result.tables
+                    for c in t.columns if c.get("unclassified")]  # fmt: skip
+    if unclassified:
         err.print(
-            f"note: {len(copied)} text columns the spec does not classify were copied as they "
-            f"are ({', '.join(copied)}); before releasing the schema, run `clinipipe scan "
-            f"--schema {result.schema} --full`, and classify any column that may hold PHI "
-            "(free_text redacts it like a note)",
+            f"note: {len(unclassified)} column{'s' if len(unclassified) != 1 else ''} the spec "
+            f"neither classifies nor releases {'were' if len(unclassified) != 1 else 'was'} "
+            f"treated as PHI (text scrubbed by the detectors, dates to the year, others "
+            f"dropped): {', '.join(unclassified)}. Release those that hold no PHI with "
+            "`release: [column, ...]` under their table in the spec.",
             style="yellow",
             markup=False,
         )
+    released = [f"{t.table}.{c['column']}" for t in result.tables for c in t.columns
+                if c.get("released")]  # fmt: skip
+    if released:
+        info(f"Released as they are (spec `release`): {', '.join(released)}.")
+    scan = result.scan
+    assert scan is not None
+    if scan.report.findings:
+        _print_report(scan.report)
+    for note in scan.report.notes:
+        err.print(f"note: {note}", style="yellow", markup=False)
+    columns = sum(t.columns for t in scan.report.tables)
+    scanned = (
+        f"{len(scan.report.tables)} tables, every row of the {columns} columns whose values "
+        "come from the source"
+    )
+    if not result.clean:
+        err.print(
+            f"The final PHI scan of {result.schema} ({scanned}) found PHI at or above "
+            f"{scan.report.fail_on}: the research schema is NOT de-identified and must not be "
+            "released. Findings (masked) are in _clinipipe.phi_findings; classify the columns "
+            "they name, or take them out of `release`, then run redact again.",
+            style="red",
+            markup=False,
+        )
+        info(f"Manifest and scan recorded in the audit log (entries {result.audit_seq}, "
+             f"{scan.audit_seq}).")  # fmt: skip
+        raise typer.Exit(ExitCode.FOUND)
+    extra = f" ({scan.ignored} findings the policy allows)" if scan.ignored else ""
+    info(f"Final PHI scan of {result.schema} ({scanned}): clean{extra}.")
     info(result.label)
-    info(f"Manifest recorded in the audit log (entry {result.audit_seq}).")
+    info(f"Manifest and scan recorded in the audit log (entries {result.audit_seq}, "
+         f"{scan.audit_seq}).")  # fmt: skip

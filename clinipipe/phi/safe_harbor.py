@@ -29,9 +29,22 @@ code only when it is not used for anything else). They are therefore **pseudonym
 policy**, consistently: the same id gives the same pseudonym in every table and every run with
 the same key, so joins still work.
 
-Dates are identifiers by type: a date or timestamp column the spec leaves unclassified (a
-patient's ``created_at``) is treated as class ``date`` (`plan_table`), since every date of a
-patient's records falls under 164.514(b)(2)(i)(C).
+**Fail closed.** A column the spec neither classifies (`source.tables[].columns`) nor releases
+(`source.tables[].release`) is never copied as it is, in any policy (`plan_table`):
+
+* text is scrubbed by the PHI detectors, exactly like a ``free_text`` note (record linkage
+  with the patient's own identifiers included): treatment ``text``;
+* a date or timestamp becomes its year (every date of a patient's records is an identifier
+  under 164.514(b)(2)(i)(C)); classify it ``date`` to get the policy's own date treatment
+  (kept in a Limited Data Set, shifted under ``shifted``);
+* anything else (numbers, booleans, uuids, json, arrays, times...) is dropped: a number may
+  be an identifier nobody classified.
+
+Only a column the spec releases explicitly (`release: [column, ...]`: codes, units, lab values,
+counts) is copied as it is; the manifest marks it ``released``. Join keys (below) are
+pseudonymized whatever the spec says. Whatever a research table ends up holding is scanned by
+`clinipipe redact` itself before it calls the dataset de-identified
+(`clinipipe.pipeline.redact`).
 
 Pseudonyms are HMAC-SHA256 with a secret key read from the environment (`phi.hmac_key_env`),
 over ``<namespace> 0x1F <value as text>``, hex, first 24 digits (96 bits). The namespace is
@@ -56,7 +69,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from clinipipe.spec.model import Spec, TableSpec
 
-POLICY_VERSION = "1"
+POLICY_VERSION = "2"
 """Bumped whenever a treatment changes: it is part of every table's fingerprint and manifest."""
 
 POLICIES: tuple[str, ...] = ("safe_harbor", "limited_dataset", "shifted")
@@ -138,7 +151,6 @@ _DIRECT = {
     "device_id": Treatment.PSEUDONYM,
     "unique_id": Treatment.PSEUDONYM,
     "free_text": Treatment.TEXT,
-    "none": Treatment.KEEP,
 }
 
 TREATMENTS: dict[str, dict[str, Treatment]] = {
@@ -170,7 +182,9 @@ TREATMENTS: dict[str, dict[str, Treatment]] = {
         "age": Treatment.AGE_CAP,
     },
 }
-"""Policy -> PHI class (`clinipipe.spec.types.PHI_CLASSES`) -> treatment."""
+"""Policy -> PHI class (`clinipipe.spec.types.PHI_CLASSES`) -> treatment. Class ``none`` (an
+unclassified column) has no entry: its treatment depends on its type and on `release`
+(`unclassified_treatment`)."""
 
 NEEDS_AS_OF = frozenset({Treatment.BIRTH_YEAR, Treatment.SHIFT_BIRTH})
 NEEDS_PATIENT = frozenset({Treatment.SHIFT, Treatment.SHIFT_BIRTH})
@@ -264,7 +278,9 @@ def shift_from_hex(prefix: str) -> int:
 @dataclass(frozen=True)
 class ColumnPlan:
     """One raw column and what it becomes. `namespace`: of a pseudonym. `data_type`: the raw
-    column's type as the target reports it."""
+    column's type as the target reports it. `released`: the spec releases it as it is;
+    `unclassified`: neither classified, released nor a join key, so treated fail-closed (text
+    scrubbed, dates to the year, other types dropped)."""
 
     name: str
     phi_class: str
@@ -273,16 +289,8 @@ class ColumnPlan:
     namespace: str | None = None
     join_key: bool = False
     date_by_type: bool = False
-
-    @property
-    def unclassified_text(self) -> bool:
-        """Text the spec does not classify, copied as it is: a leak if someone typed PHI into
-        it (`clinipipe scan` of the research schema finds that)."""
-        return (
-            self.phi_class == "none"
-            and self.treatment is Treatment.KEEP
-            and (is_text(self.data_type))
-        )
+    released: bool = False
+    unclassified: bool = False
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -290,8 +298,10 @@ class ColumnPlan:
             "class": self.phi_class,
             "treatment": self.treatment.value,
         }
-        if self.unclassified_text:
-            out["unclassified_text"] = True
+        if self.released:
+            out["released"] = True
+        if self.unclassified:
+            out["unclassified"] = True
         if self.join_key:
             out["join_key"] = True
         if self.date_by_type:
@@ -345,29 +355,46 @@ def patient_table(spec: Spec) -> TableSpec | None:
 
 
 def is_text(data_type: str) -> bool:
-    """True for a character type (as DuckDB or Snowflake report it)."""
-    return data_type.upper().startswith(("VARCHAR", "TEXT", "STRING", "CHAR"))
+    """True for a character type (as DuckDB or Snowflake report it); arrays of text are not."""
+    t = data_type.upper()
+    return t.startswith(("VARCHAR", "TEXT", "STRING", "CHAR")) and "[" not in t
 
 
 def is_temporal(data_type: str) -> bool:
     """True for a date or timestamp type (as DuckDB or Snowflake report it)."""
     t = data_type.upper()
-    return t == "DATE" or t.startswith(("TIMESTAMP", "DATETIME"))
+    return (t == "DATE" or t.startswith(("TIMESTAMP", "DATETIME"))) and "[" not in t
+
+
+def unclassified_treatment(data_type: str) -> Treatment:
+    """What a column the spec neither classifies nor releases becomes, in every policy: text
+    is scrubbed by the detectors, a date or timestamp becomes its year, anything else is
+    dropped."""
+    if is_text(data_type):
+        return Treatment.TEXT
+    if is_temporal(data_type):
+        return Treatment.YEAR
+    return Treatment.DROP
 
 
 def plan_table(
     spec: Spec, table: TableSpec, policy: str, raw_columns: Sequence[tuple[str, str]]
 ) -> TablePlan:
     """Decide every column of `table` (as it exists in the raw schema: `raw_columns`, name and
-    type) under `policy`.
+    type) under `policy`. Fails closed:
 
-    A column the spec does not classify is not PHI (kept), with two exceptions: a join key is
-    pseudonymized, and a date or timestamp is treated as class `date` (every date of a
-    patient's records is an identifier under Safe Harbor: year under Safe Harbor, shifted
-    under `shifted`, kept in a Limited Data Set). Dates of a table with no column linking it
-    to a patient cannot be shifted per patient: under `shifted` they become the year."""
+    * a classified column gets its class's treatment under the policy (`TREATMENTS`);
+    * a join key (named like the single-column primary key of a spec table) is pseudonymized;
+    * a column listed in the table's `release` is copied as it is (and only such a column,
+      or a class the policy keeps, such as dates in a Limited Data Set);
+    * any other column is treated by its type (`unclassified_treatment`): text scrubbed like
+      a note, dates to the year, anything else dropped.
+
+    Dates of a table with no column linking it to a patient cannot be shifted per patient:
+    under `shifted` they become the year."""
     treatments = TREATMENTS[policy]
     keys = join_keys(spec)
+    released_names = set(table.release)
     patients = patient_table(spec)
     patient_key = patients.primary_key[0] if patients is not None else None
     names = {n for n, _ in raw_columns}
@@ -375,19 +402,29 @@ def plan_table(
     columns = []
     for name, data_type in raw_columns:
         phi_class = table.columns.get(name, "none")
-        treatment = treatments[phi_class]
-        namespace = phi_class if treatment is Treatment.PSEUDONYM else None
-        join_key = phi_class == "none" and name in keys
-        by_type = phi_class == "none" and not join_key and is_temporal(data_type)
-        if join_key:
+        namespace = None
+        join_key = released = unclassified = by_type = False
+        if phi_class != "none":
+            treatment = treatments[phi_class]
+            namespace = phi_class if treatment is Treatment.PSEUDONYM else None
+        elif name in keys:
+            join_key = True
             treatment, namespace = Treatment.PSEUDONYM, name
-        elif by_type:
-            treatment = treatments["date"]
+        elif name in released_names:
+            released = True
+            treatment = Treatment.KEEP
+        else:
+            unclassified = True
+            treatment = unclassified_treatment(data_type)
+            by_type = treatment is Treatment.YEAR
         if treatment in NEEDS_PATIENT and linked is None:
             treatment = Treatment.YEAR if treatment is Treatment.SHIFT else Treatment.BIRTH_YEAR
         columns.append(
-            ColumnPlan(name, phi_class, treatment, data_type, namespace, join_key, by_type)
-        )
+            ColumnPlan(
+                name, phi_class, treatment, data_type, namespace, join_key, by_type, released,
+                unclassified,
+            )
+        )  # fmt: skip
     notes = tuple(c.name for c in columns if c.treatment is Treatment.TEXT)
     return TablePlan(table.name, policy, tuple(columns), linked, notes, tuple(table.primary_key))
 

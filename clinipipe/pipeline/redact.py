@@ -26,6 +26,20 @@ Guarantees:
 * **Auditable.** Each run appends a manifest to `_clinipipe.audit_log` (`clinipipe.backup.
   audit`): policy, version, schema, per table the action, row count, columns and treatments.
   It holds no value and nothing derived from the key but its id.
+* **Fail closed.** A column the spec neither classifies nor releases is never copied as it is
+  (`clinipipe.phi.safe_harbor.plan_table`): text goes through the detectors like a note, dates
+  become their year, other types are dropped. Only `release:` columns are copied as they are,
+  and the manifest marks them.
+* **Gated by its own scan.** After the build, every row of every research table of the run
+  (rebuilt or skipped) is scanned by the PHI scanners (stage 1 in the warehouse, stage 2 the
+  detectors; on Snowflake SYSTEM$CLASSIFY too), in each column whose values come from the
+  source (`scanned_columns`: released columns and redacted text; pseudonyms, years and ZIP3s
+  are generated). Findings of categories the policy keeps (dates, cities, ZIPs and ages of a
+  Limited Data Set; shifted dates) are not counted; the others are recorded in
+  `_clinipipe.phi_findings` with masked excerpts only. The outcome is appended to the audit log
+  (``redact_scan``: counts, never values), the README label of each table says whether it
+  passed, and `RedactResult.clean` is False when a finding reaches `phi.fail_on`: the CLI
+  then exits 3 and does not call the dataset de-identified.
 * **No secrets, no PHI in messages.** The key is read from the environment variable named by
   `phi.hmac_key_env` and only handed to the warehouse session (a temporary table); errors
   name the variable, never the key, and never quote row values.
@@ -36,8 +50,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +71,9 @@ from clinipipe.phi.safe_harbor import (
     plan_table,
     text_keeps,
 )
+from clinipipe.phi.scan import ROW_DIGEST, Finding
+from clinipipe.pipeline.scan import ScanReport
+from clinipipe.pipeline.scan import TablePlan as ScanTablePlan
 from clinipipe.secrets import environment
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.context import RESEARCH_README_TABLE, schema_names
@@ -66,9 +84,18 @@ from clinipipe.targets.duckdb_redact import HELPER_PREFIX, SHIFT_COLUMN, Researc
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from clinipipe.phi import DetectorSet
     from clinipipe.targets.duckdb_redact import RedactSql
 
-__all__ = ["RedactError", "RedactOptions", "RedactResult", "TableResult", "redact"]
+__all__ = [
+    "FinalScan",
+    "RedactError",
+    "RedactOptions",
+    "RedactResult",
+    "TableResult",
+    "final_scan",
+    "redact",
+]
 
 TEMPLATE = "06-redaction.sql"
 
@@ -121,6 +148,12 @@ class RedactResult:
     tables: tuple[TableResult, ...]
     audit_seq: int | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    scan: FinalScan | None = None
+
+    @property
+    def clean(self) -> bool:
+        """True when the final scan found nothing at or above `phi.fail_on`."""
+        return self.scan is not None and not self.scan.report.failed
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -133,7 +166,24 @@ class RedactResult:
             "rebuilt": [t.table for t in self.tables if t.action == "rebuilt"],
             "skipped": [t.table for t in self.tables if t.action == "skipped"],
             "audit_seq": self.audit_seq,
+            "clean": self.clean,
+            "final_scan": self.scan.as_dict() if self.scan is not None else None,
         }
+
+
+@dataclass(frozen=True)
+class FinalScan:
+    """Redact's own scan of the research tables it produced. `report.findings` holds only the
+    findings the policy does not allow (`ignored`: how many allowed ones were left out, e.g.
+    dates in a Limited Data Set); `audit_seq`: its ``redact_scan`` audit entry."""
+
+    report: ScanReport
+    ignored: int
+    audit_seq: int | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.report.as_dict(), "ignored_allowed": self.ignored,
+                "audit_seq": self.audit_seq}  # fmt: skip
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -255,9 +305,22 @@ def _redact(
     sql = target.redact_sql()
     patients = patient_table(spec)
     by_name = {t.name: t for t in spec.source.tables}
-    notes = any("free_text" in by_name[t].columns.values() for t in tables)
+    plans: dict[str, TablePlan] = {
+        name: plan_table(spec, by_name[name], options.policy, target.redaction_columns(name))
+        for name in tables
+    }
+    if target.type == "snowflake" and not options.ai_redact:
+        text = [f"{n}.{c}" for n, p in plans.items() for c in p.notes]
+        if text:
+            raise RedactError(
+                f"text columns the spec neither classifies nor releases ({', '.join(text)}) are "
+                "scrubbed like notes, which on Snowflake happens in the warehouse: add "
+                "--ai-redact, release the columns that hold no PHI (`release:` in the spec), "
+                "or leave those tables out with --tables",
+                usage=True,
+            )
+    notes = any(p.notes for p in plans.values())
     known = known_identifier_columns(spec) if notes else {}
-    plans: dict[str, TablePlan] = {}
     raw_fingerprints: dict[str, str] = {}
 
     def raw_fingerprint(name: str) -> str:
@@ -269,8 +332,7 @@ def _redact(
     builds: list[ResearchBuild] = []
     fingerprints: dict[str, str] = {}
     for name in tables:
-        plan = plan_table(spec, by_name[name], options.policy, target.redaction_columns(name))
-        plans[name] = plan
+        plan = plans[name]
         inputs: dict[str, object] = {
             "policy": options.policy,
             "version": POLICY_VERSION,
@@ -291,7 +353,11 @@ def _redact(
                 "ai_redact": options.ai_redact,
                 "rules": spec.phi.model_dump(mode="json"),
                 "clinipipe": __version__,
-                "patients": raw_fingerprint(patients.name) if patients and known else None,
+                "patients": (
+                    raw_fingerprint(patients.name)
+                    if patients and known and plan.patient_key is not None
+                    else None
+                ),
             }
         fingerprint = _digest(inputs)
         fingerprints[name] = fingerprint
@@ -379,6 +445,11 @@ def _redact(
     entry = holder["entry"]
     if not audit.head_is(target, entry):
         raise TargetError("the audit log moved while redacting: run `clinipipe redact` again")
+    scanned = {name: scanned_columns(plan, surrogates=options.surrogates)
+               for name, plan in plans.items()}  # fmt: skip
+    scan = final_scan(
+        loaded, target, schema, tables, options.policy, key, scanned, manifest_seq=entry.seq
+    )
     return RedactResult(
         options.policy,
         schema,
@@ -387,7 +458,191 @@ def _redact(
         tuple(holder["results"]),
         entry.seq,
         holder["manifest"],
+        scan,
     )
+
+
+def scanned_columns(plan: TablePlan, *, surrogates: bool = False) -> list[str]:
+    """The research columns of `plan` whose values come from the source and so could hold PHI:
+    released columns and redacted text. Not the values redact generates (pseudonyms, years,
+    ages, ZIP3s: fixed formats), not classified columns a policy keeps on purpose (the city,
+    ZIP and dates of a Limited Data Set), and not text redacted with `surrogates` (realistic
+    fakes by design, which any scan would report)."""
+    return [
+        c.name
+        for c in plan.output
+        if c.released or (c.treatment is Treatment.TEXT and not surrogates)
+    ]
+
+
+def _scan_research_table(
+    target: Target,
+    detectors: DetectorSet,
+    allowed: DetectorSet | None,
+    plan: ScanTablePlan,
+    key: RedactionKey,
+    key_env: str,
+) -> tuple[list[Finding], int]:
+    """`clinipipe.pipeline.scan.scan_table` over every row (stage 1 in the warehouse, stage 2
+    here), then, when the policy keeps categories in text (`allowed`: their detectors), a
+    finding whose whole span those detectors find too is left out: a date the policy keeps
+    (shifted, or in a Limited Data Set) that another detector also claims ("October 8, 2026"
+    read as a name) is the kept date, not a leak. (findings, candidate rows)."""
+    import pyarrow as pa
+
+    from clinipipe.phi.scan import CandidateQuery, detect, row_keys
+
+    if not plan.columns:
+        return [], 0
+    query = CandidateQuery(plan.schema, plan.table, plan.columns, plan.key_columns,
+                           detectors.prefilter(), None)  # fmt: skip
+    rows = target.phi_scan_candidates(query)
+    if not rows.num_rows:
+        return [], 0
+    if plan.key_columns:
+        named = pa.table({k: rows[f"k{i}"] for i, k in enumerate(plan.key_columns)})
+        keys = row_keys(named, plan.key_columns, pseudonymize=plan.pseudonymize,
+                        hmac_key=key.raw, hmac_key_env=key_env)  # fmt: skip
+    else:
+        keys = row_keys(rows.select([ROW_DIGEST]), [ROW_DIGEST], pseudonymize=True,
+                        hmac_key=key.raw, hmac_key_env=key_env)  # fmt: skip
+    cells = {c: rows[f"c{i}"] for i, c in enumerate(plan.columns)}
+    findings = detect(detectors, schema=plan.schema, table=plan.table, keys=keys, cells=cells,
+                      found_by="redact")  # fmt: skip
+    if allowed is None or not findings:
+        return findings, rows.num_rows
+    index = {k: i for i, k in enumerate(keys)}
+    categories = {d.category for d in allowed.detectors}
+    kept = []
+    for f in findings:
+        if f.start is not None and f.end is not None and f.category not in categories:
+            cell = cells[f.column][index[f.row_key]].as_py()
+            span = str(cell)[f.start : f.end] if cell is not None else ""
+            if span and _covered(allowed, span):
+                continue  # the policy's kept category (a date), claimed by another detector too
+        kept.append(f)
+    return kept, rows.num_rows
+
+
+def _covered(allowed: DetectorSet, span: str) -> bool:
+    """True when the detectors `allowed` find spans covering every letter and digit of
+    `span` (looked at on its own)."""
+    found = allowed.find([span])
+    covered = [False] * len(span)
+    for start, end in zip(found["start"].to_pylist(), found["end"].to_pylist(), strict=True):
+        covered[start:end] = [True] * (end - start)
+    return all(c or not ch.isalnum() for ch, c in zip(span, covered, strict=True))
+
+
+NOT_RELEASED_LABEL = (
+    "NOT de-identified: redact's final PHI scan found PHI in this table (see "
+    "_clinipipe.phi_findings); fix the spec and run clinipipe redact again"
+)
+"""The README label of a research table whose final scan failed."""
+
+
+def final_scan(
+    loaded: LoadedSpec,
+    target: Target,
+    schema: str,
+    tables: Sequence[str],
+    policy: str,
+    key: RedactionKey,
+    columns: Mapping[str, Sequence[str]] | None = None,
+    *,
+    manifest_seq: int | None = None,
+) -> FinalScan:
+    """Scan every row of every column of `schema.<table>` for each of `tables` (what redact
+    just produced), as `clinipipe scan --schema <schema> --full` would, and record the outcome.
+
+    `columns[table]`: the columns to scan (default: all; `scanned_columns` gives those whose
+    values come from the source: the others hold values redact generated, such as pseudonyms
+    and years), except that Snowflake's classifier looks at the whole table. Findings of
+    the categories `policy` keeps in text (`text_keeps`) are left out; the others are upserted
+    into `_clinipipe.phi_findings` (masked excerpts, rows named by keyed pseudonyms),
+    each table's README label says whether it passed (`NOT_RELEASED_LABEL` if not), and a
+    ``redact_scan`` audit entry records the counts (never a value)."""
+    from clinipipe.phi import DetectorSet
+    from clinipipe.phi.scan import dedupe, reaches
+    from clinipipe.pipeline.scan import TablePlan as ScanPlan
+    from clinipipe.pipeline.scan import TableResult as ScanTable
+
+    started_clock = time.monotonic()
+    spec = loaded.spec
+    allowed = text_keeps(policy)
+    report = ScanReport(spec.phi.fail_on, None)
+    detectors = DetectorSet.load(spec.phi)
+    allowed_detectors = (
+        DetectorSet(tuple(d for d in detectors.detectors if d.category in allowed))
+        if allowed
+        else None
+    )
+    target.use_warehouse("incremental")
+    started = dt.datetime.now(dt.timezone.utc)
+    candidates = ignored = 0
+    for name in tables:
+        present = [n for n, _ in target.phi_scan_columns(schema, name)]
+        wanted = set(present if columns is None else columns.get(name, ()))
+        scan_columns = tuple(n for n in present if n in wanted)
+        skip = tuple(n for n in present if n not in wanted)
+        primary_key = tuple(target.phi_scan_primary_key(schema, name))
+        plan = ScanPlan(schema, name, scan_columns, primary_key, not primary_key, True)
+        result = ScanTable(schema, name, len(scan_columns))
+        findings, result.candidate_rows = _scan_research_table(
+            target, detectors, allowed_detectors, plan, key, spec.phi.hmac_key_env
+        )
+        candidates += result.candidate_rows
+        if target.phi_classifies:
+            try:
+                classified = target.phi_classify(schema, name, skip)
+            except TargetError as exc:
+                report.notes.append(f"SYSTEM$CLASSIFY of {schema}.{name}: {exc}")
+                classified = []
+            result.classified_columns = len(classified)
+            findings += classified
+        counted = [f for f in dedupe(findings) if f.category not in allowed]
+        ignored += len(findings) - len(counted)
+        result.findings = len(counted)
+        report.findings += counted
+        report.tables.append(result)
+    ended = dt.datetime.now(dt.timezone.utc)
+    if report.findings:
+        target.upsert_phi_findings(report.findings, ended)
+    target.record_phi_scan(started, ended, candidates)
+    failed_tables = sorted({f.table for f in report.findings if reaches([f], report.fail_on)})
+    label = POLICY_INFO[policy].label
+    q = target.dialect.quote_literal
+    readme = target.research_table(schema, RESEARCH_README_TABLE)
+    target.execute_atomically(
+        [
+            f"UPDATE {readme} SET label = "
+            f"{q(NOT_RELEASED_LABEL if name in failed_tables else label)} "
+            f"WHERE table_name = {q(name)}"
+            for name in tables
+        ]
+    )
+    counts = report.counts()
+    entry = audit.record(
+        target,
+        "redact_scan",
+        schema,
+        {
+            "policy": policy,
+            "manifest_seq": manifest_seq,
+            "tables": list(tables),
+            "fail_on": report.fail_on,
+            "clean": not report.failed,
+            "findings": len(report.findings),
+            "by_category": counts["category"],
+            "by_severity": counts["severity"],
+            "failed_tables": failed_tables,
+            "ignored_allowed": ignored,
+            "scanned_columns": {t.table: t.columns for t in report.tables},
+            "candidate_rows": candidates,
+        },
+    )
+    report.seconds = time.monotonic() - started_clock
+    return FinalScan(report, ignored, entry.seq)
 
 
 def _as_of(sql: RedactSql, as_of: dt.date) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 from clinipipe.spec.model import Spec
+from clinipipe.spec.types import did_you_mean
 from clinipipe.spec.yaml_positions import Path
 
 
@@ -79,6 +80,7 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
 
     yield from _dynamic_table_references(spec)
     yield from _dashboard_references(spec)
+    yield from release_problems(spec)
 
 
 def _raw_name_clashes(spec: Spec) -> Iterator[tuple[Path, str]]:
@@ -290,3 +292,71 @@ def _dashboard_references(spec: Spec) -> Iterator[tuple[Path, str]]:
         for name in board.params:
             if name not in used:
                 yield (("dashboards", i, "params", name), f"${name} is declared but not used")
+
+
+# --- released columns and source column names (fail closed) ------------------------------------
+
+
+def release_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
+    """A released column (`source.tables[].release`) is listed once, is not also classified
+    in `columns` as PHI (a column is PHI of a class or released as it is, never both; class
+    ``none`` is no PHI class), and is not a
+    join key (a single-column primary key of a spec table: pseudonymized in every policy)."""
+    keys = {t.primary_key[0]: t.name for t in spec.source.tables if len(t.primary_key) == 1}
+    for i, table in enumerate(spec.source.tables):
+        seen: set[str] = set()
+        for j, column in enumerate(table.release):
+            where: Path = ("source", "tables", i, "release", j)
+            if column in seen:
+                yield where, f"column '{column}' is released twice"
+                continue
+            seen.add(column)
+            phi_class = table.columns.get(column, "none")
+            if phi_class != "none":
+                yield (
+                    where,
+                    f"column '{column}' is classified as '{phi_class}' under columns and also "
+                    "released as it is; a released column must hold no PHI: remove one of the two",
+                )
+            elif column in keys:
+                yield (
+                    where,
+                    f"column '{column}' is a join key (the primary key of table "
+                    f"'{keys[column]}'): research extracts pseudonymize it in every policy, so it "
+                    "cannot be released as it is",
+                )
+
+
+SourceColumns = Mapping[tuple[str, str], Sequence[str]]
+"""(schema, table) -> the table's column names in the source catalog (tables missing from the
+mapping are not checked)."""
+
+
+def source_column_problems(spec: Spec, catalog: SourceColumns) -> Iterator[tuple[Path, bool, str]]:
+    """(path, is_key, message) for each spec column name that `catalog` does not have: a key of
+    `columns` (`is_key`: report the key's position), an entry of `primary_key` or of `release`.
+    Names are compared exactly (PostgreSQL's catalog is case-sensitive); the message suggests
+    the closest catalog name."""
+    for i, table in enumerate(spec.source.tables):
+        known = catalog.get((table.schema_, table.name))
+        if known is None:
+            continue
+        names = set(known)
+        listed: list[tuple[Path, bool, str]] = [
+            (("source", "tables", i, "columns", c), True, c) for c in table.columns
+        ]
+        listed += [
+            (("source", "tables", i, "primary_key", j), False, c)
+            for j, c in enumerate(table.primary_key)
+        ]
+        listed += [
+            (("source", "tables", i, "release", j), False, c) for j, c in enumerate(table.release)
+        ]
+        for path, is_key, column in listed:
+            if column not in names:
+                hint = did_you_mean(column, list(known))
+                yield (
+                    path,
+                    is_key,
+                    f"source table {table.qualified} has no column '{column}'{hint}",
+                )

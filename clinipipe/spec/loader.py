@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from clinipipe.secrets import environment
-from clinipipe.spec.checks import semantic_problems
+from clinipipe.spec.checks import SourceColumns, semantic_problems, source_column_problems
 from clinipipe.spec.errors import Problem, SpecError, format_path
 from clinipipe.spec.interpolate import InterpolationError, interpolate
 from clinipipe.spec.model import Spec
@@ -34,6 +34,8 @@ class LoadedSpec:
     path: FsPath
     digest: str
     positions: Positions
+    filename: str = ""
+    """How problems name the spec file (as given on the command line); default: `path`."""
 
     @property
     def directory(self) -> FsPath:
@@ -111,7 +113,26 @@ def parse_spec(text: str, filename: str, path: FsPath | None = None) -> LoadedSp
     if problems:
         raise SpecError(problems)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return LoadedSpec(spec=spec, path=path, digest=digest, positions=positions)
+    return LoadedSpec(spec=spec, path=path, digest=digest, positions=positions, filename=filename)
+
+
+def check_source_columns(loaded: LoadedSpec, catalog: SourceColumns) -> None:
+    """Raise `SpecError` (one problem per name, at the spec key's file:line:col, with a
+    did-you-mean) when a column name of the spec (`source.tables[].columns` keys,
+    `primary_key`, `release`) is not a column of its source table in `catalog`. Tables missing
+    from `catalog` are not checked."""
+    filename = loaded.filename or str(loaded.path)
+    problems = []
+    for where, is_key, message in source_column_problems(loaded.spec, catalog):
+        if is_key:
+            line, col = loaded.positions.of_key(where)
+            shown = format_path(where[:-1])
+        else:
+            line, col = loaded.positions.of_value(where)
+            shown = format_path(where)
+        problems.append(Problem(filename, line, col, f"{shown}: {message}"))
+    if problems:
+        raise SpecError(problems)
 
 
 def _problem_from_error(

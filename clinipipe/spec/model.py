@@ -76,7 +76,16 @@ class TableSpec(Model):
     needs REPLICA IDENTITY FULL, or PostgreSQL refuses updates and deletes on it once it is
     in the publication."""
     columns: dict[Identifier, PhiClass] = Field(default_factory=dict)
-    """PHI classification per column; an unlisted column is not PHI (and is scanned for leaks)."""
+    """PHI classification per column. An unlisted column has no PHI class: the scanners look
+    for PHI leaking into it, and a research extract (`clinipipe redact`) fails closed on it:
+    text is scrubbed by the detectors, dates become their year, anything else is dropped,
+    unless the column is listed in `release`."""
+    release: list[Identifier] = Field(default_factory=list)
+    """Columns known to hold no PHI (codes, units, lab values...) that a research extract copies
+    as they are. Each must be a column of the source table that `columns` does not classify
+    and not a join key (ids are pseudonymized in every policy); the redact manifest lists them.
+    Released text columns are still scanned for leaks, by `clinipipe scan` and by redact's own
+    final scan."""
 
     @property
     def qualified(self) -> str:

@@ -154,8 +154,10 @@ DurationField = Annotated[
 ]
 
 
-# How a source column is classified for PHI handling; an unlisted column is `none` (not PHI,
-# scanned for leaks). Categories follow the 18 Safe Harbor identifiers (reference/deid-rules.md).
+# How a source column is classified for PHI handling. An unlisted column is `none`: it has no PHI
+# class, the scanners look for leaks in it, and a research extract fails closed on it (text
+# scrubbed, dates to the year, other types dropped) unless the table's `release` list names it.
+# Categories follow the 18 Safe Harbor identifiers (reference/deid-rules.md).
 PHI_CLASSES: tuple[str, ...] = (
     "none",
     "name",

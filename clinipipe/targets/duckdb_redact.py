@@ -9,12 +9,13 @@ Guarantees of the SELECT it builds (`select_sql`):
 
 * It lists only the columns of the plan's output, each wrapped in its treatment; a column the
   plan drops is never read into the result, and no column is copied through unless its
-  treatment is KEEP (`safe_harbor.TREATMENTS` allows that only for unclassified columns and for
-  what a Limited Data Set may keep).
+  treatment is KEEP (`safe_harbor.plan_table` gives that only to columns the spec releases
+  and to what a Limited Data Set may keep: never to an unclassified column).
 * It is deterministic: the same raw rows, key, policy and as-of date give the same rows.
-* Free-text columns are selected raw under their own name, for the caller's Python redaction
-  (`reader_sql`, with the helper columns `HELPER_PREFIX*`); `select_sql` refuses a plan with
-  notes, so raw notes can only leave through that path.
+* Text to redact (``free_text`` notes, and unclassified text columns, fail closed) is selected
+  raw under its own name, for the caller's Python redaction by the detectors (`reader_sql`,
+  with the helper columns `HELPER_PREFIX*`); `select_sql` refuses a plan with such text, so
+  it can only leave through that path.
 """
 
 from __future__ import annotations

@@ -12,6 +12,12 @@ AI_REDACT allows 4,096 tokens of input and output together and 1,024 of output, 
 is about as long as its input), MRNs are replaced first by `MRN_PATTERN` (AI_REDACT has no MRN
 category), each chunk goes through AI_REDACT, and the chunks are joined again in order with a
 blank (the splitter may trim whitespace at chunk edges). A NULL note stays NULL.
+
+Text columns the spec neither classifies nor releases (fail closed: `ColumnPlan.unclassified`
+with treatment ``text``) go through the same chunked AI_REDACT, once per distinct value (they
+are mostly short and repetitive: a department, a dose) and joined back by value, so a value
+typed a million times costs one call. Without ``--ai-redact`` such a table is refused
+(`clinipipe.pipeline.redact`): nothing unclassified is ever copied as it is.
 """
 
 from __future__ import annotations
@@ -66,9 +72,10 @@ class SnowflakeRedactSql(RedactSql):
         raise NotImplementedError("Snowflake loads the key with write_pandas (see the target)")
 
     def ai_redact_sql(self, plan: TablePlan, raw_table: str, as_of: str | None) -> str:
-        """The research rows of a table with notes, every note through AI_REDACT (see the
-        module docstring). The table's notes are joined back by the patient-independent row
-        key (a single-column primary key; else the first column), as it is in the raw table."""
+        """The research rows of a table with text to redact, every such value through AI_REDACT
+        (see the module docstring). Notes (``free_text``) are joined back by the
+        patient-independent row key (a single-column primary key; else the first column), as
+        it is in the raw table; unclassified text by its distinct value."""
         q = self.dialect.quote_literal
         keys = plan.primary_key if len(plan.primary_key) == 1 else (plan.columns[0].name,)
         row_key = self.ident(keys[0])
@@ -76,22 +83,33 @@ class SnowflakeRedactSql(RedactSql):
         with_list, source = self.source(plan, raw_table)
         ctes = [with_list.removeprefix("WITH ").strip()] if with_list else []
         joins, columns = [], []
+        redacted = (
+            f"LISTAGG(AI_REDACT(REGEXP_REPLACE(CAST(s.value AS VARCHAR), {q(MRN_PATTERN)}, "
+            "'[MRN]', 1, 0, 'i')), ' ') WITHIN GROUP (ORDER BY s.index) AS redacted"
+        )
         for c in plan.columns:
             if c.name not in plan.notes:
                 columns += self.column(c, as_of, mapped)
                 continue
-            note = self.ident(c.name)
+            text = self.ident(c.name)
             alias = self.ident(f"__clinipipe_{c.name}")
-            ctes.append(
-                f"{alias} AS (SELECT n.{row_key} AS row_key, LISTAGG(AI_REDACT(REGEXP_REPLACE("
-                f"CAST(s.value AS VARCHAR), {q(MRN_PATTERN)}, '[MRN]', 1, 0, 'i')), ' ') "
-                "WITHIN GROUP (ORDER BY s.index) AS redacted "
-                f"FROM {raw_table} n, LATERAL FLATTEN(INPUT => "
-                f"SNOWFLAKE.CORTEX.SPLIT_TEXT_RECURSIVE_CHARACTER(n.{note}, 'none', "
-                f"{AI_REDACT_CHUNK_CHARACTERS}, 0)) s GROUP BY n.{row_key})"
-            )
-            joins.append(f" LEFT JOIN {alias} ON {alias}.row_key = t.{row_key}")
-            columns.append(f"{alias}.redacted AS {note}")
+            if c.unclassified:
+                ctes.append(
+                    f"{alias} AS (SELECT d.v, {redacted} FROM (SELECT DISTINCT {text} AS v "
+                    f"FROM {raw_table} WHERE {text} IS NOT NULL) d, LATERAL FLATTEN(INPUT => "
+                    f"SNOWFLAKE.CORTEX.SPLIT_TEXT_RECURSIVE_CHARACTER(d.v, 'none', "
+                    f"{AI_REDACT_CHUNK_CHARACTERS}, 0)) s GROUP BY d.v)"
+                )
+                joins.append(f" LEFT JOIN {alias} ON {alias}.v = t.{text}")
+            else:
+                ctes.append(
+                    f"{alias} AS (SELECT n.{row_key} AS row_key, {redacted} "
+                    f"FROM {raw_table} n, LATERAL FLATTEN(INPUT => "
+                    f"SNOWFLAKE.CORTEX.SPLIT_TEXT_RECURSIVE_CHARACTER(n.{text}, 'none', "
+                    f"{AI_REDACT_CHUNK_CHARACTERS}, 0)) s GROUP BY n.{row_key})"
+                )
+                joins.append(f" LEFT JOIN {alias} ON {alias}.row_key = t.{row_key}")
+            columns.append(f"{alias}.redacted AS {text}")
         return f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}{''.join(joins)}"
 
 
