@@ -25,6 +25,11 @@ from clinipipe.phi.redact_text import redact_notes, shift_date_text
         ("Mar 4", 7, "Mar 11"),
         ("12/30", 7, "1/6"),
         ("Feb 29", 7, "Mar 7"),
+        # date-times: the date moves, the time of day stays (a detected span holds both)
+        ("2021-03-04T10:22:00", 7, "2021-03-11T10:22:00"),
+        ("03/04/2021 10:22", 7, "03/11/2021 10:22"),
+        ("18-Apr-2019 03:42", 1, "19-Apr-2019 03:42"),
+        ("11/01/2018 @ 0033", 1, "11/02/2018 @ 0033"),
     ],
 )
 def test_a_date_moves_in_its_own_spelling(text: str, days: int, expected: str) -> None:
@@ -49,3 +54,15 @@ def test_notes_dates_shift_per_row_and_other_phi_is_tagged() -> None:
     assert out[1] == "Follow up 2021-02-18."
     assert out[2] is None
     assert out[3] == "Seen on [DATE]."  # no offset (no patient): never the true date
+
+
+def test_a_detected_date_time_shifts_whole() -> None:
+    """A date-time is one DATE span (no date part left beside the time) and shifts as one."""
+    detectors = DetectorSet.load()
+    texts = pa.array(["Arrived 2021-03-04T10:22:00 by EMS.", "Exam date: 11/01/2018 @ 0033 |"])
+    out = redact_notes(
+        detectors, texts, shift_days=pa.array([7, 1], pa.int64()), keep=frozenset({"DATE"})
+    ).to_pylist()
+    assert out == ["Arrived 2021-03-11T10:22:00 by EMS.", "Exam date: 11/02/2018 @ 0033 |"]
+    tagged = detectors.redact(texts).to_pylist()
+    assert tagged == ["Arrived [DATE] by EMS.", "Exam date: [DATE] |"]

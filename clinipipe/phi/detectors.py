@@ -30,7 +30,7 @@ import yaml
 
 from clinipipe.phi.categories import CATEGORIES, SEVERITIES
 from clinipipe.phi.fakes import surrogate
-from clinipipe.phi.lexicon import NameContext, NameLexicon, read_list
+from clinipipe.phi.lexicon import NameContext, NameLexicon, name_neighbours, read_list
 from clinipipe.phi.linkage import find_known
 from clinipipe.phi.text import (
     UNANCHORED,
@@ -578,7 +578,40 @@ class DetectorSet:
             kept = np.asarray([self._labels[k][1] in keep for k in lab], dtype=bool)
             rank = rank - kept * (1 << 40)
         g_start, g_end, winner = resolve_overlaps(s, e, rank)
+        extra = self._name_neighbours(text, g_start, g_end, lab[winner])
+        if extra is not None:
+            xs, xe, xl = extra
+            s, e = np.concatenate([s, xs]), np.concatenate([e, xe])
+            lab, conf = np.concatenate([lab, xl]), np.concatenate([conf, np.full(len(xs), 0.7)])
+            rank = np.concatenate([rank, np.zeros(len(xs), dtype=np.int64)])
+            g_start, g_end, winner = resolve_overlaps(s, e, rank)
         return Spans(joined, g_start, g_end, lab[winner], conf[winner])
+
+    @cached_property
+    def _name_labels(self) -> tuple[np.ndarray, int]:
+        """Which labels are NAME, and the label given to a name's neighbour word (the
+        name-list detector's, else record linkage's)."""
+        is_name = np.asarray([c == "NAME" for _, c, _, _ in self._labels], dtype=bool)
+        lexicon = [i for i, d in enumerate(self.detectors) if d.kind == "names"]
+        label = lexicon[0] if lexicon else len(self.detectors) + CATEGORIES.index("NAME")
+        return is_name, label
+
+    def _name_neighbours(
+        self, text: str, start: np.ndarray, end: np.ndarray, label: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Spans of the words that complete a detected name (:func:`name_neighbours`), or
+        None when there are none."""
+        is_name, new_label = self._name_labels
+        names = is_name[label]
+        if not names.any():
+            return None
+        found = name_neighbours(text, start[names].tolist(), end[names].tolist())
+        if not found:
+            return None
+        arr = np.asarray(found, dtype=np.int64)
+        xs, xe = arr[:, 0], arr[:, 1]
+        ok = np.asarray([text.find("\x00", a, b) < 0 for a, b in found], dtype=bool)
+        return xs[ok], xe[ok], np.full(int(ok.sum()), new_label, dtype=np.int64)
 
     def cell_spans(self, text: str) -> list[tuple[int, int, str]]:
         """``(start, end, category)`` of every span detected in one text; the last few

@@ -19,6 +19,17 @@ lists and context words are data (see ``data/README.md`` and ``data/detectors.ya
 * Capitalized words that are neither census names nor English words join an accepted name
   next to them ("Jaylen Smith", "Dana Okafor"). Adjacent accepted words ("First Last",
   "Last, First", "First M. Last") make one span.
+* Broader lists (Census 2010 surnames, Census 2020 first names, every Latin-script Faker
+  locale read at run time) add names that are no English word and no clinical term; they
+  count in Title Case only. Words are Unicode (Florența, Nguyễn, D'Arcy).
+* Rules that need no list: a first name (or a name word no list holds) makes the capitalized
+  word after it a surname ("Mary Walker"); a word after a cue ("Report for", "this is",
+  "met with"...) or before an after-cue (" has had", ", husband") is a name even if no list
+  holds it; a name word before an eponym ("Lou Gehrig disease"), before a dose ("Ella 30
+  mg") or listed next to a drug ("Valium, Zofran, Ella") is not.
+
+:func:`name_neighbours` extends names found by *any* detector (record linkage included) over
+an adjacent surname, name word or initial, so that no part of a name is left beside a tag.
 
 Guarantee: every returned span starts and ends on a word boundary and lies within one row.
 """
@@ -81,10 +92,12 @@ class NameLexicon:
 @dataclass(frozen=True)
 class _Lists:
     names: pa.Array
+    extra: pa.Array
     firsts: pa.Array
     ambiguous: pa.Array
     eponyms: pa.Array
     heads: pa.Array
+    stop: pa.Array
     english: pa.Array
     abbreviations: pa.Array
 
@@ -93,21 +106,110 @@ def _lower_array(words: Iterable[str]) -> pa.Array:
     return pa.array(sorted({w.lower() for w in words}), pa.string())
 
 
+_LATIN_NAME = re.compile(r"^[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017f'\u2019-]{2,}$")
+
+
+@cache
+def faker_names() -> tuple[frozenset[str], frozenset[str]]:
+    """``(first names, last names)``, lower case, of every Faker locale written in Latin
+    letters, read from the installed Faker package (MIT licence) at run time; accented names
+    also in their unaccented spelling. Empty when Faker is not installed."""
+    try:
+        import importlib
+        import pkgutil
+
+        import faker.providers.person as person
+    except ImportError:  # pragma: no cover - Faker is a declared dependency
+        return frozenset(), frozenset()
+    firsts: set[str] = set()
+    lasts: set[str] = set()
+    for mod in pkgutil.iter_modules(person.__path__):
+        try:
+            provider = importlib.import_module(f"{person.__name__}.{mod.name}").Provider
+        except (ImportError, AttributeError):  # pragma: no cover - a broken locale
+            continue
+        for attr, out in (
+            ("first_names", firsts),
+            ("first_names_male", firsts),
+            ("first_names_female", firsts),
+            ("first_names_nonbinary", firsts),
+            ("last_names", lasts),
+            ("last_names_male", lasts),
+            ("last_names_female", lasts),
+        ):
+            values = getattr(provider, attr, ())
+            if isinstance(values, dict):
+                values = values.keys()
+            elif not isinstance(values, (list, tuple, set, frozenset)):
+                continue
+            for v in values:
+                for part in str(v).split():
+                    if _LATIN_NAME.match(part):
+                        low = part.lower()
+                        out.add(low)
+                        folded = _fold(low)
+                        if folded != low:
+                            out.add(folded)
+    return frozenset(firsts), frozenset(lasts)
+
+
+def _fold(word: str) -> str:
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+
+
+def _english_form(word: str, english: set[str]) -> bool:
+    """``word`` is an English word or a regular inflection of one (routed, wheezes)."""
+    if word in english:
+        return True
+    return any(
+        word.endswith(suffix)
+        and len(word) - len(suffix) >= 3
+        and word[: -len(suffix)] + add in english
+        for suffix, add in _INFLECTIONS
+    )
+
+
+_INFLECTIONS = (("s", ""), ("es", ""), ("ed", ""), ("ed", "e"), ("d", ""), ("ing", ""),
+                ("ing", "e"), ("ly", ""), ("er", ""), ("ers", ""), ("ness", ""))  # fmt: skip
+
+
 @cache
 def _lists() -> _Lists:
     firsts = read_list("first_names.txt")
+    census = {w.lower() for w in firsts + read_list("last_names.txt")}
+    english = {w.lower() for w in read_list("english_words.txt")}
+    never = {w.lower() for w in read_list("abbreviations.txt") + read_list("clinical_words.txt")}
+    # Nationality and religion words are names only in context (Dr. Joan French, Christian
+    # Sherman): listed as names, but ambiguous ones.
+    demonyms = {w.lower() for w in read_list("demonyms.txt")}
+    census |= demonyms
+    f_first, f_last = faker_names()
+    new_firsts = {w.lower() for w in read_list("first_names_2020.txt")} | f_first
+    new = new_firsts | {w.lower() for w in read_list("surnames_2010.txt")} | f_last
+    # Broader lists add only words that are no English word and no clinical term: a name that
+    # is also a word stays what the 1990 lists and name_words.txt make of it.
+    extra = {
+        w for w in new if len(w) >= 3 and w not in never and not _english_form(w, english)
+    } - census
     return _Lists(
-        names=_lower_array(firsts + read_list("last_names.txt")),
-        firsts=_lower_array(firsts),
-        ambiguous=_lower_array(read_list("name_words.txt")),
+        names=_lower_array(census),
+        extra=_lower_array(extra),
+        firsts=_lower_array(set(firsts) | (new_firsts - english - never)),
+        ambiguous=_lower_array(read_list("name_words.txt") + read_list("demonyms.txt")),
         eponyms=_lower_array(read_list("eponyms.txt")),
         heads=_lower_array(read_list("eponym_heads.txt")),
+        stop=_lower_array(read_list("eponym_heads.txt") + read_list("not_surnames.txt")),
         english=_lower_array(read_list("english_words.txt")),
-        abbreviations=_lower_array(read_list("abbreviations.txt")),
+        abbreviations=_lower_array(
+            read_list("abbreviations.txt") + read_list("clinical_words.txt")
+        ),
     )
 
 
 _NAME, _FIRST, _AMBIGUOUS, _EPONYM, _ENGLISH, _ABBREV = 1, 2, 4, 8, 16, 32
+_EXTRA, _CLINICAL = 64, 128  # broader name lists; clinical_words.txt
 
 
 @cache
@@ -122,6 +224,8 @@ def _flags() -> dict[str, int]:
         (_EPONYM, lists.eponyms),
         (_ENGLISH, lists.english),
         (_ABBREV, lists.abbreviations),
+        (_EXTRA, lists.extra),
+        (_CLINICAL, _lower_array(read_list("clinical_words.txt"))),
     ):
         for word in array.to_pylist():
             flags[word] = flags.get(word, 0) | bit
@@ -152,9 +256,25 @@ def _alternation(words: Iterable[str]) -> str:
 
 
 # A capitalized word of two letters or more (O'Brien, Smith-Jones); initials stay in the gaps.
-_WORD = re.compile(r"([A-Z][A-Za-z]*[a-zA-Z](?:['\u2019][A-Z][A-Za-z]+)?(?:-[A-Z][A-Za-z]+)*)")
-_JOIN = r"^(?: |, | [A-Z]\.? )$"
+_UP = "A-Z\u00c0-\u00d6\u00d8-\u00de\u0100-\u024f\u1e00-\u1eff"
+_AL = "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff"
+_WORD = re.compile(
+    rf"([{_UP}](?:[{_AL}]+|(?=['\u2019][{_UP}]))(?:['\u2019][{_UP}][{_AL}]+)?"
+    rf"(?:-[{_UP}][{_AL}]+)*)"
+)
+_JOIN = r"^(?: |, | [A-ZÀ-ÖØ-Þ]\.? )$"
 _HEAD = "^(?:['\u2019]s)?[ -](?P<w>[A-Za-z]+)"  # Arrow's RE2 wants the character itself
+
+
+_DOSE = (
+    r"^ \d+(?:\.\d+)? ?(?:mg|mcg|g|mL|ml|units?|%|tabs?|caps?)\b|^ (?:tablets?|capsules?|po|PO|bid|"
+    r"BID|tid|TID|qid|QID|qhs|QHS|prn|PRN|injection|inhaler|patch|cream|ointment|ER|XR|XL|SR|CR|"
+    r"perles|drops|solution|suspension|spray|monthly|weekly|nightly)\b"
+)
+_PRONOUNS = pa.array(
+    ["he", "she", "they", "we", "it", "this", "that", "who", "there", "here", "you", "one"],
+    pa.string(),
+)
 
 
 def _in(values: pa.Array, value_set: pa.Array) -> np.ndarray:
@@ -197,7 +317,9 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     length = lengths[1::2]
     upper = np.fromiter(map(str.isupper, parts[1::2]), dtype=bool, count=count)
     abbrev = (flags & _ABBREV) > 0
-    named = ((flags & _NAME) > 0) & ~abbrev & ~(upper & (length < 3))
+    # Broader lists (Census 2010/2020, Faker) count in Title Case only: "PHOS", "ECHO" stay.
+    named = (((flags & _NAME) > 0) | (((flags & _EXTRA) > 0) & ~upper)) & ~abbrev
+    named &= ~(upper & (length < 3))
     named &= ~_inside_phrases(text, starts, ends)
     first = (flags & _FIRST) > 0
     weak = named & (((flags & (_AMBIGUOUS | _EPONYM)) > 0) | (upper & (length <= 3)))
@@ -245,9 +367,23 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
         trail = pc.binary_join_element_wise(after.take(pa.array(idx)), nxt_words, "")
         return _match(lead, cue_re, ignore_case=True) | _match(trail, after_re)
 
+    def dose_rule(idx: np.ndarray) -> np.ndarray:
+        return _match(after.take(pa.array(idx)), _DOSE)
+
     eponym_use = on(named, eponym_rule)
     titled = on(named, title_rule)
-    cued = on(weak & ~eponym_use, cue_rule)
+    # A word followed by a dose or a drug form is a drug ("Ella 30 mg", "Allegra 180 mg"), and
+    # so is a word listed next to a drug ("Valium, Zofran, Ella"; "Lyrica and Ella").
+    eponym_use |= on(named & ~titled, dose_rule)
+    clinical = (flags & _CLINICAL) > 0
+    listed = _match(after, r"^(?:, | and |, and | or |/)$")
+    eponym_use |= named & ~titled & ((listed & _shift(clinical, -1)) | _shift(listed & clinical, 1))
+    # A name word right before an eponym is part of it: "Lou Gehrig disease".
+    spaced = _match(after, r"^[ -]$")
+    for _ in range(2):
+        eponym_use |= named & ~titled & spaced & _shift(eponym_use, -1)
+    pronoun = _in(key_arr, _PRONOUNS)
+    cued = on((weak | unknown) & ~eponym_use & ~pronoun, cue_rule)
 
     strong_ok = strong & ~eponym_use
     weak_ok = weak & ~eponym_use
@@ -256,12 +392,18 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
     nxt_first = _shift(first, -1)
     accepted = strong_ok | (named & titled)
     accepted |= weak_ok & cued
+    accepted |= unknown & cued  # "Reports Hồng has had", "Patient: Xquilab"
     accepted |= weak_ok & joined & ~comma & first & nxt  # Will Smith, Mark Young
     accepted |= weak_ok & joined & comma & nxt_strong_first  # Brown, John
     for _ in range(3):  # weak words chained after accepted ones: Dr. Victor Smith
         accepted |= weak_ok & _shift(accepted & joined, 1)
         # "Ward, Maria MD": a weak "Last," or first name before an accepted word
         accepted |= weak_ok & joined & _shift(accepted, -1) & np.where(comma, nxt_first, first)
+    # A first name makes the capitalized word after it a surname, even a word ("Mary Walker",
+    # "Ama Bridge"), unless that word is clinical or an institution ("John Hospital").
+    stop = _in(key_arr, lists.stop)
+    after_first = _shift(accepted & first & joined & ~comma, 1)
+    accepted |= after_first & ~abbrev & ~eponym_use & ~stop & ~upper
     accepted |= unknown & ((_shift(accepted & joined, 1)) | (joined & _shift(accepted, -1)))
     if not accepted.any():
         return []
@@ -406,6 +548,19 @@ _NOT_PLACES = frozenset(
 )
 
 
+def not_name_word(word: str) -> bool:
+    """``word`` is never part of a person's name: a title, credential, clinical term or a
+    note/institution word (``abbreviations.txt``, ``clinical_words.txt``,
+    ``not_surnames.txt``, eponym heads)."""
+    low = word.lower().strip(".,")
+    return low in _sets()[3] or low in _stop_words() or low in _titles_lower()
+
+
+def english_word(word: str) -> bool:
+    """``word`` (lower case) is a common English word (``english_words.txt``)."""
+    return word in _sets()[2]
+
+
 def abbreviations() -> frozenset[str]:
     """Abbreviations the census lists hold as names but notes use otherwise (Dr, Rm, Na...)."""
     return _sets()[3]
@@ -429,6 +584,93 @@ def _ambiguous() -> frozenset[str]:
 
 
 def is_place_word(text: str) -> bool:
-    """A capitalized place name, not a month, weekday or determiner-like first word."""
-    first = text.split()[0].lower() if text.split() else ""
-    return bool(first) and first not in _NOT_PLACES
+    """A capitalized place name, not a month, weekday or determiner-like first word, and
+    no word of it a clinical term or abbreviation ("MS Contin, CO 4.2 L/min")."""
+    words = text.split()
+    first = words[0].lower() if words else ""
+    abbrevs = _sets()[3]
+    return (
+        bool(first)
+        and first not in _NOT_PLACES
+        and not any(w.lower().strip(",.") in abbrevs for w in words)
+    )
+
+
+_NEXT_WORD = re.compile(rf"(?: [{_UP}]\.)? ([{_UP}][{_AL}'\u2019-]*[{_AL}])(?![{_AL}\d])")
+_PREV_WORD = re.compile(rf"(?<![{_AL}\d])([{_UP}][{_AL}'\u2019-]*[{_AL}]) (?:[{_UP}]\. )?$")
+_PREV_INITIAL = re.compile(rf"(?<![{_AL}\d.])[{_UP}]\. ?$")
+
+
+def _neighbour_ok(word: str, after_first: bool) -> bool:
+    """Whether a capitalized word next to a detected name is part of it (see
+    :func:`name_neighbours`)."""
+    if word.isupper() and len(word) <= 3:
+        return False
+    low = word.lower()
+    key = low.partition("-")[0]
+    bits = _flags().get(key, 0)
+    if bits & _ABBREV or key in _stop_words() or key in _titles_lower():
+        return False
+    if bits & (_NAME | _EXTRA):
+        return not (bits & _AMBIGUOUS) or after_first
+    if bits & _ENGLISH:
+        return after_first
+    return len(key) >= 3 or (len(key) == 2 and not word.isupper())
+
+
+@cache
+def _stop_words() -> frozenset[str]:
+    return frozenset(_lists().stop.to_pylist())
+
+
+@cache
+def _titles_lower() -> frozenset[str]:
+    return frozenset(
+        w.lower()
+        for w in ("Dr", "Mr", "Mrs", "Ms", "Mx", "Miss", "Prof", "Rev", "Sister", "Nurse", "Dra")
+    )
+
+
+def name_neighbours(text: str, starts: Sequence[int], ends: Sequence[int]) -> list[tuple[int, int]]:
+    """Words next to already detected name spans (by any detector, record linkage included)
+    that complete the name: the capitalized word right after a name (a surname left beside a
+    removed first name: any word but a clinical, institution or calendar word when the name
+    ends in a first name; a listed or non-English name word otherwise), a name word right
+    before it (never an English word, a title or a clinical term) and an initial right before
+    it ("B. Lopez"). Each returned span ``(start, end)`` reaches one character into the name
+    it completes, so that it merges with it; Python runs per detected name, not per word."""
+    firsts = _first_names_lower()
+    out: list[tuple[int, int]] = []
+    pending = list(zip(starts, ends, strict=True))
+    for _ in range(2):
+        found: list[tuple[int, int]] = []
+        for s, e in pending:
+            m = _NEXT_WORD.match(text, e)
+            if m is not None:
+                last = text[s:e].rsplit(None, 1)[-1].strip(".,").lower()
+                # after a first name, or a name word no list holds ("Dương Bishop"), the next
+                # capitalized word is the surname even if it is an English word
+                first_like = last in firsts or not (_flags().get(last, 0) & (_ENGLISH | _NAME))
+                if _neighbour_ok(m.group(1), first_like) and not eponym_use_at(
+                    text, m.start(1), m.end(1)
+                ):
+                    found.append((m.start(1), m.end(1)))
+                    out.append((e - 1, m.end(1)))
+            i = _PREV_INITIAL.search(text, max(0, s - 4), s)
+            if i is not None:  # "B. Lopez", "C. Hale RN"
+                out.append((i.start(), s + 1))
+                continue
+            p = _PREV_WORD.search(text, max(0, s - 48), s)
+            if p is not None and _neighbour_ok(p.group(1), False):
+                found.append((p.start(1), p.end(1)))
+                out.append((p.start(1), s + 1))
+        pending = found
+        if not found:
+            break
+    return out
+
+
+def eponym_use_at(text: str, s: int, e: int) -> bool:
+    """The word ``text[s:e]`` is followed by an eponym head ("Gehrig disease")."""
+    m = re.compile(r"(?:['\u2019]s)? ([A-Za-z]+)").match(text, e)
+    return m is not None and m.group(1).lower() in _heads()

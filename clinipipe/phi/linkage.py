@@ -5,8 +5,14 @@ spellings, date spellings, street-suffix abbreviations) are searched, ignoring c
 row's own slice of the joined batch text (``str.find``: no per-row copy, no regex), as whole
 words.
 
+Names are matched column-wise instead: every word of the batch and every word of each row's
+known names become ``(row, word)`` integer keys, compared with ``numpy.isin`` (no per-row loop);
+a found word takes an initial or "O'" beside it, and words of one name separated by ", ", "and",
+"-" merge into one span.
+
 Guarantee: a returned span is an exact occurrence, bounded by non-alphanumeric characters, of a
-variant of one of that row's own known values.
+variant of one of that row's own known values (for names: of a word of one of them, with an
+adjacent initial or joining words).
 """
 
 from __future__ import annotations
@@ -68,24 +74,13 @@ def _cases(value: str) -> set[str]:
 
 
 def _name_variants(value: str) -> set[str]:
-    tokens = [t for t in re.split(r"[\s,]+", value.strip()) if t]
-    out = _cases(value.strip())
-    if not tokens:
-        return out
-    if "," in value and len(tokens) >= 2:  # "Last, First" given: add "First Last"
-        tokens = tokens[1:] + tokens[:1]
-    if len(tokens) == 1:
-        return out
-    # Each word is searched on its own (spans of adjacent words merge downstream); only the
-    # forms with an initial need their own spelling.
-    first, last = tokens[0], tokens[-1]
-    out |= {f"{first[0]}. {last}", f"{first} {last[0]}."}
-    for t in tokens:
-        t = t.strip(".")
-        if len(t) >= _MIN_LENGTH:
-            out.add(t)
-    if len(tokens) >= 2:
-        out.add(".".join(t[0].upper() for t in tokens) + ".")
+    """A multi-word name whole, as given and as "First Last" when given "Last, First" (its
+    single words are matched column-wise: :func:`_find_name_words`)."""
+    base = value.strip()
+    out = _cases(base)
+    tokens = [t for t in re.split(r"[\s,]+", base) if t]
+    if "," in base and len(tokens) >= 2:
+        out.add(" ".join(tokens[1:] + tokens[:1]))
     return out
 
 
@@ -247,6 +242,140 @@ def _string_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return column
 
 
+_WORD_BYTES = np.zeros(256, dtype=bool)
+for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+    _WORD_BYTES[_c] = True
+_WORD_BYTES[0x80:] = True  # any non-ASCII character is a letter here (accented names)
+_SPLIT_NON_WORD = r"[^A-Za-z0-9\x{80}-\x{10FFFF}]+"
+_GLUE = frozenset({"and", "or", "of", "the"})
+_INITIAL_BEFORE = re.compile(r"(?:^|(?<=[^A-Za-z]))[A-Z]\. ?$|[A-Za-z]['\u2019]$")
+_INITIAL_AFTER = re.compile(r" [A-Z]\.(?![A-Za-z])")
+
+
+def _tokens(low: str) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """``(start, end, word)`` of every run of letters and digits in ``low`` (character
+    offsets; words as an Arrow array), found column-wise over the UTF-8 bytes."""
+    data = low.encode("utf-8")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    is_word = _WORD_BYTES[raw]
+    edge = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
+    b_start = np.flatnonzero(edge == 1)
+    b_end = np.flatnonzero(edge == -1)
+    if len(b_start) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, pa.array([], pa.string())
+    # Arrow strings over the text itself: segments word, gap, word... take every other one.
+    bounds = np.empty(2 * len(b_start), dtype=np.int64)
+    bounds[0::2], bounds[1::2] = b_start, b_end
+    segments = pa.LargeStringArray.from_buffers(
+        len(bounds) - 1, pa.py_buffer(bounds.tobytes()), pa.py_buffer(data)
+    )
+    words = segments.take(pa.array(np.arange(0, len(bounds) - 1, 2)))
+    if len(data) == len(low):
+        return b_start, b_end, words
+    cont = np.flatnonzero((raw & 0xC0) == 0x80)
+    return (
+        b_start - np.searchsorted(cont, b_start),
+        b_end - np.searchsorted(cont, b_end),
+        words,
+    )
+
+
+def _find_name_words(
+    joined: JoinedText, low: str, known: pa.Table, columns: list[str]
+) -> list[tuple[int, int, float]]:
+    """Every word (2+ letters) of a row's known names found as a whole word in that row's
+    text, column-wise: the note's words and the known names' words are matched as
+    ``(row, word)`` integer keys (no per-row loop). A word that is a common English word
+    (Will, Rose, Brown) must be capitalized in the text; a word used as an eponym ("Foley
+    catheter") is not taken; an initial or an "O'" right before a found word and an initial
+    right after it go with it."""
+    text = joined.text
+    start, end, words = _tokens(low)
+    if len(start) == 0:
+        return []
+    rows_k: list[np.ndarray] = []
+    words_k: list[pa.Array] = []
+    for column in columns:
+        values = pc.utf8_lower(_string_array(known.column(column)))
+        parts = pc.split_pattern_regex(values, _SPLIT_NON_WORD)
+        rows_k.append(np.asarray(pc.list_parent_indices(parts).to_numpy(zero_copy_only=False)))
+        words_k.append(pc.list_flatten(parts).cast(pa.large_string()))
+    k_rows = np.concatenate(rows_k)
+    k_words = pa.concat_arrays(words_k)
+    keep = np.asarray(
+        pc.fill_null(pc.greater_equal(pc.utf8_length(k_words), _MIN_LENGTH), False).to_numpy(
+            zero_copy_only=False
+        )
+    )
+    keep &= ~np.asarray(pc.is_in(k_words, value_set=_glue_array()).to_numpy(zero_copy_only=False))
+    k_rows, k_words = k_rows[keep], k_words.filter(pa.array(keep))
+    if len(k_rows) == 0:
+        return []
+    vocab = pc.unique(k_words)
+    k_id = np.asarray(pc.index_in(k_words, value_set=vocab).to_numpy(zero_copy_only=False))
+    t_id = pc.index_in(words, value_set=vocab)
+    hit = np.flatnonzero(np.asarray(pc.is_valid(t_id).to_numpy(zero_copy_only=False)))
+    if len(hit) == 0:
+        return []
+    t_rows = joined.rows_of(start[hit])
+    width = len(vocab) + 1
+    t_key = t_rows.astype(np.int64) * width + np.asarray(
+        t_id.take(pa.array(hit)).to_numpy(zero_copy_only=False), dtype=np.int64
+    )
+    k_key = k_rows.astype(np.int64) * width + k_id.astype(np.int64)
+    ok = np.isin(t_key, k_key) & joined.valid[t_rows]
+    hit = hit[ok]
+    if len(hit) == 0:
+        return []
+    english = np.asarray(
+        pc.is_in(words.take(pa.array(hit)), value_set=_english_array()).to_numpy(
+            zero_copy_only=False
+        )
+    )
+    cands: list[tuple[int, int, bool]] = []
+    for s, e, eng in zip(start[hit].tolist(), end[hit].tolist(), english.tolist(), strict=True):
+        if text[e : e + 1] in (" ", "-", "'", "\u2019") and eponym_use(text, s, e):
+            continue
+        cands.append((s, e, bool(eng) and not text[s].isupper()))
+    # An English word in lower case ("rush", "will") counts only next to another of the
+    # row's name words ("rush, smith and greer", "will barber").
+    out: list[tuple[int, int, float]] = []
+    for i, (s, e, weak) in enumerate(cands):
+        if weak:
+            prev = i > 0 and _adjacent(text, cands[i - 1][1], s)
+            nxt = i + 1 < len(cands) and _adjacent(text, e, cands[i + 1][0])
+            if not (prev or nxt):
+                continue
+        m = _INITIAL_BEFORE.search(text, max(0, s - 3), s)
+        if m is not None:
+            s = m.start()
+        m = _INITIAL_AFTER.match(text, e)
+        if m is not None:
+            e = m.end()
+        if out and s - out[-1][1] <= 6 and _GLUE_GAP.fullmatch(text, out[-1][1], s):
+            s = out.pop()[0]  # "Rojas, Miller and Beck": the words between go too
+        out.append((s, e, CONFIDENCE))
+    return out
+
+
+def _adjacent(text: str, e: int, s: int) -> bool:
+    return 0 < s - e <= 6 and _GLUE_GAP.fullmatch(text, e, s) is not None
+
+
+_GLUE_GAP = re.compile(r"[ ,&-]+(?:and |of |the |de |la |del |van |von |da |di |le )?")
+
+
+@cache
+def _glue_array() -> pa.Array:
+    return pa.array(sorted(_GLUE), pa.large_string())
+
+
+@cache
+def _english_array() -> pa.Array:
+    return pa.array(sorted(_english_words()), pa.large_string())
+
+
 def find_known(
     joined: JoinedText, known: pa.Table, categories: Mapping[str, str]
 ) -> dict[str, list[tuple[int, int, float]]]:
@@ -267,10 +396,15 @@ def find_known(
     starts = joined.starts.tolist()
     found: dict[str, list[tuple[int, int, float]]] = {}
     valid = joined.valid
+    name_columns = [c for c in known.column_names if category_of_column(c, categories) == "NAME"]
+    if name_columns:
+        found["NAME"] = _find_name_words(joined, low, known, name_columns)
     for column in known.column_names:
         category = category_of_column(column, categories)
         out = found.setdefault(category, [])
         array = _string_array(known.column(column))
+        if category == "NAME":
+            continue  # word by word, column-wise, above
         # Cheap test first, one str.find per row: a note holding no anchor of a value cannot
         # hold any spelling of it (most known values are absent from most notes).
         rows, keys = anchor_pairs(array, category)

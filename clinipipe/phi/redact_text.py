@@ -28,6 +28,7 @@ import pyarrow as pa
 from clinipipe.phi import DetectorSet
 from clinipipe.phi.fakes import surrogate
 from clinipipe.phi.text import assemble, join_texts
+from clinipipe.phi.validators import split_time
 
 __all__ = ["redact_notes", "shift_date_text"]
 
@@ -72,8 +73,13 @@ def _number(value: int, like: str) -> str:
 
 
 def shift_date_text(text: str, days: int) -> str | None:
-    """`text` (one detected date) moved by `days`, in its own spelling; None when it is not a
-    full calendar day this function can read (the caller then writes ``[DATE]``)."""
+    """`text` (one detected date, possibly with a time of day: "2021-03-04T10:22", "03/04/2021
+    10:22") moved by `days`, in its own spelling, the time kept; None when it is not a full
+    calendar day this function can read (the caller then writes ``[DATE]``)."""
+    date_part, time_part = split_time(text)
+    if time_part:
+        moved = shift_date_text(date_part, days)
+        return None if moved is None else moved + time_part
     tokens = _TOKEN.findall(text)
     nums = [i for i, t in enumerate(tokens) if t.isdigit()]
     words = [i for i, t in enumerate(tokens) if t[:1].isalpha()]

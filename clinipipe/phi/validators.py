@@ -186,12 +186,24 @@ _NUMERIC_DATE = re.compile(r"^(\d{1,4})[-/.](\d{1,2})(?:[-/.](\d{2,4}))?$")
 _WORDS = re.compile(r"[A-Za-z]+|\d+")
 
 
+_TIME_SUFFIX = re.compile(
+    r"(?:(?:T| |, | @ ?| at )\d{1,2}:\d{2}\S*(?: ?[AaPp]\.?[Mm]\.?)?| ?@ ?\d{4})$"
+)
+
+
+def split_time(text: str) -> tuple[str, str]:
+    """``(date, time suffix)`` of a date-time ("2021-03-04T10:22:00", "03/04/2021 10:22 AM");
+    the suffix is empty when there is none."""
+    m = _TIME_SUFFIX.search(text)
+    return (text, "") if m is None else (text[: m.start()], text[m.start() :])
+
+
 @lru_cache(maxsize=1 << 16)
 def real_date(text: str) -> bool:
     """A calendar date in one of the usual spellings (3/4/2021, 2021-03-04, 4-Mar-21,
     March 4th, 2021, 4 March 2021, Mar 4, 03/04): the day exists in that month (29 February
     only in a leap year; a date without a year may be 29 February) and the year is 1900-2099."""
-    t = text.strip()
+    t = split_time(text.strip())[0]
     m = _NUMERIC_DATE.match(t)
     try:
         if m:
@@ -203,6 +215,8 @@ def real_date(text: str) -> bool:
             else:
                 mo, d = int(a), int(b)
                 y = _year(c) if c else 2000
+                if mo > 12 and d <= 12 and c and "." in t:  # day first: 15.04.2021
+                    mo, d = d, mo
             return 1900 <= y <= 2099 and _valid(y, mo, d)
         tokens = _WORDS.findall(t)
         month = next((tok for tok in tokens if tok.lower() in _MONTHS), None)
@@ -263,7 +277,46 @@ def any_digit(text: str) -> bool:
     return any(c.isdigit() for c in text)
 
 
+def phone_shape(text: str) -> bool:
+    """A number written like a phone number: 10 digits (11 starting 1, or 13 starting 001)
+    before any extension, not all one digit. Unlike :func:`nanp_phone` the area code and
+    exchange are not checked (test data and foreign-issued numbers break those rules)."""
+    ds = digits(re.split(r"[xX]|ext", text)[0])
+    if len(ds) == 13 and ds.startswith("001"):
+        ds = ds[3:]
+    if len(ds) == 11 and ds[0] == "1":
+        ds = ds[1:]
+    return len(ds) == 10 and len(set(ds)) > 1
+
+
+def code_token(text: str) -> bool:
+    """An identifier-like code of 5+ characters: it holds a digit, or it is all capitals
+    and no English word (JCBP1Y, VKOMJS; not PENDING)."""
+    if len(text) < 5:
+        return False
+    if any(c.isdigit() for c in text):
+        return True
+    from clinipipe.phi.lexicon import english_word
+
+    return text.isupper() and not english_word(text.lower())
+
+
+def date_compact(text: str) -> bool:
+    """YYYYMMDD that is a real calendar date, 1900-2099."""
+    return len(text) == 8 and text.isdigit() and real_date(f"{text[:4]}-{text[4:6]}-{text[6:]}")
+
+
+def seven_digits(text: str) -> bool:
+    """7 to 15 digits in all (a phone number of some country), not all one digit."""
+    ds = digits(text)
+    return 7 <= len(ds) <= 15 and len(set(ds)) > 1
+
+
 VALIDATORS: dict[str, Callable[[str], Any]] = {
+    "seven_digits": seven_digits,
+    "date_compact": date_compact,
+    "code_token": code_token,
+    "phone_shape": phone_shape,
     "any_digit": any_digit,
     "ssn": ssn,
     "luhn": luhn,
@@ -318,6 +371,68 @@ def name_tokens(text: str) -> int:
 name_tokens.trims = True  # type: ignore[attr-defined]
 
 
+def name_words(text: str) -> bool:
+    """Every word of ``text`` (initials aside) is a name word: a listed name or a capitalized
+    word that is no English word, and none is a clinical term ("Okafor, Chidi A.", "Xu
+    Wen-Li"); "Pain, Chest" is not."""
+    from clinipipe.phi.lexicon import is_name_token
+
+    words = [w for w in re.split(r"[\s,]+", text) if w and not re.fullmatch(r"[A-Z]\.?", w)]
+    return bool(words) and all(is_name_token(w.rstrip(".")) for w in words)
+
+
+def relation_name(text: str) -> bool:
+    """Words before a relation word ("Wolf-Dietrich Cross, husband"; "Crystal (father)") are a
+    name unless one is a clinical term, a title or a note word (Patient, Hospital...)."""
+    from clinipipe.phi.lexicon import not_name_word
+
+    return not any(not_name_word(w) for w in text.split())
+
+
+def street_words(text: str) -> bool:
+    """A house number and street words none of which is a clinical term, a title or a unit
+    ("8201 Meadowbrook", "6866 Highland"; not "120 Units")."""
+    words = text.split()
+    if len(words) < 2 or not words[0].isdigit():
+        return False
+    last = words[-1].lower()
+    if last in _NOT_STREET_WORDS:
+        return False
+    from clinipipe.phi.lexicon import not_name_word
+
+    # the field end or ", City, ST" after it is the evidence; the words only must not be
+    # clinical or a unit ("120 Units |")
+    return not any(not_name_word(w) for w in words[1:])
+
+
+_NOT_STREET_WORDS = frozenset(
+    re.findall(
+        r"\w+",
+        "units unit mg mcg tablets tablet days day weeks week hours hour years year months "
+        "month minutes times patients beats breaths percent points cm mm kg lbs ml ounces doses",
+    )
+)
+
+
+def credential_name(text: str) -> bool:
+    """Words before a credential ("Salami, Ajani RN", "Adaeze Obi, RN") are a name when none
+    is a clinical, title or note word and at least one is a listed name or no English
+    word."""
+    from clinipipe.phi.lexicon import is_name_token, not_name_word
+
+    words = [w for w in re.split(r"[\s,]+", text) if w and not re.fullmatch(r"[A-Z]\.?", w)]
+    return (
+        bool(words)
+        and not any(w.isupper() and len(w) <= 3 for w in words)
+        and not any(not_name_word(w) for w in words)
+        and any(is_name_token(w) for w in words)
+    )
+
+
 VALIDATORS["name_token"] = name_token
+VALIDATORS["credential_name"] = credential_name
+VALIDATORS["relation_name"] = relation_name
+VALIDATORS["street_words"] = street_words
+VALIDATORS["name_words"] = name_words
 VALIDATORS["name_tokens"] = name_tokens
 VALIDATORS["place_name"] = place_name
