@@ -420,3 +420,41 @@ def test_a_large_transaction_is_applied_in_parts_exactly_once(
     expected = source_rows(pg_dsn, query.format("p"))
     assert len(expected) > 1500 and all(r[2] is not None for r in expected)
     assert warehouse_rows(spec, query.format("raw.p")) == expected
+
+
+def test_add_column_with_default_and_a_widening_in_one_evolve(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ADD COLUMN with a constant default and a widening of the same table applied
+    together (DuckDB cannot commit an ALTER after an UPDATE of the same table); and a volatile
+    default on an append-only table pauses it (exit 3) instead of leaving NULLs."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE t (id int PRIMARY KEY, label varchar(10))",
+        "INSERT INTO t SELECT g, 'l' || g FROM generate_series(1, 3) g",
+        "CREATE TABLE e (what text, n int)",
+        "ALTER TABLE e REPLICA IDENTITY FULL",
+        "INSERT INTO e SELECT 'w' || g, g FROM generate_series(1, 3) g",
+    )
+    spec = project(
+        tmp_path, pg_dsn,
+        "    - name: t\n      primary_key: [id]\n    - name: e\n      append_only: true\n",
+        monkeypatch,
+    )  # fmt: skip
+    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
+    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    execute(
+        pg_dsn,
+        "ALTER TABLE t ALTER COLUMN label TYPE varchar(50)",
+        "ALTER TABLE t ADD COLUMN n int DEFAULT 7",
+        "INSERT INTO t VALUES (4, 'a long label over ten', 8)",
+    )
+    code, out, err = cli(capsys, "-c", str(spec), "cdc", "start", "--until-caught-up")
+    assert code == 0, out + err
+    query = "SELECT id, label, n FROM {} ORDER BY id"
+    assert warehouse_rows(spec, query.format("raw.t")) == source_rows(pg_dsn, query.format("t"))
+
+    execute(pg_dsn, "ALTER TABLE e ADD COLUMN r float8 DEFAULT random()")
+    code, out, err = cli(capsys, "-c", str(spec), "cdc", "start", "--until-caught-up")
+    assert code == 3, out + err
+    assert "table e is paused" in err and "volatile default" in err

@@ -232,10 +232,22 @@ def run_cdc(
                 except IncompatibleChange as exc:
                     pending_pause[catalog.name] = str(exc)
                     changes = []
+                unfillable = [c.column for c in changes if c.fill and not catalog.primary_key]
+                if unfillable:  # no key to copy the source's values of existing rows by
+                    changes = [dataclasses.replace(c, fill=False) for c in changes]
                 if changes:
                     target.evolve_table(changes, lsn)
                     summary.schema_changes += len(changes)
                     fills_recorded = True
+                if unfillable:
+                    pause(
+                        catalog.name,
+                        f"column(s) {', '.join(unfillable)} of append-only table "
+                        f"{catalog.qualified_name} were added with a volatile default: the "
+                        "existing rows got values only the source has, and a table without a "
+                        "primary key cannot be matched to copy them",
+                        lsn,
+                    )
                 column_map = known or ColumnMap(catalog, {})
                 column_map.learn(
                     catalog, target.recorded_columns(catalog.name),

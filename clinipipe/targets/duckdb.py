@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import uuid
@@ -138,7 +139,7 @@ class DuckDBTarget(Target):
                     cur.execute(statement)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
                 raise
         finally:
             cur.close()
@@ -166,7 +167,11 @@ class DuckDBTarget(Target):
     def evolve_table(self, changes: Sequence[SchemaChange], lsn: int) -> None:
         q, quote = self.dialect.quote_literal, self.dialect.quote_ident
         now = q(dt.datetime.now(dt.timezone.utc).isoformat())
-        statements: list[str] = []
+        # Every ALTER first, then the data: DuckDB 1.5.5 cannot commit a transaction that
+        # ALTERs a table it has already UPDATEd ("another transaction has altered this table").
+        alters: list[str] = []
+        fills: list[str] = []
+        records: list[str] = []
         for change in changes:
             raw, columns = self.raw_name(change.table), self.control("source_columns")
             where = f"table_name = {q(change.table)} AND attnum = {change.attnum}"
@@ -177,49 +182,49 @@ class DuckDBTarget(Target):
                 # and fails on a default calling a function (kill -9 after such an ALTER left a
                 # file that cannot be opened). Existing rows get the source's missing value as
                 # data; rows written later always carry the column.
-                statements.append(
+                alters.append(
                     f"ALTER TABLE {raw} ADD COLUMN IF NOT EXISTS {quote(change.column)} "
                     f"{duckdb_type(change.column_type)}"
                 )
                 if change.missing_value is not None:
                     value = duckdb_stream_cast(q(change.missing_value), change.column_type)
-                    statements.append(f"UPDATE {raw} SET {quote(change.column)} = {value}")
-                statements.append(f"DELETE FROM {columns} WHERE {where}")
-                statements.append(
+                    fills.append(f"UPDATE {raw} SET {quote(change.column)} = {value}")
+                records.append(f"DELETE FROM {columns} WHERE {where}")
+                records.append(
                     f"INSERT INTO {columns} VALUES ({q(change.table)}, {change.attnum}, "
                     f"{q(change.column)}, {q(change.column_type.pg_type)}, FALSE)"
                 )
                 if change.fill:
-                    statements.append(
+                    records.append(
                         f"INSERT OR REPLACE INTO {self.control('column_fills')} VALUES "
                         f"({q(change.table)}, {change.attnum}, {lsn})"
                     )
                 detail = change.column_type.pg_type
             elif change.kind == "drop":
-                statements.append(f"UPDATE {columns} SET dropped = TRUE WHERE {where}")
+                records.append(f"UPDATE {columns} SET dropped = TRUE WHERE {where}")
             elif change.kind == "rename":
                 assert change.new_name is not None
-                statements += self._rename_sql(raw, change, changes)
-                statements.append(
+                alters += self._rename_sql(raw, change, changes)
+                records.append(
                     f"UPDATE {columns} SET target_column = {q(change.new_name)} WHERE {where}"
                 )
                 detail = change.new_name
             elif change.kind == "retype":
                 assert change.column_type is not None
-                statements.append(
+                alters.append(
                     f"ALTER TABLE {raw} ALTER COLUMN {quote(change.column)} "
                     f"SET DATA TYPE {duckdb_type(change.column_type)}"
                 )
-                statements.append(
+                records.append(
                     f"UPDATE {columns} SET pg_type = {q(change.column_type.pg_type)} WHERE {where}"
                 )
                 detail = change.column_type.pg_type
-            statements.append(
+            records.append(
                 f"INSERT INTO {self.control('schema_history')} VALUES ({q(change.table)}, "
                 f"{q(change.kind)}, {q(change.column)}, {q(detail)}, {lsn}, {now})"
             )
         try:
-            self.execute_atomically(statements)
+            self.execute_atomically(alters + fills + records)
         except duckdb.Error as exc:
             raise TargetError(
                 f"applying schema changes to {self.describe()} failed: "
@@ -344,7 +349,7 @@ class DuckDBTarget(Target):
                     cur.execute(statement)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
                 raise
         except duckdb.Error as exc:
             raise TargetError(
@@ -368,7 +373,7 @@ class DuckDBTarget(Target):
         cur, self._cdc_cursor = self._cdc_cursor, None
         if cur is not None:
             try:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
             finally:
                 cur.close()
 
@@ -418,7 +423,7 @@ class DuckDBTarget(Target):
                 )  # fmt: skip
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
                 raise
         except duckdb.Error as exc:
             raise TargetError(
@@ -630,7 +635,7 @@ class DuckDBTarget(Target):
                     cur.execute(f"DROP TABLE IF EXISTS temp.{temp}")
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
                 raise
         except (duckdb.Error, TargetError) as exc:
             reason = scrub_values(first_line(exc))
@@ -844,7 +849,7 @@ class DuckDBTarget(Target):
                 cur.execute(upsert_findings_sql(findings_table, "_clinipipe_phi_findings_in"))
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
                 raise
         except duckdb.Error as exc:
             reason = scrub_values(first_line(exc))
@@ -1066,6 +1071,13 @@ def _resolve_origins(
 
 
 # --- dynamic tables (helpers) ---------------------------------------------------------------------
+
+
+def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    """Roll back `cur`'s transaction, if one is still open: a COMMIT that failed has already
+    ended it, and the error of a second ROLLBACK must not replace the first error."""
+    with contextlib.suppress(duckdb.TransactionException):
+        cur.execute("ROLLBACK")
 
 
 def _dt_sql(sql: str) -> str:
