@@ -55,7 +55,10 @@ subprocesses (so the slot exists), and then measures, in one run on the same mac
 
 Targets (the issue): ≥ 100 k changes/s and ≥ 0.3x the raw rate; p99 ≤ 1 s at 1 k events/min
 and ≤ 5 s at 20 k events/s; peak RSS ≤ 500 MB with the 1 M-row transaction. They are checked for
-the default options.
+the default options. The latency targets are judged on the outside observer (commit -> visible,
+an upper bound), not on clinipipe's own figure, and only when the stage reached its offered
+rate and every transaction was confirmed and applied; otherwise the verdict is NOT JUDGED with
+the reasons (the throughput and RSS runs raise when a correctness check fails).
 
 Machines are shared and noisy: everything is measured in one run, compare the ratios, not
 absolute figures across runs; ``--repeat N`` runs the throughput methods N times round-robin and
@@ -107,6 +110,11 @@ TARGET_STEADY_P99_MS = 1_000.0
 TARGET_BURST_P99_MS = 5_000.0
 TARGET_RSS_BYTES = 500_000_000
 STEADY_EVENTS_PER_SECOND = 1_000 / 60
+BURST_EVENTS_PER_SECOND = 20_000.0
+TARGET_RSS_ROWS = 1_000_000  # the RSS target names a 1 M-row transaction
+NAMED_RATES = {TARGET_STEADY_P99_MS: STEADY_EVENTS_PER_SECOND,
+               TARGET_BURST_P99_MS: BURST_EVENTS_PER_SECOND}  # fmt: skip
+"""The offered rate each latency target names (events/s), by its p99 bound."""
 CHILD_TIMEOUT_SECONDS = 1_800.0
 BIG_BATCH_ROWS = 200_000
 
@@ -888,6 +896,46 @@ class Verdict:
     value: float | None
     target: str
     passed: bool | None
+    """True/False only when judged; None: not judged (see `reasons`)."""
+    reasons: list[str] = field(default_factory=list)
+    """Why it was not judged: the measure is missing, the offered load was not delivered, or a
+    correctness check failed."""
+
+
+def latency_verdict(result: LatencyResult) -> Verdict:
+    """The latency target names the time from the source COMMIT until the change is visible
+    in the target, so it is judged on the outside observer (the slot confirmed past the
+    transaction, which clinipipe does only after its DuckDB COMMIT, minus the moment COMMIT was
+    sent), never on clinipipe's own figure (taken before its COMMIT, a lower bound). Judged
+    only when the stage reached its offered rate, every transaction was seen confirmed and
+    every one was applied."""
+    observed = result.independent_ms["p99"] if result.independent_ms else None
+    reasons = []
+    if observed is None:
+        reasons.append("no outside measurement")
+    named = NAMED_RATES.get(result.target_p99_ms)
+    if named is not None and result.offered_events_per_second < 0.999 * named:
+        reasons.append(f"offered {result.offered_events_per_second:,.1f} events/s, the target "
+                       f"names {named:,.1f}")  # fmt: skip
+    if result.achieved_events_per_second < 0.95 * result.offered_events_per_second:
+        reasons.append(
+            f"offered {result.offered_events_per_second:,.1f} events/s, reached only "
+            f"{result.achieved_events_per_second:,.1f}"
+        )
+    if result.unconfirmed:
+        reasons.append(f"{result.unconfirmed:,} transactions never seen confirmed")
+    if result.applied_transactions != result.transactions:
+        reasons.append(
+            f"{result.applied_transactions:,} transactions applied of {result.transactions:,}"
+        )
+    passed = None if reasons or observed is None else observed <= result.target_p99_ms
+    return Verdict(
+        f"latency p99 (ms, commit -> visible, outside observer), {result.stage}",
+        observed,
+        f"<= {result.target_p99_ms:,.0f} ms",
+        passed,
+        reasons,
+    )
 
 
 def verdicts(
@@ -902,20 +950,13 @@ def verdicts(
         Verdict("throughput vs raw pgoutput read", ratio, f">= {TARGET_VS_RAW}x",
                 ratio >= TARGET_VS_RAW),
     ]  # fmt: skip
-    for result in lat.results:
-        p99 = result.clinipipe_ms["p99"] if result.clinipipe_ms else None
-        found.append(
-            Verdict(
-                f"latency p99 (ms), {result.stage}",
-                p99,
-                f"<= {result.target_p99_ms:,.0f} ms",
-                None if p99 is None else p99 <= result.target_p99_ms,
-            )
-        )
+    found.extend(latency_verdict(result) for result in lat.results)
     rss = big.run.peak_rss_bytes
+    small = big.rows < TARGET_RSS_ROWS
     found.append(
         Verdict(f"peak RSS (MB), one {big.rows:,}-row transaction", rss / 1e6,
-                f"<= {TARGET_RSS_BYTES / 1e6:,.0f} MB", rss <= TARGET_RSS_BYTES)
+                f"<= {TARGET_RSS_BYTES / 1e6:,.0f} MB", None if small else rss <= TARGET_RSS_BYTES,
+                [f"the target names a {TARGET_RSS_ROWS:,}-row transaction"] if small else [])
     )  # fmt: skip
     return found
 
@@ -1035,7 +1076,9 @@ def print_report(
     for column in ("check", "measured", "target", "result"):
         table.add_column(column, justify="right" if column == "measured" else "left")
     for v in found:
-        result = {True: "[green]pass[/]", False: "[red]miss[/]", None: "not measured"}[v.passed]
+        result = {True: "[green]met[/]", False: "[red]missed[/]", None: "NOT JUDGED"}[v.passed]
+        if v.reasons:
+            result += f" ({'; '.join(v.reasons)})"
         table.add_row(v.check, _fmt(v.value, ",.2f"), v.target, result)
     console.print(table)
 

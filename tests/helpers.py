@@ -92,3 +92,71 @@ def catch_up(spec: Path | LoadedSpec) -> None:
 
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     run_cdc(loaded, CdcOptions(until_caught_up=True, max_seconds=120))
+
+
+class CliProcess:
+    """`python -m clinipipe ARGS` in a child process whose stderr lines are read as they come,
+    so a test can wait for an event (a line printed) instead of sleeping."""
+
+    def __init__(self, args: list[str], env: dict[str, str], prelude: str = "") -> None:
+        """`prelude`: Python run in the child before the CLI (e.g. to announce an event)."""
+        import queue
+        import subprocess
+        import sys
+        import threading
+
+        command = [sys.executable, "-m", "clinipipe", *args]
+        if prelude:
+            main = "from clinipipe.cli.app import run\nsys.exit(run(sys.argv[1:]))\n"
+            command = [sys.executable, "-c", f"import sys\n{prelude}\n{main}", *args]
+        self.proc = subprocess.Popen(
+            command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+
+        def pump() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.lines.put(line)
+            self.lines.put(None)
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+
+    def wait_for_line(self, pattern: str) -> str:
+        """The first stderr line (from now on) matching regex `pattern`; fails if the process
+        ends first (or, as a guard against a hang only, after 120 s)."""
+        import queue
+        import re
+
+        while True:
+            try:
+                line = self.lines.get(timeout=120)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in 120 s") from None
+            if line is None:
+                raise AssertionError(f"exited before {pattern!r}:\n{''.join(self.seen)}")
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def finish(self) -> tuple[int, str, str]:
+        """Wait for the exit; (exit code, stdout, all of stderr)."""
+        import subprocess
+
+        assert self.proc.stdout is not None
+        try:
+            code = self.proc.wait(timeout=120)  # a hang guard only (output is small)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"did not exit:\n{''.join(self.seen)}") from None
+        out = self.proc.stdout.read()
+        self._pump.join(timeout=30)
+        while True:
+            line = self.lines.get_nowait() if not self.lines.empty() else None
+            if line is None:
+                break
+            self.seen.append(line)
+        return code, out, "".join(self.seen)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,15 +27,20 @@ from clinipipe.spec.model import PhiAlertsSpec
 @dataclass
 class Hook:
     """A webhook receiver on 127.0.0.1: answers each POST with the next status of `script`
-    (then 200), records every body, and can be slow."""
+    (then 200), records every body, and can hold requests unanswered (`hold`)."""
 
     url: str
     bodies: list[dict[str, object]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     script: list[int] = field(default_factory=list)
-    delay: float = 0.0
     arrived: threading.Event = field(default_factory=threading.Event)
+    hold: threading.Event | None = None
+    """When set: every request is held, unanswered, until this event is set (or 120 s pass,
+    which `held_too_long` records: a test that needed that long has failed)."""
+    holding: threading.Event = field(default_factory=threading.Event)
+    """Set once a request is being held."""
+    held_too_long: bool = False
 
 
 @pytest.fixture
@@ -46,20 +50,25 @@ def hook() -> Iterator[Hook]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            if state.delay:
-                time.sleep(state.delay)
+            if state.hold is not None:
+                state.holding.set()
+                if not state.hold.wait(120):
+                    state.held_too_long = True
             status = state.script.pop(0) if state.script else 200
             state.raw.append(body)
             state.statuses.append(status)
             if status == 200:
                 state.bodies.append(json.loads(body))
                 state.arrived.set()
-            self.send_response(status)
-            if status == 429:
-                self.send_header("Retry-After", "0")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
+            try:
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+            except OSError:  # the client gave up on a held request
+                pass
 
         def log_message(self, *args: object) -> None:
             pass
@@ -71,6 +80,8 @@ def hook() -> Iterator[Hook]:
     try:
         yield state
     finally:
+        if state.hold is not None:
+            state.hold.set()  # let held requests go before shutting down
         server.shutdown()
         server.server_close()
 
@@ -153,13 +164,37 @@ def test_gives_up_after_the_retries_and_a_4xx_is_not_retried(hook: Hook) -> None
     assert "T0K3N" not in sender.stats.last_error  # the URL's path is never shown
 
 
+def test_a_hanging_endpoint_never_blocks_the_caller(hook: Hook) -> None:
+    """Fifty sends return while the endpoint holds the first request unanswered."""
+    hook.hold = threading.Event()
+    sender = AlertSender(hook.url, timeout_seconds=600, retries=0, queue_size=3)
+    assert sender.send(alert())
+    assert hook.holding.wait(60)  # the sender is now stuck on the network ...
+    accepted: list[bool] = []
+
+    def fifty() -> None:
+        accepted.extend(sender.send(alert(finding(row=f"lab_id={i}"))) for i in range(50))
+
+    caller = threading.Thread(target=fifty, daemon=True)
+    caller.start()
+    caller.join(60)  # (a safety net only: a blocking send would wait for the 600 s timeout)
+    assert not caller.is_alive(), "send() waited on the network"
+    # ... and still is: the held request neither answered nor failed while the sends returned.
+    assert not hook.hold.is_set() and not hook.statuses
+    assert sender.stats.attempts == 1 and sender.stats.failed == 0
+    assert accepted.count(True) == 3 and accepted.count(False) == 47  # the queue holds 3
+    hook.hold.set()
+    assert sender.flush(30)
+    stats = sender.close()
+    assert not hook.held_too_long
+    assert stats.queued == 51 and stats.sent == 4 and stats.dropped == 47
+
+
 def test_a_dead_endpoint_never_blocks_the_caller() -> None:
     events: list[str] = []
     sender = AlertSender(dead_url(), retries=5, backoff_start=0.2, queue_size=3,
                          on_event=events.append)  # fmt: skip
-    started = time.monotonic()
     accepted = [sender.send(alert(finding(row=f"lab_id={i}"))) for i in range(50)]
-    assert time.monotonic() - started < 0.2  # fifty sends, no waiting on the network
     stats = sender.close(drain_seconds=0.5)
     assert accepted.count(False) >= 46  # the queue holds 3 (one more may be in flight)
     assert stats.queued == 50
@@ -169,13 +204,16 @@ def test_a_dead_endpoint_never_blocks_the_caller() -> None:
 
 
 def test_a_slow_endpoint_is_cut_by_the_timeout(hook: Hook) -> None:
-    hook.delay = 2.0
+    """The request fails by its timeout while the endpoint still holds it: the sender never
+    waits for the endpoint's answer."""
+    hook.hold = threading.Event()
     sender = AlertSender(hook.url, timeout_seconds=0.3, retries=0)
-    started = time.monotonic()
     sender.send(alert())
-    assert sender.flush(5)
-    assert time.monotonic() - started < 1.5
-    assert sender.close().failed == 1
+    assert sender.flush(60)  # the failure came ...
+    assert hook.holding.is_set() and not hook.hold.is_set()  # ... the answer never did
+    stats = sender.close()
+    assert stats.failed == 1 and stats.sent == 0 and not hook.statuses
+    assert stats.last_error is not None and "TimeoutError" in stats.last_error
 
 
 def test_configuration_errors_name_the_variable_not_the_value() -> None:

@@ -89,9 +89,16 @@ def test_undeployed_target_says_what_to_do(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", "postgresql://clinipipe@127.0.0.1:1/none")
     monkeypatch.delenv("CLINIPIPE_DUCKDB_PATH", raising=False)
     loaded = load_spec(write_spec(tmp_path, example_text()))
-    with DuckDBTarget(loaded) as opened, pytest.raises(TargetError, match="clinipipe deploy"):
+    with DuckDBTarget(loaded) as opened, pytest.raises(TargetError) as info:
         audit.record(opened, "redact", "research", {})
-    assert duckdb.connect(str(tmp_path / "warehouse.duckdb")).execute("SELECT 1").fetchone()
+    assert "has no audit log" in str(info.value) and "clinipipe deploy" in str(info.value)
+    # ... and it made no audit log (or anything else) of its own: only deploy creates one.
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchone() == (0,)
+        assert con.execute(
+            "SELECT schema_name FROM duckdb_schemas() WHERE NOT internal AND "
+            "database_name = current_database()"
+        ).fetchall() in ([], [("main",)])
 
 
 def test_chain_through_fakesnow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

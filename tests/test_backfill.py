@@ -110,17 +110,80 @@ def test_resume_after_kill_9(hospital_project: Path, pg_dsn: str, seed: int) -> 
     assert completed[0] is not None
 
 
+def _slots(dsn: str) -> list[tuple[str, str]]:
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        cur.execute("SELECT slot_name, confirmed_flush_lsn::text FROM pg_replication_slots")
+        rows = cur.fetchall()
+    con.close()
+    return rows
+
+
 def test_interrupted_backfill_needs_resume_or_force(
     hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A run that died mid-load is neither silently resumed nor silently reloaded."""
+    from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
+    from clinipipe.spec import load_spec
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(_schemas: object) -> None:
+        raise Interrupted  # after the plan and the slot exist, before any range is loaded
+
+    with pytest.raises(Interrupted):
+        run_backfill(load_spec(hospital_project), BackfillOptions(workers=1), on_start=interrupt)
+    warehouse = hospital_project.parent / "warehouse.duckdb"
+    slots_before = _slots(pg_dsn)
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill")
+    assert code == 1, out + err
+    assert "did not finish" in err and "--resume" in err and "--force" in err
+    assert "Traceback" not in err
+    assert _slots(pg_dsn) == slots_before  # the slot of the unfinished run is kept
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM _clinipipe.backfill_ranges").fetchone() == (0,)
+        assert con.execute("SELECT completed_at FROM _clinipipe.backfill_runs").fetchone() == (
+            None,
+        )
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill", "--resume", "--json")
+    assert code == 0 and '"status": "resumed"' in out, out + err
+    assert_target_equals_source(pg_dsn, warehouse)
+
+
+def test_a_slot_of_another_pipeline_is_not_taken_over(
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The spec's slot exists but this target never ran a backfill: refuse, keep the slot."""
     with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
-        cur.execute("ALTER TABLE labs RENAME TO labs_gone")  # the table disappears mid-load
+        cur.execute("SELECT pg_create_logical_replication_slot('clinipipe_slot', 'pgoutput')")
     con.close()
-    code, _, err = cli(capsys, "-c", str(hospital_project), "backfill")
-    assert code == 1 and "labs" in err and "Traceback" not in err
+    slots_before = _slots(pg_dsn)
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill")
+    assert code == 1, out + err
+    assert "another pipeline" in err and "--force" in err and "Traceback" not in err
+    assert _slots(pg_dsn) == slots_before  # not dropped, not recreated
+    warehouse = hospital_project.parent / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM _clinipipe.backfill_runs").fetchone() == (0,)
+
+
+def test_a_lost_slot_is_not_reported_as_a_complete_backfill(
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a completed backfill the slot is dropped (or lost in a failover): `backfill` says
+    the changes since cannot be streamed instead of "already complete"."""
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill")
+    assert code == 0, out + err
     with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
-        cur.execute("ALTER TABLE labs_gone RENAME TO labs")
+        cur.execute("SELECT pg_drop_replication_slot('clinipipe_slot')")
     con.close()
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill")
+    assert code == 1, out + err
+    assert "is gone" in err and "backfill --force" in err and "already complete" not in out
+    assert _slots(pg_dsn) == []
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill", "--force", "--json")
+    assert code == 0 and '"status": "loaded"' in out, out + err
+    assert [s for s, _ in _slots(pg_dsn)] == ["clinipipe_slot"]
 
 
 def test_table_disappearing_mid_load_keeps_completed_ranges(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,12 +26,13 @@ def test_backfill_under_concurrent_writes_then_cdc_is_exact(
     workload = Workload(pg_dsn, seed=5)
     workload.start()
     try:
-        time.sleep(0.3)
+        before = workload.wait_for(3)  # writing when the backfill starts ...
         run_backfill(load_spec(hospital_project), BackfillOptions(workers=3, pages_per_range=2))
-        time.sleep(0.3)
+        during = workload.transactions
+        workload.wait_for(3)  # ... and still writing after it ended
     finally:
         count = workload.stop()
-    assert count > 5
+    assert during > before and count > during
     catch_up(hospital_project)
     assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
 
@@ -135,67 +135,134 @@ def test_status_and_reset(
     assert code == 1 and "missing" in err
 
 
+TOAST_NOTES = (  # ~3.2 KB of md5 hex per note: incompressible enough to be stored out of line
+    "UPDATE clinical_notes SET note_text = (SELECT string_agg(md5(note_id::text || '/' || g), "
+    "' ') FROM generate_series(1, 100) g)"
+)
+
+
+def _toast(dsn: str) -> tuple[int, int]:
+    """(notes, bytes in clinical_notes' TOAST relation): notes stored out of line fill it."""
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT count(*) FROM clinical_notes), pg_relation_size(reltoastrelid) "
+            "FROM pg_class WHERE relname = 'clinical_notes'"
+        )
+        notes, size = cur.fetchone()
+    con.close()
+    return int(notes), int(size)
+
+
+def _checkpoint(warehouse: Path) -> int:
+    import duckdb
+
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        row = con.execute("SELECT max(lsn) FROM _clinipipe.cdc_checkpoints").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [42, 7, 2026])
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     hospital_project: Path, pg_dsn: str, seed: int
 ) -> None:
+    """`cdc start` is killed (SIGKILL) mid-stream again and again: each time after it applied
+    some batches (its checkpoint moved) and while it still ran (exit -9). The notes are
+    TOASTed and the workload updates them without touching note_text, so unchanged-TOAST
+    values are in flight at the kills. The final catch-up makes the target equal the source."""
+    from clinipipe.source.pgoutput import lsn_to_int
+    from tests.helpers import CliProcess
+
+    execute(pg_dsn, TOAST_NOTES)
+    notes, toast_bytes = _toast(pg_dsn)
+    assert notes > 100 and toast_bytes >= notes * 3000  # every note is stored out of line
     run_backfill(load_spec(hospital_project))
+    warehouse = hospital_project.parent / "warehouse.duckdb"
     env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
-    command = [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital_project), "cdc", "start",
-               "--batch-ms", "50", "--batch-rows", "500"]  # fmt: skip
+    args = ["-c", str(hospital_project), "cdc", "start", "--batch-ms", "50", "--batch-rows", "500"]
     rng = random.Random(seed)
-    workload = Workload(pg_dsn, seed=seed, pause=0.005)
+    # Note updates (unchanged TOAST) weigh as much as all the other kinds together.
+    workload = Workload(pg_dsn, seed=seed, pause=0.005, weights=(30, 40, 15, 5, 3, 90, 1))
     workload.start()
+    moved = 0
     try:
-        for _ in range(6):
-            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)  # fmt: skip
-            time.sleep(rng.uniform(1.5, 3.5))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        for _ in range(3):
+            before = _checkpoint(warehouse)
+            child = CliProcess(args, env)
+            for _ in range(rng.randint(1, 4)):  # batches applied in this run before the kill
+                last = child.wait_for_line(r"^applied [\d,]+ changes .* up to ")
+            time.sleep(rng.uniform(0.0, 0.2))  # a random moment after that batch
+            child.proc.send_signal(signal.SIGKILL)
+            code, _, err = child.finish()
+            assert code == -signal.SIGKILL, f"cdc start was not running when killed:\n{err}"
+            assert "Traceback" not in err
+            after = _checkpoint(warehouse)
+            assert after >= lsn_to_int(last.rsplit(" ", 1)[1]) > before  # mid-stream: it moved
+            moved += 1
     finally:
         transactions = workload.stop()
-    assert transactions > 50
+    assert moved == 3 and transactions > 50
+    assert workload.kinds["note"] > 10  # unchanged TOAST values were streamed
     with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:  # a last burst after the kills
         for _ in range(20):
             random_transaction(cur, rng)
             con.commit()
     con.close()
     catch_up(hospital_project)
-    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+    assert_target_equals_source(pg_dsn, warehouse)
 
 
 def test_reconnects_after_the_connection_drops(hospital_project: Path, pg_dsn: str) -> None:
-    """The walsender is killed mid-stream (as on a source restart): CDC reconnects, resumes."""
+    """The walsender is killed mid-stream (as on a source restart), twice: CDC reconnects and
+    resumes. Each kill waits for batches to be flowing (events, not times); the run is stopped
+    by SIGINT once batches flowed again after the second kill."""
     import threading
 
     run_backfill(load_spec(hospital_project))
-    result: dict[str, object] = {}
+    applied = threading.Semaphore(0)
+    failure: list[BaseException] = []
+    finished = threading.Event()
 
-    def cdc() -> None:
+    def next_batches(n: int) -> None:
+        deadline = time.monotonic() + 120  # a hang guard only
+        for _ in range(n):
+            while not applied.acquire(timeout=0.1):
+                assert not finished.is_set(), "cdc stopped"
+                assert time.monotonic() < deadline, "no batch applied"
+
+    def driver() -> None:
         try:
-            result["summary"] = run_cdc(load_spec(hospital_project), CdcOptions(max_seconds=8))
+            for _ in range(2):
+                next_batches(2)  # streaming (again)
+                execute(
+                    pg_dsn,
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                    "WHERE slot_name = 'clinipipe_slot' AND active_pid IS NOT NULL",
+                )
+                while applied.acquire(blocking=False):  # only batches after the kill count
+                    pass
+            next_batches(2)  # applying again after the second kill
         except BaseException as exc:
-            result["error"] = exc
+            failure.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # run_cdc: finish the batch, return
 
     workload = Workload(pg_dsn, seed=3, pause=0.01)
     workload.start()
-    thread = threading.Thread(target=cdc)
+    thread = threading.Thread(target=driver, daemon=True)
+    # The driver's SIGINT must never reach pytest (should run_cdc have returned already).
+    pytest_handler = signal.signal(signal.SIGINT, lambda *_: None)
     thread.start()
     try:
-        for _ in range(2):
-            time.sleep(2)
-            execute(
-                pg_dsn,
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE slot_name = 'clinipipe_slot' AND active_pid IS NOT NULL",
-            )
+        summary = run_cdc(load_spec(hospital_project), CdcOptions(batch_ms=50),
+                          on_batch=lambda _: applied.release())  # fmt: skip
     finally:
+        finished.set()
         workload.stop()
         thread.join(timeout=120)
-    assert "error" not in result, result.get("error")
-    assert result["summary"].reconnects >= 1  # type: ignore[attr-defined]
+        signal.signal(signal.SIGINT, pytest_handler)
+    assert failure == []
+    assert summary.reconnects >= 2 and summary.batches >= 6
     catch_up(hospital_project)
     assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
 
@@ -224,46 +291,100 @@ def test_large_transaction_is_compacted_into_arrow(
 def test_a_failing_target_is_retried(
     hospital_project: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The warehouse refuses a batch twice (e.g. a lock held by a reader): the same batch is
-    applied again (it was rolled back) and nothing is lost or doubled."""
+    """The warehouse fails a batch after the first table's changes were written inside the
+    batch's transaction (e.g. a lock or a full disk on the second table): the transaction rolls
+    back, so nothing of the batch is visible, not even the first table; the same batch is
+    applied again and nothing is lost or doubled."""
+    import duckdb
+
     import clinipipe.pipeline.cdc as cdc_module
-    from clinipipe.targets.base import TargetError
-    from clinipipe.targets.duckdb import DuckDBTarget
+    import clinipipe.targets.duckdb as duckdb_target
+    from clinipipe.pipeline.cdc import CdcError
 
     run_backfill(load_spec(hospital_project))
-    real = DuckDBTarget.apply_cdc_batch
-    failures = {"left": 2}
+    warehouse = hospital_project.parent / "warehouse.duckdb"
+    real = duckdb_target._apply_table_changes
+    state = {"failures_left": 100, "written_then_failed": 0}
 
-    def flaky(self: DuckDBTarget, batch: object) -> None:
-        if failures["left"]:
-            failures["left"] -= 1
-            raise TargetError("the warehouse is busy")
-        real(self, batch)  # type: ignore[arg-type]
+    def fail_after_the_first_table(
+        cur: duckdb.DuckDBPyConnection, target: object, batch: object, lsn: int
+    ) -> None:
+        real(cur, target, batch, lsn)  # type: ignore[arg-type]
+        if state["failures_left"]:
+            # The first table's rows are in, visible inside the batch's transaction ...
+            if batch.table.name == "labs":  # type: ignore[attr-defined]
+                written = cur.execute("SELECT count(*) FROM raw.labs WHERE unit = 'µmol/rolled'")
+                assert written.fetchone() == (49,)
+            state["failures_left"] -= 1
+            state["written_then_failed"] += 1
+            raise duckdb.IOException("could not write: the disk is full")  # ... then it fails
 
-    monkeypatch.setattr(DuckDBTarget, "apply_cdc_batch", flaky)
+    monkeypatch.setattr(duckdb_target, "_apply_table_changes", fail_after_the_first_table)
     monkeypatch.setattr(cdc_module, "RETRY_DELAYS", (0.01, 0.01, 0.01))
-    execute(pg_dsn, "UPDATE labs SET unit = 'mmol/L' WHERE lab_id < 50", "DELETE FROM claims")
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        before = {t: con.execute(f"SELECT * FROM raw.{t} ORDER BY ALL").fetchall()
+                  for t in ("labs", "claims")}  # fmt: skip
+        checkpoint = con.execute("SELECT count(*) FROM _clinipipe.cdc_batches").fetchone()
+    execute(pg_dsn, "UPDATE labs SET unit = 'µmol/rolled' WHERE lab_id < 50", "DELETE FROM claims")
+    with pytest.raises(CdcError, match="applying a batch failed repeatedly"):
+        run_cdc(load_spec(hospital_project), CdcOptions(until_caught_up=True))
+    assert state["written_then_failed"] == 4  # the first try and three retries
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        after = {t: con.execute(f"SELECT * FROM raw.{t} ORDER BY ALL").fetchall()
+                 for t in ("labs", "claims")}  # fmt: skip
+        assert con.execute("SELECT count(*) FROM _clinipipe.cdc_batches").fetchone() == checkpoint
+    assert after == before  # rolled back: nothing of the batch, not even the labs written first
+    state["failures_left"] = 2  # now it fails twice, then succeeds
     catch_up(hospital_project)
-    assert failures["left"] == 0
-    assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
+    assert state["failures_left"] == 0 and state["written_then_failed"] == 6
+    assert_target_equals_source(pg_dsn, warehouse)
 
 
 def test_sigterm_finishes_the_batch_and_exits_0(hospital_project: Path, pg_dsn: str) -> None:
+    """SIGTERM arrives while a large transaction (every lab and encounter updated) is being
+    applied: the batch is finished, its checkpoint saved and confirmed, and the process exits 0
+    with the target equal to the source, with no catch-up run."""
+    import duckdb
+
+    from clinipipe.source.pgoutput import lsn_to_int
+    from tests.helpers import CliProcess
+
     run_backfill(load_spec(hospital_project))
     env = {**os.environ, "CLINIPIPE_SOURCE_DSN": pg_dsn}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clinipipe", "-q", "-c", str(hospital_project), "cdc", "start"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    workload = Workload(pg_dsn, seed=4, pause=0.01)
-    workload.start()
-    time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    workload.stop()
-    assert proc.returncode == 0, err
-    assert "Applied" in out
-    catch_up(hospital_project)
+    announce_applies = (
+        "import sys\n"
+        "from clinipipe.targets.duckdb import DuckDBTarget\n"
+        "real = DuckDBTarget.apply_cdc_batch\n"
+        "def announced(self, batch):\n"
+        "    print(f'test: applying {batch.changes} changes', file=sys.stderr, flush=True)\n"
+        "    real(self, batch)\n"
+        "DuckDBTarget.apply_cdc_batch = announced\n"
+    )
+    child = CliProcess(["-c", str(hospital_project), "cdc", "start", "--json"], env,
+                       prelude=announce_applies)  # fmt: skip
+    child.wait_for_line(r"^Streaming from slot")
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM labs) + (SELECT count(*) FROM encounters)")
+        rows = int(cur.fetchone()[0])
+        cur.execute("UPDATE labs SET unit = unit || '.'")
+        cur.execute("UPDATE encounters SET primary_dx = 'Z00.0'")
+    con.close()
+    child.wait_for_line(rf"^test: applying {rows} changes")  # the whole transaction, in one
+    child.proc.send_signal(signal.SIGTERM)  # ... while it is being applied
+    code, out, err = child.finish()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["changes"] == rows and summary["transactions"] == 1, summary
+    with duckdb.connect(str(hospital_project.parent / "warehouse.duckdb"), read_only=True) as con:
+        [(checkpoint,)] = con.execute("SELECT lsn FROM _clinipipe.cdc_checkpoints").fetchall()
+    assert checkpoint == lsn_to_int(summary["end_lsn"]) > lsn_to_int(summary["start_lsn"])
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+            "WHERE slot_name = 'clinipipe_slot'"
+        )
+        assert lsn_to_int(cur.fetchone()[0]) >= checkpoint
+    con.close()
     assert_target_equals_source(pg_dsn, hospital_project.parent / "warehouse.duckdb")
 
 
@@ -290,3 +411,64 @@ def test_cdc_start_builds_and_refreshes_dynamic_tables_on_schedule(
     with ServingReader(hospital_project.parent / "warehouse.duckdb") as reader:
         served = reader.query("patient_dashboard", "SELECT count(*) FROM patient_dashboard")
     assert served == [(300,)]
+
+
+def test_cdc_refuses_a_dropped_slot(
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The slot is dropped after the backfill: `cdc start` says the changes since cannot be
+    recovered and what to run (exit 1), instead of retrying a missing slot or starting anew."""
+    import clinipipe.pipeline.cdc as cdc_module
+    from tests.helpers import cli
+
+    monkeypatch.setattr(cdc_module, "RETRY_DELAYS", (0.01,))  # a break would fail fast
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill")
+    assert code == 0, out + err
+    execute(pg_dsn, "SELECT pg_drop_replication_slot('clinipipe_slot')")
+    code, out, err = cli(capsys, "-c", str(hospital_project), "cdc", "start", "--until-caught-up")
+    assert code == 1, out + err
+    assert "does not exist any more" in err and "backfill --force" in err, err
+    assert "Traceback" not in err and "Applied" not in out
+    with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_replication_slots")
+        assert cur.fetchone() == (0,)  # nothing recreated a slot behind the user's back
+    con.close()
+
+
+def test_cdc_refuses_an_invalidated_slot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot's WAL was removed (max_slot_wal_keep_size): `cdc start` exits 1 and says so."""
+    import clinipipe.pipeline.cdc as cdc_module
+    from clinipipe.embedded import EmbeddedPostgres
+    from clinipipe.synth import run_synth
+    from tests.helpers import cli, example_text, write_spec
+
+    monkeypatch.setattr(cdc_module, "RETRY_DELAYS", (0.01,))
+    small_wal = {"max_slot_wal_keep_size": "1MB", "min_wal_size": "32MB", "max_wal_size": "32MB"}
+    with EmbeddedPostgres(settings=small_wal) as pg:
+        dsn = pg.create_database("invalidated")
+        run_synth(dsn, patients=20, seed=1)
+        monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", dsn)
+        spec = write_spec(tmp_path, example_text())
+        for command in (["deploy"], ["backfill"]):
+            code, out, err = cli(capsys, "-q", "-c", str(spec), *command)
+            assert code == 0, out + err
+        con = psycopg2.connect(dsn)
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute("UPDATE patients SET city = 'Lost' WHERE patient_id = 1")
+            cur.execute("CREATE TABLE filler (g int, pad text)")
+            for _ in range(4):  # far more WAL than the slot may keep, in finished segments
+                cur.execute("INSERT INTO filler SELECT g, repeat(md5(g::text), 4) "
+                            "FROM generate_series(1, 20000) g")  # fmt: skip
+                cur.execute("SELECT pg_switch_wal()")
+            cur.execute("CHECKPOINT")
+            cur.execute("SELECT wal_status FROM pg_replication_slots")
+            assert cur.fetchall() == [("lost",)]
+        con.close()
+        code, out, err = cli(capsys, "-c", str(spec), "cdc", "start", "--until-caught-up")
+        assert code == 1, out + err
+        assert "was invalidated" in err and "backfill --force" in err, err
+        assert "Traceback" not in err and "Applied" not in out

@@ -37,6 +37,28 @@ def catalog(path: Path) -> list[tuple[object, ...]]:
     return [*objects, *deployments, *templates]
 
 
+def source_objects(dsn: str) -> tuple[list[object], ...]:
+    """What deploy could create on the source: publications (with their tables), replication
+    slots, and every relation, function and schema outside the system catalogs."""
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        found = []
+        for sql in (
+            "SELECT pubname, puballtables FROM pg_publication ORDER BY 1",
+            "SELECT slot_name FROM pg_replication_slots ORDER BY 1",
+            "SELECT pubname, tablename FROM pg_publication_tables ORDER BY 1, 2",
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', "
+            "'information_schema', 'pg_toast') ORDER BY 1, 2",
+            "SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+            "SELECT nspname FROM pg_namespace ORDER BY 1",
+        ):
+            cur.execute(sql)
+            found.append(cur.fetchall())
+    con.close()
+    return tuple(found)
+
+
 @pytest.fixture
 def project(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", pg_dsn)
@@ -50,9 +72,15 @@ def test_deploy_is_idempotent(
     create_hospital_tables(pg_dsn)
     warehouse = project.parent / "warehouse.duckdb"
 
+    before = source_objects(pg_dsn)
     code, out, _ = cli(capsys, "-c", str(project), "deploy", "--dry-run")
     assert code == 0 and "would run; nothing was changed" in out
+    assert "CREATE PUBLICATION" in out.upper()  # the plan shows what would run on the source
+    code, out, _ = cli(capsys, "-c", str(project), "deploy", "--dry-run", "--json")
+    assert code == 0 and '"dry_run": true' in out
     assert not warehouse.exists(), "a dry run must not create the warehouse file"
+    assert source_objects(pg_dsn) == before, "a dry run changed the source"
+    assert before[:2] == ([], [])  # ... which has no publication and no slot
 
     code, out, err = cli(capsys, "-c", str(project), "deploy", "--json")
     assert code == 0, err

@@ -102,8 +102,11 @@ def test_publish_copies_the_dynamic_table_sorted_and_records_it(
 # --- readers in other processes -------------------------------------------------------------
 
 
-def _reader_main(warehouse: str, ids: list[int], stop: Any, out: Any) -> None:
-    """Hammer the interactive table until `stop`; report (observed counts, errors, queries)."""
+def _reader_main(
+    warehouse: str, ids: list[int], stop: Any, out: Any, latest: Any, index: int
+) -> None:
+    """Hammer the interactive table until `stop`; report (observed counts, errors, queries).
+    `latest[index]` is the row count of the generation this reader read last."""
     counts: set[int] = set()
     errors: list[str] = []
     queries = 0
@@ -128,6 +131,7 @@ def _reader_main(warehouse: str, ids: list[int], stop: Any, out: Any) -> None:
                     [(single,)] = reader.query(TABLE, f"SELECT count(*) FROM {TABLE}")
                     counts.add(int(single))
                     queries += 2
+                    latest[index] = int(single)
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
     except Exception as exc:
@@ -143,14 +147,25 @@ def test_readers_in_other_processes_see_whole_generations_only(
     ids = [r[0] for r in warehouse.query("SELECT patient_id FROM derived.patient_summary")]
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
+    latest = ctx.Array("q", [-1, -1, -1], lock=False)
     readers = [
-        ctx.Process(target=_reader_main, args=(str(warehouse.path), ids, stop, out))
-        for _ in range(3)
+        ctx.Process(target=_reader_main, args=(str(warehouse.path), ids, stop, out, latest, i))
+        for i in range(3)
     ]
     for p in readers:
         p.start()
+
+    def all_readers_saw(rows: int) -> None:
+        """Wait (for an event, not a time) until every reader has read a generation of `rows`
+        rows; a reader that died or stopped following fails the test."""
+        deadline = time.monotonic() + 120  # a safety net against a hang, not a limit
+        while list(latest) != [rows] * len(readers):
+            assert all(p.is_alive() for p in readers), "a reader died"
+            assert time.monotonic() < deadline, f"readers stuck at {list(latest)}, not {rows}"
+            time.sleep(0.005)
+
     try:
-        time.sleep(1.5)  # let the readers start (spawn imports) and read generation 1
+        all_readers_saw(base)  # the readers started (spawn imports) and read generation 1
         for k in range(1, 16):
             # Generation k + 1 has base + k(k+1)/2 rows: k more fake patients than the last.
             done = (k - 1) * k // 2
@@ -161,8 +176,7 @@ def test_readers_in_other_processes_see_whole_generations_only(
             result = publish(built, warehouse, [TABLE])[0]
             assert result.rows == base + k * (k + 1) // 2
             published.add(result.rows)
-            time.sleep(0.1)
-        time.sleep(0.3)
+            all_readers_saw(result.rows)
         # (c) readers moved on: one more publish deletes everything they released.
         publish(built, warehouse, [TABLE])
         assert len(generation_files(warehouse)) <= 3
@@ -177,8 +191,7 @@ def test_readers_in_other_processes_see_whole_generations_only(
         assert queries > 50
         assert set(counts) <= published
         seen.update(counts)
-    assert len(seen) >= 5, "readers should follow the publishes"
-    assert max(seen) == max(published)
+    assert seen == published, "readers should follow every publish"
     # Once no reader is left, the next publish leaves only the current generation.
     publish(built, warehouse, [TABLE])
     assert generation_files(warehouse) == [read_current(serving_root(warehouse.path) / TABLE)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,31 +264,78 @@ def test_cdc_scans_each_batch_and_alerts_through_the_webhook(
     assert "T0K3N" not in err  # the webhook URL's token is never printed
 
 
-def test_cdc_is_unaffected_by_a_dead_webhook(
-    leaks: Leaks, pg_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def _six_leaks(dsn: str) -> None:
+    """Six transactions with a leak each: alerts pile up behind a webhook that does not answer."""
+    for i in range(6):
+        execute(dsn, f"UPDATE labs SET unit = 'call (617) 432-88{i:02d}' WHERE lab_id = {i + 11}")
+
+
+def test_cdc_exits_while_the_webhook_still_hangs(
+    leaks: Leaks,
+    pg_dsn: str,
+    hook: Hook,  # noqa: F811 - the fixture imported above
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("CLINIPIPE_PHI_WEBHOOK_URL", dead_url())
-    _with_alerts(leaks, "{timeout_seconds: 1, retries: 5, queue_size: 2}")
-    for i in range(6):  # six transactions with a leak each: alerts pile up behind a dead hook
-        execute(
-            pg_dsn, f"UPDATE labs SET unit = 'call (617) 432-88{i:02d}' WHERE lab_id = {i + 11}"
-        )
-    started = time.monotonic()
+    """The webhook accepts and never answers: `cdc start` applies everything and exits while
+    the webhook still holds its request (queued alerts get a bounded time, not forever)."""
+    hook.hold = threading.Event()  # released only after the run (the fixture's teardown)
+    monkeypatch.setenv("CLINIPIPE_PHI_WEBHOOK_URL", hook.url)
+    # Ten retries with backoff: minutes of trying, were the exit not bounded.
+    _with_alerts(leaks, "{timeout_seconds: 1, retries: 10, queue_size: 2}")
+    _six_leaks(pg_dsn)
     code, out, err = cli(capsys, "-c", str(leaks.spec), "cdc", "start", "--until-caught-up",
                          "--batch-ms", "1", "--json")  # fmt: skip
-    elapsed = time.monotonic() - started
     assert code == 0, err
-    data = json.loads(out)
-    alerts = data["phi_scan"]["alerts"]
+    assert hook.holding.is_set() and not hook.hold.is_set() and not hook.statuses
+    assert not hook.held_too_long
+    alerts = json.loads(out)["phi_scan"]["alerts"]
     assert alerts["queued"] >= 1 and alerts["sent"] == 0
     assert alerts["failed"] + alerts["dropped"] == alerts["queued"]
-    assert "ConnectionRefusedError" in alerts["last_error"]
+    assert "TimeoutError" in alerts["last_error"]
     assert "warning: PHI alerts: 0 sent" in err
-    assert data["seconds"] < 5  # streaming never waited on the webhook (retries: 5, backoff)
-    assert elapsed < data["seconds"] + 4  # at exit, queued alerts get timeout + 1 s at most
     assert_target_equals_source(pg_dsn, leaks.warehouse)
     rows, _ = _findings_text(leaks.warehouse)
     assert sum(1 for r in rows if r[9] == "cdc") == 6  # every leak recorded, alert or not
+
+
+def test_cdc_streams_on_while_an_alert_is_held(
+    leaks: Leaks,
+    pg_dsn: str,
+    hook: Hook,  # noqa: F811 - the fixture imported above
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The webhook holds the first alert until every leak's transaction is applied: had
+    streaming waited on the webhook, nothing more would be applied, the held alert would time
+    out (30 s) and fail. Instead every alert that was queued is sent, none fails."""
+    from clinipipe.targets.duckdb import DuckDBTarget
+
+    hook.hold = threading.Event()
+    real = DuckDBTarget.apply_cdc_batch
+    applied = {"transactions": 0}
+
+    def apply(self: DuckDBTarget, batch: object) -> None:
+        real(self, batch)  # type: ignore[arg-type]
+        applied["transactions"] += len(batch.commit_times)  # type: ignore[attr-defined]
+        if applied["transactions"] >= 6:
+            hook.hold.set()  # type: ignore[union-attr]
+
+    monkeypatch.setattr(DuckDBTarget, "apply_cdc_batch", apply)
+    monkeypatch.setenv("CLINIPIPE_PHI_WEBHOOK_URL", hook.url)
+    _with_alerts(leaks, "{timeout_seconds: 30, retries: 0, queue_size: 2}")
+    _six_leaks(pg_dsn)
+    code, out, err = cli(capsys, "-c", str(leaks.spec), "cdc", "start", "--until-caught-up",
+                         "--batch-rows", "1", "--json")  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["transactions"] == applied["transactions"] == 6 and data["batches"] == 6
+    assert hook.holding.is_set() and not hook.held_too_long
+    alerts = data["phi_scan"]["alerts"]
+    assert alerts["failed"] == 0 and alerts["sent"] >= 1, alerts
+    assert alerts["sent"] + alerts["dropped"] == alerts["queued"] >= 2
+    assert len(hook.bodies) == alerts["sent"]
+    assert_target_equals_source(pg_dsn, leaks.warehouse)
 
 
 def test_cdc_refuses_to_start_with_alerts_but_no_webhook_variable(

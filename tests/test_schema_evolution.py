@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -11,6 +15,7 @@ from clinipipe.pipeline.backfill import run_backfill
 from clinipipe.pipeline.cdc import CdcOptions, run_cdc
 from clinipipe.pipeline.schema_evolution import is_widening
 from clinipipe.spec import load_spec
+from clinipipe.targets.base import SchemaChange
 from tests.helpers import assert_target_equals_source, catch_up, execute
 
 
@@ -55,13 +60,62 @@ def test_add_column_with_default_then_changes(streaming: tuple[Path, str, Path])
 
 
 def test_add_column_without_any_change_is_found_in_the_catalog(
-    streaming: tuple[Path, str, Path],
+    streaming: tuple[Path, str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """CDC is already streaming and idle when the column is added, and nothing is written
+    after it: neither the start-up check nor the stream can see it, only the idle catalog check
+    (every CATALOG_CHECK_SECONDS). The run is stopped (SIGINT) once the change was applied."""
+    from clinipipe.targets.duckdb import DuckDBTarget
+
     spec, dsn, warehouse = streaming
-    execute(dsn, "ALTER TABLE labs ADD COLUMN reviewed boolean")
-    run_cdc(load_spec(spec), CdcOptions(max_seconds=7))  # idle: only the catalog tells
+    real = DuckDBTarget.evolve_table
+    evolved = threading.Event()
+
+    def spy(self: DuckDBTarget, changes: list[SchemaChange], lsn: int) -> None:
+        real(self, changes, lsn)
+        if any((c.table, c.kind, c.column) == ("labs", "add", "reviewed") for c in changes):
+            evolved.set()
+
+    monkeypatch.setattr(DuckDBTarget, "evolve_table", spy)
+    failure: list[BaseException] = []
+    altered = threading.Event()
+
+    def driver() -> None:
+        try:
+            deadline = time.monotonic() + 120  # hang guards only, not limits
+            while not _slot_active(dsn):  # streaming (after its start-up catalog check)
+                assert time.monotonic() < deadline, "cdc never started streaming"
+                time.sleep(0.05)
+            execute(dsn, "ALTER TABLE labs ADD COLUMN reviewed boolean")
+            altered.set()
+            assert evolved.wait(120), "the idle catalog check never found the new column"
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # run_cdc: stop cleanly
+
+    pytest_handler = signal.signal(signal.SIGINT, lambda *_: None)
+    thread = threading.Thread(target=driver, daemon=True)
+    thread.start()
+    try:
+        summary = run_cdc(load_spec(spec), CdcOptions())
+    finally:
+        thread.join(timeout=300)
+        signal.signal(signal.SIGINT, pytest_handler)
+    assert failure == [] and altered.is_set()
+    assert summary.schema_changes == 1 and summary.changes == 0  # nothing was streamed
     assert ("reviewed", "BOOLEAN") in raw_columns(warehouse, "labs")
     assert ("labs", "add", "reviewed") in history(warehouse)
+
+
+def _slot_active(dsn: str) -> bool:
+    import psycopg2
+
+    with psycopg2.connect(dsn) as con, con.cursor() as cur:
+        cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = 'clinipipe_slot'")
+        row = cur.fetchone()
+    con.close()
+    return bool(row and row[0])
 
 
 def test_drop_column_is_kept_and_no_longer_filled(streaming: tuple[Path, str, Path]) -> None:

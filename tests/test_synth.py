@@ -7,9 +7,11 @@ chunk of 1,000 patients, so the observed spread is a few percent.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg2
 import pyarrow as pa
@@ -159,6 +161,41 @@ def test_same_seed_gives_identical_databases(pg_dsn: str, other_dsn: str) -> Non
     run_synth(other_dsn, 1_000, seed=6, drop_existing=True)
     different = checksums(other_dsn)
     assert all(different[t] != checksums(pg_dsn)[t] for t in TABLES if t != "providers")
+
+
+def test_synth_command_through_the_cli(
+    pg_dsn: str,
+    other_dsn: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`clinipipe synth` passes --patients and --seed through (the same data as the API with
+    the same arguments), reports the rows it wrote, refuses to mix, and --replace replaces."""
+    from tests.helpers import cli, example_text, write_spec
+
+    monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", pg_dsn)
+    spec = str(write_spec(tmp_path, example_text()))
+    code, out, err = cli(capsys, "-c", spec, "synth", "--patients", "300", "--seed", "5",
+                         "--json")  # fmt: skip
+    assert code == 0, out + err
+    data = json.loads(out)
+    assert (data["patients"], data["seed"]) == (300, 5)
+    counts = {t: scalar(pg_dsn, f"SELECT count(*) FROM {t}") for t in TABLES}
+    assert data["rows"] == counts and data["total_rows"] == sum(counts.values())
+    assert counts["patients"] == 300
+    run_synth(other_dsn, 300, seed=5)
+    assert checksums(pg_dsn) == checksums(other_dsn)  # the CLI's seed is the API's seed
+
+    code, out, err = cli(capsys, "-c", spec, "synth", "--patients", "300", "--seed", "6")
+    assert code == 1 and "use --replace" in err, out + err
+    assert checksums(pg_dsn) == checksums(other_dsn)  # refused: nothing changed
+
+    code, out, err = cli(capsys, "-c", spec, "synth", "--patients", "120", "--seed", "6",
+                         "--replace")  # fmt: skip
+    assert code == 0, out + err
+    assert "Synthetic hospital (seed 6)" in out and "rows in" in out
+    assert scalar(pg_dsn, "SELECT count(*) FROM patients") == 120
 
 
 def test_refuses_to_mix_and_replaces_on_request(pg_dsn: str) -> None:

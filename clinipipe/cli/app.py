@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Annotated
 
 import typer
@@ -14,7 +15,7 @@ from clinipipe.cli import refresh as refresh_cli
 from clinipipe.cli import scan as scan_cli
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
-from clinipipe.secrets import mask_dsn
+from clinipipe.secrets import mask_dsn, scrub_values
 from clinipipe.source.postgres import SourceError
 from clinipipe.spec.errors import SpecError
 from clinipipe.sql.render import RenderError
@@ -93,15 +94,66 @@ def run(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug: say so plainly, traceback only with --verbose
         if Verbosity.verbose:
-            raise
+            err.print(scrubbed_traceback(exc), style="red", markup=False, end="")
         err.print(
-            f"internal error: {type(exc).__name__}: {mask_dsn(str(exc))}\n"
-            "Run again with --verbose for the traceback, and please report it.",
+            f"internal error: {type(exc).__name__}: {_safe(str(exc))}\n"
+            + (
+                "Please report it with the traceback above."
+                if Verbosity.verbose
+                else "Run again with --verbose for the traceback, and please report it."
+            ),
             style="red",
             markup=False,
         )
         return ExitCode.FAILURE
     return ExitCode.OK
+
+
+def _safe(text: str) -> str:
+    """`text` with passwords masked and quoted values (which may be patient data) replaced."""
+    return scrub_values(mask_dsn(text))
+
+
+def scrubbed_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` and of the exceptions it was raised from, as Python prints it,
+    except that every exception message and note is passed through `mask_dsn` and
+    `scrub_values`: an unexpected error (a conversion error quoting a value) never prints a
+    patient value or a password, even with --verbose. Frames show code lines, never locals."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif current.__suppress_context__:
+            current = None
+        else:
+            current = current.__context__
+    parts: list[str] = []
+    for i, item in enumerate(reversed(chain)):
+        if i:
+            earlier = chain[len(chain) - i]  # printed just before `item`
+            parts.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+                if item.__cause__ is earlier
+                else "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        if item.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(item.__traceback__))
+        kind = type(item)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
+        )
+        message = _safe(str(item))
+        parts.append(f"{name}: {message}\n" if message else f"{name}\n")
+        for note in getattr(item, "__notes__", None) or ():
+            parts.append(f"{_safe(str(note))}\n")
+    return "".join(parts)
 
 
 def main() -> None:
