@@ -67,7 +67,15 @@ EMAIL_DOMAINS = ("gmail.com", "yahoo.com", "outlook.com", "icloud.com", "aol.com
 
 @cache
 def _faker(locale: str) -> Faker:
-    return Faker(locale)
+    f = Faker(locale)
+    for provider in f.providers:
+        # Some locales build a list from a set (it_IT's cities): its order, and so the city a
+        # seed picks, would depend on PYTHONHASHSEED. Sorted, a note depends on its seed alone.
+        for name in ("cities",):
+            values = getattr(provider, name, None)
+            if isinstance(values, list):
+                setattr(provider, name, sorted(values))
+    return f
 
 
 def faker(rng: random.Random, locale: str) -> Faker:
