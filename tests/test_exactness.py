@@ -458,3 +458,27 @@ def test_add_column_with_default_and_a_widening_in_one_evolve(
     code, out, err = cli(capsys, "-c", str(spec), "cdc", "start", "--until-caught-up")
     assert code == 3, out + err
     assert "table e is paused" in err and "volatile default" in err
+
+
+def test_old_layout_names_are_resolved_as_they_were(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Changes written before `DROP COLUMN f8; RENAME num TO f8` arrive in the old layout, in
+    which `f8` is the dropped double column: not the renamed numeric one (a false "not a
+    widening" pause stopped the table)."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE m (id int PRIMARY KEY, f8 float8, num numeric, v int)",
+        "INSERT INTO m SELECT g, g + 0.5, g * 10, g FROM generate_series(1, 3) g",
+    )
+    spec = project(tmp_path, pg_dsn, "    - name: m\n      primary_key: [id]\n", monkeypatch)
+    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
+    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    execute(pg_dsn, "UPDATE m SET v = 100, f8 = 1.25 WHERE id = 1")  # old layout, in the slot
+    execute(pg_dsn, "ALTER TABLE m DROP COLUMN f8", "ALTER TABLE m RENAME COLUMN num TO f8")
+    execute(pg_dsn, "UPDATE m SET v = 200, f8 = 7 WHERE id = 2")
+    code, out, err = cli(capsys, "-c", str(spec), "cdc", "start", "--until-caught-up")
+    assert code == 0, out + err
+    query = "SELECT id, CAST(f8 AS text), v FROM {} ORDER BY id"  # numeric: exact text
+    assert warehouse_rows(spec, query.format("raw.m")) == source_rows(pg_dsn, query.format("m"))
+    assert warehouse_rows(spec, 'SELECT "f8__dropped_2" FROM raw.m WHERE id = 1') == [(1.25,)]

@@ -110,24 +110,80 @@ def plan_changes(catalog: TableSchema, recorded: dict[int, RecordedColumn]) -> l
 
 @dataclass
 class ColumnMap:
-    """How stream column names map onto the raw table of one source table."""
+    """How stream column names map onto the raw table of one source table.
+
+    A stream layout can be older than the catalog (changes written before a DDL are still in
+    the stream), so a name may have meant another column: `DROP COLUMN f8` then `RENAME num TO
+    f8` leaves old changes whose `f8` is the dropped column. Each layout is resolved as a
+    whole (`attnums`): every column a name ever meant is a candidate, a candidate whose
+    recorded type the stream's type can neither widen to nor come from is set aside, a column
+    is given to one stream name only, and among the rest the most recent meaning wins.
+    """
 
     catalog: TableSchema
     recorded: dict[int, RecordedColumn]
-    names: dict[str, int] = field(default_factory=dict)  # every name a column had -> attnum
+    names: dict[str, list[int]] = field(default_factory=dict)
+    """Every column (attnum) each name has meant, the most recent last."""
     types: dict[int, ColumnType] = field(default_factory=dict)
 
     def learn(self, catalog: TableSchema, recorded: dict[int, RecordedColumn],
               renames: list[tuple[str, str]] = ()) -> None:  # fmt: skip
         """Take in the catalog and the target's record after (possibly) evolving."""
-        by_name = {c.name: c.attnum for c in catalog.columns}
-        for old, new in renames:
-            if new in by_name:
-                self.names.setdefault(old, by_name[new])
+        by_target = {known.target_column: attnum for attnum, known in recorded.items()}
+        for attnum, known in sorted(recorded.items()):
+            self._meant(known.target_column, attnum)
+        for old, new in renames:  # `old` meant the column whose raw name is now `new`
+            if new in by_target:
+                self._meant(old, by_target[new], recent=False)
         for column in catalog.columns:
-            self.names[column.name] = column.attnum
+            self._meant(column.name, column.attnum)
             self.types[column.attnum] = column.type
         self.catalog, self.recorded = catalog, recorded
+
+    def _meant(self, name: str, attnum: int, *, recent: bool = True) -> None:
+        meanings = self.names.setdefault(name, [])
+        if attnum in meanings:
+            if not recent:
+                return
+            meanings.remove(attnum)
+        if recent:
+            meanings.append(attnum)
+        else:
+            meanings.insert(0, attnum)
+
+    def attnums(
+        self, stream_columns: tuple[str, ...], stream_types: tuple[ColumnType, ...]
+    ) -> list[int | None]:
+        """The column (attnum) each stream column is, None for one the raw table lacks."""
+        candidates: list[list[int]] = []
+        for name, column_type in zip(stream_columns, stream_types, strict=True):
+            meanings = list(reversed(self.names.get(name, [])))  # most recent first
+            fitting = [a for a in meanings if self._fits(a, column_type)]
+            candidates.append(fitting or meanings)
+        chosen: list[int | None] = [None] * len(candidates)
+        taken: set[int] = set()
+        progress = True
+        while progress:  # a name with one possible column takes it first
+            progress = False
+            for i, options in enumerate(candidates):
+                left = [a for a in options if a not in taken]
+                if chosen[i] is None and len(left) == 1:
+                    chosen[i] = left[0]
+                    taken.add(left[0])
+                    progress = True
+        for i, options in enumerate(candidates):
+            left = [a for a in options if a not in taken]
+            if chosen[i] is None and left:
+                chosen[i] = left[0]
+                taken.add(left[0])
+        return chosen
+
+    def _fits(self, attnum: int, column_type: ColumnType) -> bool:
+        known = self.recorded.get(attnum)
+        return known is not None and (
+            is_widening(column_type.pg_type, known.pg_type)
+            or is_widening(known.pg_type, column_type.pg_type)
+        )
 
     def incompatibility(
         self, stream_columns: tuple[str, ...], stream_types: tuple[ColumnType, ...]
@@ -140,15 +196,15 @@ class ColumnMap:
         and when idle, so the raw table can be ahead of changes still in the stream, e.g. after
         a restart), and its values fit the wider column exactly.
         """
-        for name, column_type in zip(stream_columns, stream_types, strict=True):
-            attnum = self.names.get(name)
+        attnums = self.attnums(stream_columns, stream_types)
+        for name, column_type, attnum in zip(stream_columns, stream_types, attnums, strict=True):
             known = self.recorded.get(attnum) if attnum is not None else None
             if known is None or is_widening(column_type.pg_type, known.pg_type):
                 continue
             if not is_widening(known.pg_type, column_type.pg_type):
                 return (
                     f"column {self.catalog.schema}.{self.catalog.name}.{name} changed type "
-                    f"from {known.pg_type} to {column_type.pg_type}, which is not a widening"  # type: ignore[union-attr]
+                    f"from {known.pg_type} to {column_type.pg_type}, which is not a widening"
                 )
         return None
 
@@ -161,8 +217,8 @@ class ColumnMap:
         current = {c.attnum: c for c in self.catalog.columns}
         targets: list[str | None] = []
         columns: list[Column] = []
-        for name, column_type in zip(stream_columns, stream_types, strict=True):
-            attnum = self.names.get(name)
+        attnums = self.attnums(stream_columns, stream_types)
+        for column_type, attnum in zip(stream_types, attnums, strict=True):
             known = self.recorded.get(attnum) if attnum is not None else None
             if known is None:
                 targets.append(None)
@@ -180,8 +236,9 @@ class ColumnMap:
             # process started has none (its raw value is carried as it is).
             column_type = self.types.get(attnum) or ColumnType("other", known.pg_type)
             kept.append(Column(known.target_column, column_type, True, attnum, missing))
+        by_name = {c.name: c.attnum for c in self.catalog.columns}
         primary_key = tuple(
-            self.recorded[self.names[k]].target_column for k in self.catalog.primary_key
+            self.recorded[by_name[k]].target_column for k in self.catalog.primary_key
         )
         schema = TableSchema(self.catalog.schema, self.catalog.name, tuple(columns), primary_key,
                              self.catalog.pages, self.catalog.estimated_rows)  # fmt: skip
