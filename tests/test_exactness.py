@@ -482,3 +482,25 @@ def test_old_layout_names_are_resolved_as_they_were(
     query = "SELECT id, CAST(f8 AS text), v FROM {} ORDER BY id"  # numeric: exact text
     assert warehouse_rows(spec, query.format("raw.m")) == source_rows(pg_dsn, query.format("m"))
     assert warehouse_rows(spec, 'SELECT "f8__dropped_2" FROM raw.m WHERE id = 1') == [(1.25,)]
+
+
+def test_old_layout_of_a_renamed_name_reused_with_the_same_type(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`x` renamed to `y`, then a new `x` of the same type added: a change written before the
+    rename (old layout, `x` = today's `y`) goes to `y`, not to the new `x`."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE r2 (id int PRIMARY KEY, x text, v int)",
+        "INSERT INTO r2 SELECT g, 'x' || g, g FROM generate_series(1, 3) g",
+    )
+    spec = project(tmp_path, pg_dsn, "    - name: r2\n      primary_key: [id]\n", monkeypatch)
+    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
+    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    execute(pg_dsn, "UPDATE r2 SET x = 'old layout' WHERE id = 1")
+    execute(pg_dsn, "ALTER TABLE r2 RENAME COLUMN x TO y", "ALTER TABLE r2 ADD COLUMN x text")
+    execute(pg_dsn, "UPDATE r2 SET x = 'new x' WHERE id = 2")
+    code, out, err = cli(capsys, "-c", str(spec), "cdc", "start", "--until-caught-up")
+    assert code == 0, out + err
+    query = "SELECT id, y, v, x FROM {} ORDER BY id"
+    assert warehouse_rows(spec, query.format("raw.r2")) == source_rows(pg_dsn, query.format("r2"))

@@ -117,7 +117,8 @@ class ColumnMap:
     f8` leaves old changes whose `f8` is the dropped column. Each layout is resolved as a
     whole (`attnums`): every column a name ever meant is a candidate, a candidate whose
     recorded type the stream's type can neither widen to nor come from is set aside, a column
-    is given to one stream name only, and among the rest the most recent meaning wins.
+    is given to one stream name only, a column lies between its neighbours (pgoutput sends
+    columns in attnum order), and among the rest the most recent meaning wins.
     """
 
     catalog: TableSchema
@@ -172,10 +173,14 @@ class ColumnMap:
                     taken.add(left[0])
                     progress = True
         for i, options in enumerate(candidates):
+            # pgoutput sends columns in attnum order: a column lies between its neighbours
+            lower = max((a for a in chosen[:i] if a is not None), default=0)
+            upper = min((a for a in chosen[i + 1 :] if a is not None), default=1 << 30)
             left = [a for a in options if a not in taken]
-            if chosen[i] is None and left:
-                chosen[i] = left[0]
-                taken.add(left[0])
+            between = [a for a in left if lower < a < upper]
+            if chosen[i] is None and (between or left):
+                chosen[i] = (between or left)[0]
+                taken.add(chosen[i])
         return chosen
 
     def _fits(self, attnum: int, column_type: ColumnType) -> bool:
