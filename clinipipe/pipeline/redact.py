@@ -71,8 +71,8 @@ from clinipipe.phi.safe_harbor import (
     plan_table,
     text_keeps,
 )
-from clinipipe.phi.scan import ROW_DIGEST, Finding
-from clinipipe.pipeline.scan import ScanReport
+from clinipipe.phi.scan import Finding
+from clinipipe.pipeline.scan import ScanReport, scan_table
 from clinipipe.pipeline.scan import TablePlan as ScanTablePlan
 from clinipipe.secrets import environment
 from clinipipe.spec.loader import LoadedSpec
@@ -488,40 +488,17 @@ def _scan_research_table(
     finding whose whole span those detectors find too is left out: a date the policy keeps
     (shifted, or in a Limited Data Set) that another detector also claims ("October 8, 2026"
     read as a name) is the kept date, not a leak. (findings, candidate rows)."""
-    import pyarrow as pa
+    excused = None
+    if allowed is not None:
+        categories = {d.category for d in allowed.detectors}
 
-    from clinipipe.phi.scan import CandidateQuery, detect, row_keys
+        def excused(finding: Finding, span: str) -> bool:
+            return finding.category not in categories and bool(span) and _covered(allowed, span)
 
-    if not plan.columns:
-        return [], 0
-    query = CandidateQuery(plan.schema, plan.table, plan.columns, plan.key_columns,
-                           detectors.prefilter(), None)  # fmt: skip
-    rows = target.phi_scan_candidates(query)
-    if not rows.num_rows:
-        return [], 0
-    if plan.key_columns:
-        named = pa.table({k: rows[f"k{i}"] for i, k in enumerate(plan.key_columns)})
-        keys = row_keys(named, plan.key_columns, pseudonymize=plan.pseudonymize,
-                        hmac_key=key.raw, hmac_key_env=key_env)  # fmt: skip
-    else:
-        keys = row_keys(rows.select([ROW_DIGEST]), [ROW_DIGEST], pseudonymize=True,
-                        hmac_key=key.raw, hmac_key_env=key_env)  # fmt: skip
-    cells = {c: rows[f"c{i}"] for i, c in enumerate(plan.columns)}
-    findings = detect(detectors, schema=plan.schema, table=plan.table, keys=keys, cells=cells,
-                      found_by="redact")  # fmt: skip
-    if allowed is None or not findings:
-        return findings, rows.num_rows
-    index = {k: i for i, k in enumerate(keys)}
-    categories = {d.category for d in allowed.detectors}
-    kept = []
-    for f in findings:
-        if f.start is not None and f.end is not None and f.category not in categories:
-            cell = cells[f.column][index[f.row_key]].as_py()
-            span = str(cell)[f.start : f.end] if cell is not None else ""
-            if span and _covered(allowed, span):
-                continue  # the policy's kept category (a date), claimed by another detector too
-        kept.append(f)
-    return kept, rows.num_rows
+    return scan_table(
+        target, detectors, plan, sample=None, key=key.raw, key_env=key_env, found_by="redact",
+        excused=excused,
+    )  # fmt: skip
 
 
 def _covered(allowed: DetectorSet, span: str) -> bool:

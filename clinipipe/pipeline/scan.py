@@ -256,8 +256,12 @@ def scan_table(
     key: bytes | None,
     key_env: str,
     found_by: str = "scan",
+    excused: Callable[[Finding, str], bool] | None = None,
 ) -> tuple[list[Finding], int]:
-    """Stage 1 (in the warehouse) and stage 2 of one table: (findings, candidate rows)."""
+    """Stage 1 (in the warehouse) and stage 2 of one table: (findings, candidate rows).
+
+    `excused(finding, span text)` drops a finding that is not a leak in the caller's eyes
+    (redact: a date the policy keeps)."""
     if not plan.columns:
         return [], 0
     query = CandidateQuery(plan.schema, plan.table, plan.columns, plan.key_columns,
@@ -275,6 +279,14 @@ def scan_table(
     cells = {c: rows[f"c{i}"] for i, c in enumerate(plan.columns)}
     findings = detect(detectors, schema=plan.schema, table=plan.table, keys=keys, cells=cells,
                       found_by=found_by)  # fmt: skip
+    if excused is not None and findings:
+        index = {k: i for i, k in enumerate(keys)}
+
+        def span(f: Finding) -> str:
+            cell = cells[f.column][index[f.row_key]].as_py()
+            return "" if cell is None or f.start is None else str(cell)[f.start : f.end]
+
+        findings = [f for f in findings if not excused(f, span(f))]
     return findings, rows.num_rows
 
 
