@@ -36,6 +36,20 @@ def project(tmp_path: Path, dsn: str, tables: str, monkeypatch: pytest.MonkeyPat
     return spec
 
 
+def backfilled(
+    tmp_path: Path,
+    dsn: str,
+    tables: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Path:
+    """`project(...)`, deployed and backfilled (both must succeed)."""
+    spec = project(tmp_path, dsn, tables, monkeypatch)
+    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
+    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    return spec
+
+
 def warehouse_rows(spec: Path, sql: str) -> list[tuple[object, ...]]:
     with duckdb.connect(str(spec.parent / "warehouse.duckdb"), read_only=True) as con:
         return con.execute(sql).fetchall()
@@ -62,9 +76,9 @@ def test_key_update_keeps_unchanged_toast_values(
         "CREATE TABLE t (id int PRIMARY KEY, v int, note text)",
         f"INSERT INTO t SELECT g, 0, {toast_text('n')} || g FROM generate_series(1, 8) g",
     )
-    spec = project(tmp_path, pg_dsn, "    - name: t\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    spec = backfilled(
+        tmp_path, pg_dsn, "    - name: t\n      primary_key: [id]\n", monkeypatch, capsys
+    )
     execute(pg_dsn, "UPDATE t SET id = 102 WHERE id = 2")
     execute(  # a swap of keys 3 and 4 through a temporary key
         pg_dsn,
@@ -183,9 +197,9 @@ def test_widening_behind_the_stream_is_not_a_narrowing_and_a_pause_exits_3(
         "CREATE TABLE w (id int PRIMARY KEY, v int, k text)",
         "INSERT INTO w SELECT g, g, 'k' || g FROM generate_series(1, 20) g",
     )
-    spec = project(tmp_path, pg_dsn, "    - name: w\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    spec = backfilled(
+        tmp_path, pg_dsn, "    - name: w\n      primary_key: [id]\n", monkeypatch, capsys
+    )
     execute(pg_dsn, "INSERT INTO w VALUES (21, 21, 'before')", "UPDATE w SET v = -v WHERE id < 5")
     execute(pg_dsn, "ALTER TABLE w ALTER COLUMN id TYPE bigint, ALTER COLUMN v TYPE bigint")
     execute(pg_dsn, "INSERT INTO w VALUES (5000000000, 5000000000, 'after')")
@@ -305,9 +319,9 @@ def test_dropped_names_reused_and_swapped_names(
         'CREATE TABLE r (id int PRIMARY KEY, x text, y int, a text, b int, c int, "Col" int)',
         "INSERT INTO r SELECT g, 'old' || g, g, 'a' || g, g, -g, g FROM generate_series(1, 3) g",
     )
-    spec = project(tmp_path, pg_dsn, "    - name: r\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    spec = backfilled(
+        tmp_path, pg_dsn, "    - name: r\n      primary_key: [id]\n", monkeypatch, capsys
+    )
     execute(
         pg_dsn,
         "ALTER TABLE r DROP COLUMN x",
@@ -340,9 +354,9 @@ def test_column_added_with_a_volatile_default_gets_the_source_values(
         'CREATE TABLE "Vol" (id int PRIMARY KEY, v int)',
         'INSERT INTO "Vol" SELECT g, g FROM generate_series(1, 30) g',
     )
-    spec = project(tmp_path, pg_dsn, "    - name: Vol\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    spec = backfilled(
+        tmp_path, pg_dsn, "    - name: Vol\n      primary_key: [id]\n", monkeypatch, capsys
+    )
     execute(pg_dsn, 'UPDATE "Vol" SET v = -v WHERE id = 1')  # old layout, before the ALTER
     execute(
         pg_dsn,
@@ -392,9 +406,9 @@ def test_a_large_transaction_is_applied_in_parts_exactly_once(
         "CREATE TABLE p (id int PRIMARY KEY, v int, note text)",
         f"INSERT INTO p SELECT g, 0, {toast_text('p', 80)} || g FROM generate_series(1, 2000) g",
     )
-    spec = project(tmp_path, pg_dsn, "    - name: p\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    spec = backfilled(
+        tmp_path, pg_dsn, "    - name: p\n      primary_key: [id]\n", monkeypatch, capsys
+    )
     execute(  # one transaction of about 6,000 changes
         pg_dsn,
         "UPDATE p SET v = v + 1",
@@ -436,13 +450,11 @@ def test_add_column_with_default_and_a_widening_in_one_evolve(
         "ALTER TABLE e REPLICA IDENTITY FULL",
         "INSERT INTO e SELECT 'w' || g, g FROM generate_series(1, 3) g",
     )
-    spec = project(
+    spec = backfilled(
         tmp_path, pg_dsn,
         "    - name: t\n      primary_key: [id]\n    - name: e\n      append_only: true\n",
-        monkeypatch,
+        monkeypatch, capsys,
     )  # fmt: skip
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
     execute(
         pg_dsn,
         "ALTER TABLE t ALTER COLUMN label TYPE varchar(50)",
@@ -471,9 +483,9 @@ def test_old_layout_names_are_resolved_as_they_were(
         "CREATE TABLE m (id int PRIMARY KEY, f8 float8, num numeric, v int)",
         "INSERT INTO m SELECT g, g + 0.5, g * 10, g FROM generate_series(1, 3) g",
     )
-    spec = project(tmp_path, pg_dsn, "    - name: m\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    spec = backfilled(
+        tmp_path, pg_dsn, "    - name: m\n      primary_key: [id]\n", monkeypatch, capsys
+    )
     execute(pg_dsn, "UPDATE m SET v = 100, f8 = 1.25 WHERE id = 1")  # old layout, in the slot
     execute(pg_dsn, "ALTER TABLE m DROP COLUMN f8", "ALTER TABLE m RENAME COLUMN num TO f8")
     execute(pg_dsn, "UPDATE m SET v = 200, f8 = 7 WHERE id = 2")
@@ -494,9 +506,9 @@ def test_old_layout_of_a_renamed_name_reused_with_the_same_type(
         "CREATE TABLE r2 (id int PRIMARY KEY, x text, v int)",
         "INSERT INTO r2 SELECT g, 'x' || g, g FROM generate_series(1, 3) g",
     )
-    spec = project(tmp_path, pg_dsn, "    - name: r2\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    assert cli(capsys, "-q", "-c", str(spec), "backfill")[0] == 0
+    spec = backfilled(
+        tmp_path, pg_dsn, "    - name: r2\n      primary_key: [id]\n", monkeypatch, capsys
+    )
     execute(pg_dsn, "UPDATE r2 SET x = 'old layout' WHERE id = 1")
     execute(pg_dsn, "ALTER TABLE r2 RENAME COLUMN x TO y", "ALTER TABLE r2 ADD COLUMN x text")
     execute(pg_dsn, "UPDATE r2 SET x = 'new x' WHERE id = 2")
