@@ -251,14 +251,14 @@ def test_columns_differing_only_by_case_are_refused_with_a_clear_message(
         "INSERT INTO n VALUES (1, 'a')",
     )
     spec = project(tmp_path, pg_dsn, "    - name: m\n      primary_key: [id]\n", monkeypatch)
-    assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
-    code, out, err = cli(capsys, "-c", str(spec), "backfill")
-    assert code == 1
-    assert "internal error" not in out + err
-    assert "columns 'Value' and 'value', whose names differ only by case" in err
+    for command in ("validate", "deploy"):  # refused before anything is deployed
+        code, out, err = cli(capsys, "-c", str(spec), command)
+        assert code == 1, (command, out + err)
+        assert "internal error" not in out + err
+        assert "columns 'Value' and 'value', whose names differ only by case" in err
+    assert not (tmp_path / "warehouse.duckdb").exists()
 
     spec = project(tmp_path, pg_dsn, "    - name: n\n      primary_key: [id]\n", monkeypatch)
-    (tmp_path / "warehouse.duckdb").unlink()
     assert cli(capsys, "-q", "-c", str(spec), "deploy")[0] == 0
     assert cli(capsys, "-q", "-c", str(spec), "backfill", "--force")[0] == 0
     execute(pg_dsn, "ALTER TABLE n ADD COLUMN note text", "INSERT INTO n VALUES (2, 'b', 'c')")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clinipipe.source.catalog import ColumnNameClash
 from clinipipe.source.columns_check import SourceColumns, source_columns
 from clinipipe.source.postgres import SourceError, apply_source_files
 from clinipipe.spec.loader import LoadedSpec
@@ -77,6 +78,8 @@ def check_source_columns(loaded: LoadedSpec, *, required: bool = True) -> Column
             [(t.schema_, t.name) for t in spec.source.tables],
             append_only={(t.schema_, t.name) for t in spec.source.tables if t.append_only},
         )
+    except ColumnNameClash:
+        raise  # the source was reached: a table the warehouse cannot hold
     except SourceError as exc:
         if required:
             raise

@@ -188,6 +188,11 @@ class CatalogError(SourceError):
     or the user may not read it. The message names the table and what to do."""
 
 
+class ColumnNameClash(CatalogError):
+    """Two columns of a source table whose names differ only by case: one column in a
+    case-insensitive warehouse."""
+
+
 # --------------------------------------------------------------------------------------------
 # Introspection
 # --------------------------------------------------------------------------------------------
@@ -360,7 +365,7 @@ def introspect_table(
     for attname, *_ in raw_columns:
         other = seen.setdefault(attname.lower(), attname)
         if other != attname:
-            raise CatalogError(
+            raise ColumnNameClash(
                 f"source table {name} has columns {other!r} and {attname!r}, whose names "
                 "differ only by case: warehouse identifiers are case-insensitive, so they would "
                 "be one column there. Rename one of them in the source (ALTER TABLE ... RENAME "

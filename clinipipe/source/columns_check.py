@@ -8,7 +8,8 @@ Guarantees: only catalog SELECTs run (`clinipipe.source.catalog.introspect_table
 read-only connection that is closed before returning; nothing on the source changes. A table
 that cannot be introspected (missing, not a table, no primary key, no privilege) is reported
 in `SourceColumns.skipped` with the catalog's message (no row value is ever read), never raised:
-deploy's own source checks report those problems with their fixes.
+deploy's own source checks report those problems with their fixes. Columns whose names differ
+only by case are raised (`ColumnNameClash`): no check of deploy's would refuse them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from clinipipe.source.catalog import CatalogError, introspect_table
+from clinipipe.source.catalog import CatalogError, ColumnNameClash, introspect_table
 from clinipipe.source.postgres import connect
 
 
@@ -48,6 +49,8 @@ def source_columns(
                 described = introspect_table(
                     con, schema, table, append_only=(schema, table) in append_only
                 )
+            except ColumnNameClash:
+                raise  # refused before anything is deployed: the warehouse cannot hold both
             except CatalogError as exc:
                 result.skipped[(schema, table)] = str(exc)
                 con.rollback()
