@@ -10,6 +10,8 @@ import pytest
 
 from clinipipe.cli.app import run
 from clinipipe.spec import LoadedSpec
+from clinipipe.sql.render import render
+from clinipipe.targets.base import DeploymentRecord, Target
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "hospital.yaml"
@@ -160,3 +162,15 @@ class CliProcess:
                 break
             self.seen.append(line)
         return code, out, "".join(self.seen)
+
+
+def deploy_target_templates(target: Target, loaded: LoadedSpec) -> None:
+    """Apply the spec's rendered target templates to `target` without touching the source
+    (its templates are only recorded): a deployed warehouse for tests with no PostgreSQL."""
+    files = render(loaded, target.dialect.name)
+    record = DeploymentRecord(spec_digest=loaded.digest, target_type=target.type)
+    target.apply_deployment(
+        [f for f in files if f.runs_on == "target"],
+        record,
+        also_record=[f for f in files if f.runs_on == "source"],
+    )

@@ -23,12 +23,17 @@ from clinipipe.backup import audit
 from clinipipe.phi.safe_harbor import POLICIES, RedactionKey, plan_table
 from clinipipe.pipeline.redact import NOT_RELEASED_LABEL, RedactOptions, redact
 from clinipipe.spec import LoadedSpec, SpecError, load_spec, parse_spec
-from clinipipe.sql.render import render
-from clinipipe.targets import DeploymentRecord
 from clinipipe.targets.duckdb import DuckDBTarget
 from clinipipe.targets.snowflake import SnowflakeDialect
 from clinipipe.targets.snowflake_redact import SnowflakeRedactSql
-from tests.helpers import REPO, cli, example_text, snowflake_text, write_spec
+from tests.helpers import (
+    REPO,
+    cli,
+    deploy_target_templates,
+    example_text,
+    snowflake_text,
+    write_spec,
+)
 from tests.test_redact_columns import _duckdb_ddl, patient
 
 KEY = "fail-closed-key-0123456789-abcdefgh"
@@ -191,14 +196,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoadedS
     monkeypatch.delenv("CLINIPIPE_DUCKDB_PATH", raising=False)
     text = example_text(**{ENCOUNTERS: ENCOUNTERS_HERE})
     loaded = load_spec(write_spec(tmp_path, text))
-    files = render(loaded, "duckdb")
-    record = DeploymentRecord(spec_digest=loaded.digest, target_type="duckdb")
     with DuckDBTarget(loaded) as target:
-        target.apply_deployment(
-            [f for f in files if f.runs_on == "target"],
-            record,
-            also_record=[f for f in files if f.runs_on == "source"],
-        )
+        deploy_target_templates(target, loaded)
         target.con.execute(_duckdb_ddl())
         for statement in EXTRA_COLUMNS:
             target.con.execute(statement)

@@ -22,10 +22,8 @@ from clinipipe.phi.safe_harbor import RedactionKey
 from clinipipe.pipeline.redact import RedactError, RedactOptions, redact
 from clinipipe.spec import LoadedSpec, load_spec
 from clinipipe.spec.model import RESTRICTED_ZIP3
-from clinipipe.sql.render import render
-from clinipipe.targets import DeploymentRecord
 from clinipipe.targets.duckdb import DuckDBTarget
-from tests.helpers import REPO, cli, example_text, write_spec
+from tests.helpers import REPO, cli, deploy_target_templates, example_text, write_spec
 
 KEY = "test-key-0123456789-abcdefghijklmnop"
 OTHER_KEY = "another-key-0123456789-abcdefghijkl"
@@ -57,14 +55,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoadedS
         **{"        deceased_date: date\n": "        deceased_date: date\n        age_years: age\n"}
     )
     loaded = load_spec(write_spec(tmp_path, text))
-    files = render(loaded, "duckdb")
-    record = DeploymentRecord(spec_digest=loaded.digest, target_type="duckdb")
     with DuckDBTarget(loaded) as target:
-        target.apply_deployment(
-            [f for f in files if f.runs_on == "target"],
-            record,
-            also_record=[f for f in files if f.runs_on == "source"],
-        )
+        deploy_target_templates(target, loaded)
         target.con.execute(_duckdb_ddl())
     yield loaded
 
