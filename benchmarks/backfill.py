@@ -1,6 +1,6 @@
 """Benchmark `clinipipe backfill` into DuckDB against the raw read limit and against dlt.
 
-Starts a throwaway PostgreSQL (``clinipipe.embedded.EmbeddedPostgres``), generates two tables
+Starts a throwaway PostgreSQL (``clinipipe.source.embedded.EmbeddedPostgres``), generates two tables
 with server-side SQL (deterministic: ``setseed`` + ``random()``), runs ``VACUUM ANALYZE``, and
 measures in one run, on the same tables and machine:
 
@@ -69,8 +69,8 @@ from psycopg2 import sql
 from rich.console import Console
 from rich.table import Table
 
-from clinipipe.embedded import EmbeddedPostgres
 from clinipipe.source.catalog import EXPORT_SESSION_SETTINGS, export_select_list, introspect_table
+from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.sql.context import RAW_SCHEMA
 
 DEFAULT_DLT_VENV = Path(tempfile.gettempdir()) / "clinipipe-bench-dlt" / "venv"

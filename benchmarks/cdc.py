@@ -1,6 +1,6 @@
 """Benchmark `clinipipe cdc start` (PostgreSQL → DuckDB) against the raw pgoutput read rate.
 
-Starts a throwaway PostgreSQL (``clinipipe.embedded.EmbeddedPostgres``), creates two tables of
+Starts a throwaway PostgreSQL (``source.embedded.EmbeddedPostgres``), creates two tables of
 the shape of ``../shared/reference/measured-here.md`` with server-side SQL, ``enc`` (``--rows``,
 the table the workloads write) and ``big`` (``--big-rows``, for the big transaction), writes a
 one-project spec, runs ``clinipipe deploy`` and ``clinipipe backfill`` through the real CLI in
@@ -98,7 +98,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clinipipe.bench.loadgen import percentiles
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.sql.context import CONTROL_SCHEMA, RAW_SCHEMA
 
 SLOT = "clinipipe_slot"

@@ -53,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _hospital
 
 from clinipipe.bench.loadgen import percentiles, run_open_loop
-from clinipipe.embedded import EmbeddedPostgres
 from clinipipe.pipeline.publish import read_current, serving_root
+from clinipipe.source.embedded import EmbeddedPostgres
 
 DASHBOARDS = ("patient_overview", "recent_labs_of_patient", "census_by_department")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import duckdb
 import psycopg2
 
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 
 CDC_TARGET = 500_000_000
 BACKFILL_TARGET = 1_000_000_000

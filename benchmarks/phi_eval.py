@@ -1,6 +1,6 @@
 """Quality and speed of PHI detection and free-text redaction (`clinipipe.phi`). Not a test.
 
-Quality, on the labelled synthetic corpus of :func:`clinipipe.phi.corpus.generate_corpus`
+Quality, on the labelled synthetic corpus of :func:`phi_corpus.generate_corpus`
 (``--notes`` notes, every Safe Harbor category that text can hold), scored by
 ``benchmarks/phi_scoring.py`` (shared with ``phi_eval_presidio.py`` and
 ``phi_eval_independent.py``):
@@ -40,9 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import phi_scoring as ps
 import pyarrow as pa
+from phi_corpus import Corpus, generate_corpus
 
 from clinipipe.phi import DetectorSet
-from clinipipe.phi.corpus import Corpus, generate_corpus
 
 
 def docs_of(corpus: Corpus) -> list[ps.Doc]:

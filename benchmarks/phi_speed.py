@@ -1,6 +1,6 @@
 """Speed of free-text PHI redaction (`DetectorSet.redact`), one core. Not a test.
 
-Redacts the notes of :func:`clinipipe.phi.corpus.generate_corpus` (``--notes`` notes) with and
+Redacts the notes of :func:`phi_corpus.generate_corpus` (``--notes`` notes) with and
 without record linkage, pinned to one core with Arrow on one thread, caches of per-value work
 cleared before each run (a new batch holds new patients); reports the best of ``--repeat`` in
 MB/s (UTF-8 bytes of note text) of **process CPU time** (``time.process_time``): on a machine
@@ -21,9 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+from phi_corpus import generate_corpus
 
 from clinipipe.phi import DetectorSet
-from clinipipe.phi.corpus import generate_corpus
 from clinipipe.phi.linkage import clear_caches
 from clinipipe.phi.validators import real_date
 

@@ -39,9 +39,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 import _hospital
 
-from clinipipe.embedded import EmbeddedPostgres
 from clinipipe.pipeline.cdc import CdcOptions, run_cdc
 from clinipipe.pipeline.refresh import refresh
+from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.targets import open_target
 
 TABLE = "patient_summary"

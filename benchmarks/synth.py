@@ -1,6 +1,6 @@
 """Benchmark `clinipipe synth` against raw COPY-in measured in the same run.
 
-Starts a throwaway PostgreSQL (``clinipipe.embedded.EmbeddedPostgres``) and measures, each in a
+Starts a throwaway PostgreSQL (``source.embedded.EmbeddedPostgres``) and measures, each in a
 fresh database:
 
 * **synth**: ``run_synth`` end to end (connect, schema, generation, CSV encoding, COPY of all
@@ -33,7 +33,7 @@ import psycopg2
 import pyarrow as pa
 from psycopg2 import sql
 
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.source.loader import (
     CopyStream,
     create_hospital_schema,

@@ -1,7 +1,7 @@
 """The long torture run of issue 10: a generated foreign schema, a random workload with DDL,
 ``kill -9`` of ``cdc start`` 1-3 times a round, and an exact comparison after every round.
 
-Starts a throwaway PostgreSQL (``clinipipe.embedded.EmbeddedPostgres``), then for each seed a
+Starts a throwaway PostgreSQL (``clinipipe.source.embedded.EmbeddedPostgres``), then for each seed a
 fresh database and project directory, and runs `tests.torture.run_torture` (the same code as
 the CI test ``tests/test_torture.py``, with more rounds and bigger transactions). Prints each
 round as it ends and, at the end, rounds, kills, transactions, row changes, DDL and mismatches,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 from tests.torture import RoundResult, TortureOptions, TortureResult, run_torture
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 import psycopg2
 
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 
 MARKER = ".clinipipe-quickstart"
 

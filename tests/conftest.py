@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-PostgreSQL: one throwaway server (:class:`clinipipe.embedded.EmbeddedPostgres`) for the whole
+PostgreSQL: one throwaway server (:class:`clinipipe.source.embedded.EmbeddedPostgres`) for the whole
 session, and a fresh database on it per test. The server runs as an unprivileged user when the
 suite runs as root (as CI does) and is always stopped at the end of the session.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from clinipipe.cli.app import run
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.synth import run_synth
 from tests.helpers import example_text, write_spec
 

@@ -14,7 +14,7 @@ import duckdb
 import psycopg2
 import pytest
 
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.synth import run_synth
 from tests.helpers import (
     TABLES,

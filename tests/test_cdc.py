@@ -441,7 +441,7 @@ def test_cdc_refuses_an_invalidated_slot(
 ) -> None:
     """The slot's WAL was removed (max_slot_wal_keep_size): `cdc start` exits 1 and says so."""
     import clinipipe.pipeline.cdc as cdc_module
-    from clinipipe.embedded import EmbeddedPostgres
+    from clinipipe.source.embedded import EmbeddedPostgres
     from clinipipe.synth import run_synth
     from tests.helpers import cli, example_text, write_spec
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from clinipipe import embedded
-from clinipipe.embedded import (
+from clinipipe.source import embedded
+from clinipipe.source.embedded import (
     PG_BIN_ENV,
     EmbeddedPostgres,
     EmbeddedPostgresError,
@@ -32,7 +32,7 @@ IS_ROOT = os.geteuid() == 0
 # Starts a server, reports what it sees, stops it. Run in child processes.
 REPORT_SCRIPT = """
 import json, psycopg2
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 with EmbeddedPostgres() as pg:
     conn = psycopg2.connect(pg.dsn)
     with conn.cursor() as cur:
@@ -48,7 +48,7 @@ with EmbeddedPostgres() as pg:
 # Starts a server inside `with`, reports it, then waits to be interrupted or killed.
 SLEEP_SCRIPT = """
 import json, signal, sys, time
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 # As in a terminal, even when this test runs in a background job whose shell ignores SIGINT.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 with EmbeddedPostgres(base_dir=sys.argv[1] or None) as pg:
@@ -59,7 +59,7 @@ with EmbeddedPostgres(base_dir=sys.argv[1] or None) as pg:
 # Starts a server without `with` and exits normally: atexit must clean up.
 ATEXIT_SCRIPT = """
 import json
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 pg = EmbeddedPostgres().start()
 print(json.dumps({"data_dir": str(pg.data_dir), "pid": pg.pid}), flush=True)
 """
@@ -201,7 +201,7 @@ def _interpreter_for(
                 probe_env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], extra_path])
             try:
                 probe = subprocess.run(
-                    [exe, "-c", "import psycopg2, clinipipe.embedded"],
+                    [exe, "-c", "import psycopg2, clinipipe.source.embedded"],
                     env=probe_env,
                     user=user,
                     cwd=home,

@@ -13,8 +13,8 @@ import duckdb
 import psycopg2
 import pytest
 
-from clinipipe.embedded import EmbeddedPostgres
 from clinipipe.source.catalog import EXPORT_SESSION_SETTINGS
+from clinipipe.source.embedded import EmbeddedPostgres
 from tests.helpers import cli, write_spec
 from tests.test_cdc_types import _mismatches
 from tests.test_types import HOSTILE_SETTINGS, MATRIX, N_ROWS, Q, _execute, _introspect, _matrix_sql

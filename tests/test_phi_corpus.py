@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -14,7 +16,9 @@ import pytest
 import re2
 
 from clinipipe.phi import CATEGORIES, DetectorSet
-from clinipipe.phi.corpus import STYLES, Corpus, generate_corpus, score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from phi_corpus import STYLES, Corpus, generate_corpus, score
 
 N = 360
 

@@ -17,7 +17,7 @@ import psycopg2
 import pyarrow as pa
 import pytest
 
-from clinipipe.embedded import EmbeddedPostgres
+from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.source.loader import (
     copy_record_batches,
     create_hospital_schema,
