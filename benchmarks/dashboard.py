@@ -53,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _hospital
 
 from clinipipe.bench.loadgen import percentiles, run_open_loop
-from clinipipe.pipeline.publish import read_current, serving_root
 from clinipipe.source.embedded import EmbeddedPostgres
+from clinipipe.targets.serving_files import read_current, serving_root
 
 DASHBOARDS = ("patient_overview", "recent_labs_of_patient", "census_by_department")
 
@@ -64,7 +64,7 @@ DASHBOARDS = ("patient_overview", "recent_labs_of_patient", "census_by_departmen
 
 def client(spec: str, rate: float, seconds: float, patients: int, days: list[str]) -> None:
     """Run the open-loop dashboard load and print one JSON line with what it measured."""
-    from clinipipe.dashboards import DashboardRunner
+    from clinipipe.pipeline.dashboards import DashboardRunner
     from clinipipe.spec import load_spec
 
     rng = random.Random(5)

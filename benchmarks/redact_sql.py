@@ -46,7 +46,7 @@ from clinipipe.phi.safe_harbor import RedactionKey, plan_table  # noqa: E402
 from clinipipe.pipeline.redact import RedactOptions, redact  # noqa: E402
 from clinipipe.spec import load_spec  # noqa: E402
 from clinipipe.sql.render import render  # noqa: E402
-from clinipipe.targets import DeploymentRecord  # noqa: E402
+from clinipipe.targets import DeploymentRecord, dialect_of  # noqa: E402
 from clinipipe.targets.duckdb import DuckDBTarget  # noqa: E402
 from clinipipe.targets.duckdb_redact import RedactSql  # noqa: E402
 
@@ -135,7 +135,7 @@ def run(folder: Path, args: argparse.Namespace) -> None:
     spec_path = folder / "clinipipe.yaml"
     spec_path.write_text((REPO / "examples" / "hospital.yaml").read_text())
     loaded = load_spec(spec_path)
-    files = render(loaded, "duckdb")
+    files = render(loaded, dialect_of("duckdb"))
     with DuckDBTarget(loaded) as target:
         target.apply_deployment(
             [f for f in files if f.runs_on == "target"],

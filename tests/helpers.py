@@ -167,7 +167,7 @@ class CliProcess:
 def deploy_target_templates(target: Target, loaded: LoadedSpec) -> None:
     """Apply the spec's rendered target templates to `target` without touching the source
     (its templates are only recorded): a deployed warehouse for tests with no PostgreSQL."""
-    files = render(loaded, target.dialect.name)
+    files = render(loaded, target.dialect)
     record = DeploymentRecord(spec_digest=loaded.digest, target_type=target.type)
     target.apply_deployment(
         [f for f in files if f.runs_on == "target"],

@@ -14,7 +14,7 @@ import pytest
 from clinipipe.backup import audit
 from clinipipe.spec import LoadedSpec, load_spec
 from clinipipe.sql.render import render
-from clinipipe.targets import DeploymentRecord
+from clinipipe.targets import DeploymentRecord, dialect_of
 from clinipipe.targets.base import TargetError
 from clinipipe.targets.duckdb import DuckDBTarget
 from clinipipe.targets.snowflake import SnowflakeTarget
@@ -26,7 +26,7 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DuckDBTa
     monkeypatch.setenv("CLINIPIPE_SOURCE_DSN", "postgresql://clinipipe@127.0.0.1:1/none")
     monkeypatch.delenv("CLINIPIPE_DUCKDB_PATH", raising=False)
     loaded = load_spec(write_spec(tmp_path, example_text()))
-    files = [f for f in render(loaded, "duckdb") if f.runs_on == "target"]
+    files = [f for f in render(loaded, dialect_of("duckdb")) if f.runs_on == "target"]
     with DuckDBTarget(loaded) as opened:
         opened.apply_deployment(files, DeploymentRecord(loaded.digest, "duckdb"))
         yield opened
@@ -108,7 +108,7 @@ def test_chain_through_fakesnow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     loaded: LoadedSpec = load_spec(write_spec(tmp_path, snowflake_text()))
     table = next(
         s.sql
-        for f in render(loaded, "snowflake")
+        for f in render(loaded, dialect_of("snowflake"))
         if f.name.startswith("06")
         for s in f.statements
         if "audit_log" in s.sql.lower()

@@ -405,7 +405,7 @@ def test_cdc_start_builds_and_refreshes_dynamic_tables_on_schedule(
     assert [b[0] for b in built] == ["daily_census", "patient_summary", "recent_labs"]
     assert {b[1] for b in built} == {"INITIALIZATION"} and rows == (300,)
     # ... and the interactive tables reading them were published for dashboards.
-    from clinipipe.serving import ServingReader
+    from clinipipe.targets.serving_files import ServingReader
 
     assert summary.publishes == 3 and summary.publish_failures == []
     with ServingReader(hospital_project.parent / "warehouse.duckdb") as reader:

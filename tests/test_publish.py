@@ -18,20 +18,22 @@ import pytest
 from clinipipe.pipeline import publish as publish_module
 from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
 from clinipipe.pipeline.publish import (
-    GENERATION_RE,
     PublishError,
     PublishScheduler,
     due_publishes,
-    generation_name,
     publish,
-    read_current,
-    serving_root,
 )
 from clinipipe.pipeline.refresh import refresh
-from clinipipe.serving import ServingReader
 from clinipipe.spec import LoadedSpec, load_spec
 from clinipipe.targets import open_target
 from clinipipe.targets.duckdb import DuckDBTarget
+from clinipipe.targets.serving_files import (
+    GENERATION_RE,
+    ServingReader,
+    generation_name,
+    read_current,
+    serving_root,
+)
 from tests.helpers import catch_up, cli, execute
 
 TABLE = "patient_dashboard"

@@ -27,7 +27,7 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_golden(dialect: str) -> None:
     """The rendered SQL of examples/hospital.yaml is pinned (CLINIPIPE_UPDATE_GOLDEN=1 rewrites)."""
     loaded = parse_spec(example_text(), "clinipipe.yaml", Path("/x/clinipipe.yaml"))
-    files = render(loaded, dialect)
+    files = render(loaded, dialect_of(dialect))
     assert [f.name[:3] for f in files] == [f"{n:02d}-" for n in range(1, 10)]
     folder = GOLDEN / dialect
     if UPDATE:
@@ -56,7 +56,7 @@ def test_snowflake_golden_uses_documented_syntax() -> None:
 
 def test_statements_split_with_checks_and_dollar_quotes() -> None:
     loaded = parse_spec(example_text(), "clinipipe.yaml", Path("/x/clinipipe.yaml"))
-    source = next(f for f in render(loaded, "duckdb") if f.runs_on == "source")
+    source = next(f for f in render(loaded, dialect_of("duckdb")) if f.runs_on == "source")
     statements = source.statements
     assert [s.check is not None for s in statements] == [True, True, True, True, True, False]
     assert statements[-1].sql.startswith("-- The publication") and "END\n$$;" in statements[-1].sql
@@ -69,7 +69,7 @@ def test_values_are_quoted_never_pasted() -> None:
         **{"comment: Encounters, last admission": f'comment: "{evil} Encounters, last admission'}
     ).replace("per patient\n", 'per patient"\n', 1)
     loaded = parse_spec(text, "clinipipe.yaml", Path("/x/clinipipe.yaml"))
-    sf = next(f for f in render(loaded, "snowflake") if f.name.startswith("03"))
+    sf = next(f for f in render(loaded, dialect_of("snowflake")) if f.name.startswith("03"))
     assert "COMMENT = 'x''); DROP TABLE patients; --" in sf.text
     assert dialect_of("snowflake").quote_string("a\\'b") == "'a\\\\''b'"
     assert dialect_of("snowflake").quote_ident('we"ird') == '"WE""IRD"'

@@ -50,7 +50,7 @@ from clinipipe.source.catalog import (
     introspect_table,
 )
 from clinipipe.source.copy_reader import CopyStreamError, read_csv_batches
-from clinipipe.source.dialect import POSTGRES
+from clinipipe.sql.dialect import POSTGRES
 from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_type
 from clinipipe.targets.snowflake_types import snowflake_cast, snowflake_type
 

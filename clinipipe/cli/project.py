@@ -16,6 +16,7 @@ from clinipipe.pipeline.deploy import DeployPlan, check_source_columns, deploy, 
 from clinipipe.secrets import mask_dsn
 from clinipipe.spec.errors import SpecError
 from clinipipe.sql.render import available_dialects, render, write_rendered
+from clinipipe.targets import dialect_of
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -136,7 +137,8 @@ def render_command(
             f"unknown target '{target}'; choose one of {', '.join(available_dialects())}",
             param_hint="--target",
         )
-    files = render(state.spec(), target)
+    loaded = state.spec()
+    files = render(loaded, dialect_of(target or loaded.spec.target.type))
     if out_dir is not None:
         written = write_rendered(files, out_dir)
         if as_json:

@@ -79,8 +79,8 @@ def dashboard(
     Reads only the published serving files, never the warehouse: it works while `cdc start`
     runs. Without a name, lists the dashboards and their parameters.
     """
-    from clinipipe.dashboards import DashboardError, DashboardRunner
-    from clinipipe.serving import ServingError
+    from clinipipe.pipeline.dashboards import DashboardError, DashboardRunner
+    from clinipipe.targets.serving_files import ServingError
 
     state: State = ctx.obj
     loaded = state.spec()

@@ -6,33 +6,8 @@ every category is one of :data:`CATEGORIES`; :data:`LIMITED_DATASET_KEEPS` holds
 
 from __future__ import annotations
 
+from clinipipe.spec.types import PHI_CATEGORIES as CATEGORIES
 from clinipipe.spec.types import PHI_CLASSES
-
-#: Safe Harbor identifiers (45 CFR 164.514(b)(2)) as detection categories. Full-face photographs
-#: cannot appear in text and have no category; geographic units are split into street address,
-#: city (and county, precinct...) and ZIP because a Limited Data Set keeps the last two.
-CATEGORIES: tuple[str, ...] = (
-    "NAME",
-    "ADDRESS",
-    "CITY",
-    "ZIP",
-    "DATE",
-    "AGE",
-    "PHONE",
-    "FAX",
-    "EMAIL",
-    "SSN",
-    "MRN",
-    "HEALTH_PLAN",
-    "ACCOUNT",
-    "LICENSE",
-    "VEHICLE",
-    "DEVICE",
-    "URL",
-    "IP",
-    "BIOMETRIC",
-    "OTHER_ID",
-)
 
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high")
 

@@ -16,6 +16,8 @@ from datetime import date
 from functools import lru_cache
 from typing import Any
 
+from clinipipe.spec.types import PHI_VALIDATOR_NAMES
+
 _NON_DIGIT = re.compile(r"\D")
 MONTH_NAMES: tuple[str, ...] = (
     "January",
@@ -436,3 +438,9 @@ VALIDATORS["street_words"] = street_words
 VALIDATORS["name_words"] = name_words
 VALIDATORS["name_tokens"] = name_tokens
 VALIDATORS["place_name"] = place_name
+
+if set(VALIDATORS) != PHI_VALIDATOR_NAMES:  # the spec validates names against PHI_VALIDATOR_NAMES
+    raise ImportError(
+        "clinipipe.spec.types.PHI_VALIDATOR_NAMES and phi.validators.VALIDATORS differ: "
+        f"{sorted(set(VALIDATORS) ^ PHI_VALIDATOR_NAMES)}"
+    )

@@ -21,7 +21,7 @@ from clinipipe.source.postgres import SourceError, apply_source_files
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.loader import check_source_columns as check_spec_columns
 from clinipipe.sql.render import RenderedFile, render
-from clinipipe.targets import DeploymentRecord, open_target
+from clinipipe.targets import DeploymentRecord, dialect_of, open_target
 
 
 @dataclass
@@ -98,7 +98,7 @@ def plan_deployment(loaded: LoadedSpec) -> DeployPlan:
     """Check the spec's column names against the source (`check_source_columns`), then compare
     the rendered templates with what the target last deployed. Changes nothing."""
     check_source_columns(loaded)
-    files = render(loaded)
+    files = render(loaded, dialect_of(loaded.spec.target.type))
     with open_target(loaded, read_only=True) as target:
         deployed = target.deployed_digests()
         missing_raw = target.missing_raw_tables()

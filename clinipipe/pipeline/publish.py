@@ -17,10 +17,10 @@ Guarantees:
   opens a generation that is complete; a publish that dies half-way leaves CURRENT on the
   previous generation, and its partial file is garbage that the next publish deletes.
 * **Never blocks the writer, never pulls a file from under a reader.** A reader
-  (:class:`clinipipe.serving.ServingReader`) holds a shared ``flock`` on the generation file it
-  has open. After switching CURRENT, a publish tries a *non-blocking* exclusive ``flock`` on
-  every other file of the folder and deletes those it gets; those it does not get are still
-  in use and are retried at the next publish.
+  (:class:`clinipipe.targets.serving_files.ServingReader`) holds a shared ``flock`` on the
+  generation file it has open. After switching CURRENT, a publish tries a *non-blocking*
+  exclusive ``flock`` on every other file of the folder and deletes those it gets; those it
+  does not get are still in use and are retried at the next publish.
 * **Recorded and metered.** A publish that switched CURRENT is recorded in
   `_clinipipe.interactive_publishes` (name, generation, rows, published_at,
   source_data_timestamp: the data timestamp of the source dynamic table, NULL for `sql:`) and
@@ -33,33 +33,32 @@ Snowflake), so there is nothing to publish and :func:`publish` refuses a non-Duc
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-import os
-import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import duckdb
 
 from clinipipe.secrets import first_line, scrub_values
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import InteractiveTable
-from clinipipe.sql.context import CONTROL_SCHEMA, DERIVED_SCHEMA, SERVING_SCHEMA
+from clinipipe.sql.context import CONTROL_SCHEMA, DERIVED_SCHEMA
 from clinipipe.targets.base import Target, TargetError
-from clinipipe.targets.duckdb import DuckDBTarget
+from clinipipe.targets.serving_files import (
+    cleanup,
+    exclusive,
+    fsync_path,
+    generation_name,
+    next_generation,
+    serving_root_of,
+    write_current,
+    write_generation,
+)
 
-CURRENT = "CURRENT"
-"""Name of the pointer file in each interactive table's folder."""
-
-GENERATION_RE = re.compile(r"^(\d{12})\.duckdb$")
-"""Generation files: twelve digits, `.duckdb`."""
-
-_ALIAS = "clinipipe_publish"
+_NOT_LOCAL = (
+    "publish serves warehouses whose interactive tables are local files (DuckDB); {target} "
+    "maintains its interactive tables itself (CREATE INTERACTIVE TABLE)"
+)
 
 
 class PublishError(Exception):
@@ -100,116 +99,6 @@ class PublishResult:
         }
 
 
-def serving_root(warehouse: Path) -> Path:
-    """The folder holding the serving files of the warehouse file `warehouse`."""
-    return warehouse.with_name(f"{warehouse.stem}.serving")
-
-
-def generation_name(generation: int) -> str:
-    """The file name of `generation`."""
-    return f"{generation:012d}.duckdb"
-
-
-def read_current(folder: Path) -> str | None:
-    """The generation file name CURRENT points to in `folder`, or None before the first publish."""
-    try:
-        text = (folder / CURRENT).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return text if GENERATION_RE.match(text) else None
-
-
-def _generations(folder: Path) -> dict[int, Path]:
-    found: dict[int, Path] = {}
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            m = GENERATION_RE.match(entry.name)
-            if m:
-                found[int(m.group(1))] = entry
-    return found
-
-
-def _next_generation(folder: Path) -> int:
-    numbers = set(_generations(folder))
-    current = read_current(folder)
-    if current:
-        numbers.add(int(current[:12]))
-    return max(numbers, default=0) + 1
-
-
-def _fsync_path(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if missing) while the block runs."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def write_current(folder: Path, file_name: str) -> None:
-    """Point CURRENT in `folder` at `file_name`, atomically and durably."""
-    tmp = folder / f".{CURRENT}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(file_name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / CURRENT)
-    _fsync_path(folder, directory=True)
-
-
-def cleanup(folder: Path) -> list[str]:
-    """Delete every file of `folder` except CURRENT's generation that no reader holds.
-
-    A generation file is deleted only while this process holds a non-blocking exclusive flock
-    on it (readers hold a shared one), so an open generation is never removed; files whose
-    lock is refused stay for a later cleanup. Leftover temporary CURRENT files and DuckDB WAL
-    files of abandoned generations go too. Never blocks.
-    """
-    current = read_current(folder)
-    removed: list[str] = []
-    if not folder.is_dir():
-        return removed
-    for entry in sorted(folder.iterdir()):
-        name = entry.name
-        if name in (CURRENT, current, f"{current}.wal"):
-            continue
-        if name.startswith(f".{CURRENT}.") and name.endswith(".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                age = time.time() - entry.stat().st_mtime
-                if age > 60:  # not a temporary file a concurrent publish is about to rename
-                    entry.unlink()
-                    removed.append(name)
-            continue
-        base = name.removesuffix(".wal")
-        if not GENERATION_RE.match(base):
-            continue
-        try:
-            fd = os.open(entry, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a reader (or a publish in progress) holds it
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-                removed.append(name)
-        finally:
-            os.close(fd)
-    return removed
-
-
 def _table(loaded: LoadedSpec, name: str) -> InteractiveTable:
     for table in loaded.spec.interactive_tables:
         if table.name == name:
@@ -220,14 +109,14 @@ def _table(loaded: LoadedSpec, name: str) -> InteractiveTable:
     )
 
 
-def _source_data_timestamp(target: DuckDBTarget, table: InteractiveTable) -> dt.datetime | None:
+def _source_data_timestamp(target: Target, table: InteractiveTable) -> dt.datetime | None:
     if table.from_ is None:
         return None
     state = target.dynamic_table_states().get(table.from_)
     return state.data_timestamp if state else None
 
 
-def _record_sql(target: DuckDBTarget) -> str:
+def _record_sql(target: Target) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {target.control('interactive_publishes')} ("
         "name VARCHAR NOT NULL, generation BIGINT NOT NULL, rows BIGINT NOT NULL, "
@@ -237,7 +126,7 @@ def _record_sql(target: DuckDBTarget) -> str:
 
 
 def publish_table(
-    loaded: LoadedSpec, target: DuckDBTarget, table: InteractiveTable, *, index: bool = False
+    loaded: LoadedSpec, target: Target, table: InteractiveTable, *, index: bool = False
 ) -> PublishResult:
     """Publish one new generation of `table` (see the module docstring for the guarantees).
 
@@ -249,7 +138,10 @@ def publish_table(
     q = target.dialect.quote_ident
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    folder = serving_root(target.path) / table.name
+    root = serving_root_of(target)
+    if root is None:
+        raise PublishError(_NOT_LOCAL.format(target=target.describe()), usage=True)
+    folder = root / table.name
     folder.mkdir(parents=True, exist_ok=True)
     source_ts = _source_data_timestamp(target, table)
     if table.from_ is not None:
@@ -257,11 +149,10 @@ def publish_table(
     else:
         assert table.sql is not None
         source = f"SELECT * FROM ({table.sql.strip().rstrip(';')})"
-    order = ", ".join(q(c) for c in table.cluster_by)
 
     # One publisher per folder at a time (the lock file is never a generation).
-    with _exclusive(folder / ".publish.lock"):
-        generation = _next_generation(folder)
+    with exclusive(folder / ".publish.lock"):
+        generation = next_generation(folder)
         path = folder / generation_name(generation)
         if path.exists() or path.with_name(path.name + ".wal").exists():
             raise PublishError(f"{path} already exists")  # cannot happen: numbers only grow
@@ -270,32 +161,12 @@ def publish_table(
                 f"{table.name} serves dynamic table {table.from_}, which is not built yet: run "
                 f"`clinipipe refresh {table.from_}` (or `cdc start`, which builds it) first"
             )
-        cur = target.con.cursor()
         try:
-            target.use_warehouse("interactive")
-            literal = target.dialect.quote_literal(str(path))
-            cur.execute(f"ATTACH {literal} AS {q(_ALIAS)}")
-            served = f"{q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(table.name)}"
-            try:
-                cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
-                cur.execute(f"CREATE TABLE {served} AS {source} ORDER BY {order}")
-                if index:
-                    cols = ", ".join(q(c) for c in table.cluster_by)
-                    cur.execute(f"CREATE INDEX {q(table.name + '_cluster')} ON {served} ({cols})")
-                counted = cur.execute(f"SELECT count(*) FROM {served}")
-                rows = int(counted.fetchall()[0][0])
-                cur.execute(f"CHECKPOINT {q(_ALIAS)}")
-            finally:
-                cur.execute(f"DETACH {q(_ALIAS)}")
-        except duckdb.Error as exc:
-            raise PublishError(
-                f"publishing {table.name} failed (readers keep the previous generation; the "
-                f"partial file is removed by the next publish): {scrub_values(first_line(exc))}"
-            ) from None
-        finally:
-            cur.close()
-        _fsync_path(path)
-        _fsync_path(folder, directory=True)
+            rows = write_generation(target, path, table.name, source, table.cluster_by, index=index)
+        except TargetError as exc:
+            raise PublishError(str(exc)) from None
+        fsync_path(path)
+        fsync_path(folder, directory=True)
         write_current(folder, path.name)
         removed = tuple(cleanup(folder))
 
@@ -345,12 +216,8 @@ def publish(
     (as :func:`clinipipe.pipeline.refresh.refresh` does). An error stops at the table that
     failed; the tables before it are published, that one is left on its previous generation.
     """
-    if not isinstance(target, DuckDBTarget):
-        raise PublishError(
-            f"publish serves DuckDB warehouses only; {target.describe()} maintains its "
-            "interactive tables itself (CREATE INTERACTIVE TABLE)",
-            usage=True,
-        )
+    if serving_root_of(target) is None:
+        raise PublishError(_NOT_LOCAL.format(target=target.describe()), usage=True)
     tables = (
         list(loaded.spec.interactive_tables)
         if names is None
@@ -408,7 +275,7 @@ def due_publishes(
       a `target_lag` they are published once and then only by `clinipipe publish`.
     Reads only; a few small queries.
     """
-    if not isinstance(target, DuckDBTarget) or not loaded.spec.interactive_tables:
+    if serving_root_of(target) is None or not loaded.spec.interactive_tables:
         return []
     now = now or dt.datetime.now(dt.UTC)
     last = last_publishes(target)
@@ -466,7 +333,7 @@ class PublishScheduler:
             try:
                 results.extend(publish(loaded, target, [name]))
                 self._failed_at.pop(name, None)
-            except (PublishError, TargetError, duckdb.Error, OSError) as exc:
+            except (PublishError, TargetError, OSError) as exc:
                 self._failed_at[name] = now
                 failures.append((name, scrub_values(first_line(exc))))
         return results, failures
@@ -509,7 +376,7 @@ def interactive_status(
 ) -> list[InteractiveStatus]:
     """Each interactive table's last publish and lag (DuckDB; [] elsewhere: Snowflake keeps
     interactive tables fresh itself). Reads only."""
-    if not isinstance(target, DuckDBTarget):
+    if serving_root_of(target) is None:
         return []
     now = now or dt.datetime.now(dt.UTC)
     last = last_publishes(target)

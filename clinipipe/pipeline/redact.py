@@ -261,7 +261,7 @@ def _template_digest(loaded: LoadedSpec, target: Target) -> str:
     macros/functions the SQL calls come from it)."""
     from clinipipe.sql.render import render
 
-    rendered = next(f for f in render(loaded, target.type) if f.name == TEMPLATE)
+    rendered = next(f for f in render(loaded, target.dialect) if f.name == TEMPLATE)
     if target.deployed_digests().get(TEMPLATE) != rendered.digest:
         raise TargetError(
             f"{target.describe()} does not have the current redaction functions ({TEMPLATE}): "

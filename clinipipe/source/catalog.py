@@ -44,11 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# clinipipe.sql must be initialised before clinipipe.source.dialect: importing the latter first
-# runs clinipipe.sql/__init__ -> sql.render -> source.dialect while it is half-initialised.
-import clinipipe.sql  # noqa: F401
-from clinipipe.source.dialect import POSTGRES
 from clinipipe.source.postgres import SourceError
+from clinipipe.sql.dialect import POSTGRES
 
 LOGICAL_TYPES: tuple[str, ...] = (
     "bool",

@@ -20,8 +20,8 @@ import pyarrow as pa
 from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.source.catalog import EXPORT_SESSION_SETTINGS, TableSchema, export_select_list
 from clinipipe.source.copy_reader import read_csv_batches
-from clinipipe.source.dialect import POSTGRES
 from clinipipe.source.postgres import SourceError, connect
+from clinipipe.sql.dialect import POSTGRES
 
 DEFAULT_PAGES_PER_RANGE = 8192  # 64 MiB of 8 KiB heap pages
 

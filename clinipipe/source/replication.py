@@ -15,8 +15,8 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from clinipipe.secrets import first_line, mask_dsn
-from clinipipe.source.dialect import POSTGRES
 from clinipipe.source.postgres import SourceError, connect
+from clinipipe.sql.dialect import POSTGRES
 
 
 @dataclass

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 
 from clinipipe.spec.model import Spec
+from clinipipe.spec.schemas import schema_names
 from clinipipe.spec.types import did_you_mean
 from clinipipe.spec.yaml_positions import Path
 
@@ -209,8 +210,6 @@ def dynamic_table_order(spec: Spec) -> list[str]:
 def _dynamic_table_references(spec: Spec) -> Iterator[tuple[Path, str]]:
     """Every `derived.<x>` a dynamic table reads is a dynamic table of the spec, every
     `<raw>.<x>` a source table, and the dynamic tables form no cycle."""
-    from clinipipe.sql.context import schema_names  # spec -> sql -> spec: import late
-
     raw_schema = schema_names(spec)["raw"]
     index = {d.name: i for i, d in enumerate(spec.dynamic_tables)}
     dynamic = {d.name.lower() for d in spec.dynamic_tables}

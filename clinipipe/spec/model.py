@@ -15,6 +15,8 @@ from pydantic_core import PydanticCustomError
 from clinipipe.secrets import mask_dsn
 from clinipipe.spec.interpolate import has_reference
 from clinipipe.spec.types import (
+    PHI_CATEGORIES,
+    PHI_VALIDATOR_NAMES,
     Duration,
     DurationField,
     Identifier,
@@ -223,13 +225,11 @@ class PhiPattern(Model):
     @field_validator("category")
     @classmethod
     def _known_category(cls, value: str) -> str:
-        from clinipipe.phi.categories import CATEGORIES
-
-        if value.upper() not in CATEGORIES:
+        if value.upper() not in PHI_CATEGORIES:
             raise PydanticCustomError(
                 "phi_category",
                 "unknown PHI category '{value}'; categories are {categories}",
-                {"value": value[:40], "categories": ", ".join(CATEGORIES)},
+                {"value": value[:40], "categories": ", ".join(PHI_CATEGORIES)},
             )
         return value.upper()
 
@@ -249,13 +249,11 @@ class PhiPattern(Model):
     @field_validator("validator")
     @classmethod
     def _known_validator(cls, value: str | None) -> str | None:
-        from clinipipe.phi.validators import VALIDATORS
-
-        if value is not None and value not in VALIDATORS:
+        if value is not None and value not in PHI_VALIDATOR_NAMES:
             raise PydanticCustomError(
                 "validator",
                 "unknown validator '{value}'; validators are {names}",
-                {"value": value[:40], "names": ", ".join(sorted(VALIDATORS))},
+                {"value": value[:40], "names": ", ".join(sorted(PHI_VALIDATOR_NAMES))},
             )
         return value
 

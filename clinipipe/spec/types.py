@@ -187,6 +187,65 @@ PHI_CLASSES: tuple[str, ...] = (
 )
 
 
+#: Safe Harbor identifiers (45 CFR 164.514(b)(2)) as detection categories. Full-face photographs
+#: cannot appear in text and have no category; geographic units are split into street address,
+#: city (and county, precinct...) and ZIP because a Limited Data Set keeps the last two.
+PHI_CATEGORIES: tuple[str, ...] = (
+    "NAME",
+    "ADDRESS",
+    "CITY",
+    "ZIP",
+    "DATE",
+    "AGE",
+    "PHONE",
+    "FAX",
+    "EMAIL",
+    "SSN",
+    "MRN",
+    "HEALTH_PLAN",
+    "ACCOUNT",
+    "LICENSE",
+    "VEHICLE",
+    "DEVICE",
+    "URL",
+    "IP",
+    "BIOMETRIC",
+    "OTHER_ID",
+)
+
+#: Names of the validators a custom detector may name (`phi.detectors[].validator`); the
+#: functions are in `clinipipe.phi.validators`, which checks it implements exactly these.
+PHI_VALIDATOR_NAMES: frozenset[str] = frozenset(
+    {
+        "any_digit",
+        "code_token",
+        "credential_name",
+        "date",
+        "date_compact",
+        "dea",
+        "age_over_89",
+        "has_digit",
+        "imei",
+        "ipv4",
+        "ipv6",
+        "luhn",
+        "mbi",
+        "name_token",
+        "name_tokens",
+        "name_words",
+        "nanp_phone",
+        "npi",
+        "phone_shape",
+        "place_name",
+        "relation_name",
+        "seven_digits",
+        "ssn",
+        "street_words",
+        "vin",
+    }
+)
+
+
 def _check_phi_class(value: Any) -> str:
     text = str(value).strip().lower()
     if text in PHI_CLASSES:

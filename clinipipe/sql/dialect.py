@@ -38,3 +38,13 @@ class Dialect:
     def qualify(self, *parts: str) -> str:
         """`a.b.c` with every part quoted."""
         return ".".join(self.quote_ident(p) for p in parts)
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL with standard-conforming strings (the default since 9.1): only quotes are
+    doubled. The source's spelling, used by `clinipipe.source` and the source templates."""
+
+    name = "postgres"
+
+
+POSTGRES = PostgresDialect()

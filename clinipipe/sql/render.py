@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+import sqlglot
+from sqlglot.tokens import TokenType
 
 from clinipipe.spec.loader import LoadedSpec
-from clinipipe.sql.dialect import Dialect
+from clinipipe.sql.dialect import POSTGRES, Dialect
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "_templates"
 _FILE = re.compile(r"^(?P<num>\d\d)-(?P<name>[a-z0-9-]+)\.sql\.j2$")
@@ -57,6 +59,8 @@ class RenderedFile:
     text: str
     runs_on: RunsOn
     requires: frozenset[str] = field(default_factory=frozenset)
+    dialect: str = "postgres"
+    """The SQL dialect of `text` (the target's, or postgres for files that run on the source)."""
 
     @property
     def digest(self) -> str:
@@ -64,21 +68,20 @@ class RenderedFile:
 
     @property
     def statements(self) -> list[Statement]:
-        return split_sql(self.text)
+        return split_sql(self.text, self.dialect)
 
 
-def split_sql(text: str) -> list[Statement]:
-    """Split a script into statements (string-, comment- and `$$`-aware).
+def split_sql(text: str, dialect: str = "postgres") -> list[Statement]:
+    """Split a script of `dialect` into statements (string-, comment- and `$$`-aware).
 
-    A statement whose leading comments contain `-- check: <message>` becomes a check.
+    sqlglot's tokenizer for the dialect finds the semicolons that end statements. A comment on
+    the same line after a semicolon stays with the statement it follows; comments before a
+    statement belong to it. A statement whose leading comments contain `-- check: <message>`
+    becomes a check.
     """
-    # Imported here: the Snowflake connector costs a second of start-up for every command.
-    from snowflake.connector.util_text import split_statements
-
     out: list[Statement] = []
-    for chunk, _ in split_statements(_StringReader(text), remove_comments=False):
-        body = _strip_comments(chunk)
-        if not body:
+    for chunk in _statement_chunks(text, dialect):
+        if not _strip_comments(chunk):
             continue
         check = _CHECK.search(chunk)
         out.append(
@@ -87,26 +90,31 @@ def split_sql(text: str) -> list[Statement]:
     return out
 
 
-class _StringReader:
-    """`split_statements` wants a file-like object with readline()."""
-
-    def __init__(self, text: str) -> None:
-        self._lines = iter(text.splitlines(keepends=True))
-
-    def readline(self) -> str:
-        return next(self._lines, "")
+def _statement_chunks(text: str, dialect: str) -> list[str]:
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(text)
+    except sqlglot.errors.TokenError as exc:
+        raise RenderError(f"cannot split the SQL into statements: {exc}") from None
+    chunks: list[str] = []
+    start = 0
+    for token in tokens:
+        if token.token_type != TokenType.SEMICOLON or token.end < start:
+            continue
+        end = token.end + 1
+        line_end = text.find("\n", end)
+        line_end = len(text) if line_end < 0 else line_end
+        rest = text[end:line_end].strip()
+        if not rest or rest.startswith("--"):
+            end = line_end
+        chunks.append(text[start:end])
+        start = end
+    chunks.append(text[start:])
+    return chunks
 
 
 def _strip_comments(sql: str) -> str:
     lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
     return "\n".join(lines).strip().rstrip(";").strip()
-
-
-def dialect_for(name: str) -> Dialect:
-    """The quoting rules of a target dialect (defined in `clinipipe.targets`)."""
-    from clinipipe.targets import dialect_of
-
-    return dialect_of(name)
 
 
 def available_dialects() -> list[str]:
@@ -137,7 +145,7 @@ def _environment(dialect: Dialect) -> jinja2.Environment:
             "`ident`, `qualify`, `literal` or `sql`"
         )
 
-    from clinipipe.source.dialect import POSTGRES  # here: clinipipe.source imports clinipipe.sql
+    from clinipipe.sql.dialect import POSTGRES  # here: clinipipe.source imports clinipipe.sql
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -157,15 +165,15 @@ def _environment(dialect: Dialect) -> jinja2.Environment:
     return env
 
 
-def render(loaded: LoadedSpec, dialect_name: str | None = None) -> list[RenderedFile]:
-    """Render every template of the dialect (default: the spec's target) in file-name order.
+def render(loaded: LoadedSpec, dialect: Dialect) -> list[RenderedFile]:
+    """Render every template of `dialect` (`templates/<dialect.name>/`) in file-name order.
 
-    Pure: the output depends only on the spec and the templates (golden-testable).
+    The caller supplies the target's quoting rules (`clinipipe.targets.dialect_of`): this layer
+    knows no warehouse. Pure: the output depends only on the spec and the templates.
     """
     from clinipipe.sql.context import template_context
 
-    name = dialect_name or loaded.spec.target.type
-    dialect = dialect_for(name)
+    name = dialect.name
     env = _environment(dialect)
     context = template_context(loaded.spec, name)
     files: list[RenderedFile] = []
@@ -184,7 +192,13 @@ def render(loaded: LoadedSpec, dialect_name: str | None = None) -> list[Rendered
             raise RenderError(f"{template_name}: runs_on must be target, source or none")
         requires = frozenset(r for r in header.get("requires", "").split(",") if r)
         files.append(
-            RenderedFile(template_name.removesuffix(".j2"), text, runs_on, requires)  # type: ignore[arg-type]
+            RenderedFile(
+                template_name.removesuffix(".j2"),
+                text,
+                runs_on,  # type: ignore[arg-type]
+                requires,
+                POSTGRES.name if runs_on == "source" else name,
+            )
         )
     return files
 

@@ -26,17 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import psycopg2
-from psycopg2 import sql
-
-from clinipipe.source.loader import (
-    analyze_tables,
-    copy_record_batches,
-    create_hospital_schema,
-    drop_indexes,
-    populated_tables,
-    recreate_indexes,
-)
+from clinipipe.source.hospital_load import HospitalPopulated, load_hospital
+from clinipipe.source.loader import analyze_tables
 from clinipipe.synth.generator import CHUNK_PATIENTS, TABLES, expected_rows, generate
 
 __all__ = ["RUN_BATCH_PATIENTS", "SynthError", "SynthSummary", "run_synth"]
@@ -124,57 +115,6 @@ class _Prefetcher(Generic[T]):
             self._thread.join()
 
 
-def _refuse_if_populated(conn: psycopg2.extensions.connection) -> None:
-    full = populated_tables(conn, TABLES)
-    if not full:
-        return
-    patients = 0
-    if "patients" in full:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM patients")
-            row = cur.fetchone()
-            patients = int(row[0]) if row else 0
-    # Only when patients is empty is it worth naming the other tables that hold rows.
-    detail = "" if patients else f" (but rows in {', '.join(full)})"
-    raise SynthError(
-        f"source already holds {patients:,} patients{detail}; use --replace to drop and regenerate"
-    )
-
-
-def _attempt(conn: psycopg2.extensions.connection, name: str, action: Callable[[], T]) -> T | None:
-    """Run ``action`` inside a savepoint; on a database error undo it and return None."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SAVEPOINT {}").format(sql.Identifier(name)))
-        try:
-            result = action()
-        except psycopg2.Error:
-            cur.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(name)))
-            return None
-        cur.execute(sql.SQL("RELEASE SAVEPOINT {}").format(sql.Identifier(name)))
-    return result
-
-
-def _prepare_bulk_load(conn: psycopg2.extensions.connection) -> tuple[list[sql.Composable], bool]:
-    """Make the (empty) tables fast to fill, in the load's transaction.
-
-    Drops their indexes and keys, returning the statements that rebuild them before commit
-    (sorting once beats maintaining a B-tree row by row), and truncates them so that COPY may use
-    ``FREEZE`` (rows land frozen and all-visible: no hint-bit rewrite on first read). Each step
-    is skipped, not fatal, when something outside the hospital forbids it (e.g. a foreign key
-    from another table); returns ``(rebuild statements, freeze allowed)``.
-    """
-    rebuild = _attempt(conn, "clinipipe_drop_indexes", lambda: drop_indexes(conn, TABLES))
-
-    def truncate() -> bool:
-        with conn.cursor() as cur:
-            tables = sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)
-            cur.execute(sql.SQL("TRUNCATE {}").format(tables))
-        return True
-
-    freeze = _attempt(conn, "clinipipe_truncate", truncate)
-    return rebuild or [], bool(freeze)
-
-
 def run_synth(
     dsn: str,
     patients: int,
@@ -194,7 +134,7 @@ def run_synth(
     below ``rows_done``) and once per table at the end with ``rows_done == rows_expected``.
 
     Raises :class:`SynthError` if the tables already hold rows and ``drop_existing`` is false;
-    ``ValueError`` for ``patients < 1``; ``psycopg2.Error`` for database failures. In every
+    ``ValueError`` for ``patients < 1``; ``SourceError`` for database failures. In every
     failure case nothing is committed.
     """
     if patients < 1:
@@ -203,23 +143,28 @@ def run_synth(
     expected = expected_rows(patients)
     rows = dict.fromkeys(TABLES, 0)
     stats = {"bytes": 0}
-    conn = psycopg2.connect(dsn)
+    batches = _Prefetcher(generate(patients, seed, batch_patients=RUN_BATCH_PATIENTS), _PREFETCH)
+
+    def loaded(table: str, count: int) -> None:
+        rows[table] += count
+        if on_progress is not None:
+            on_progress(table, rows[table], max(rows[table], expected[table]))
+
     try:
-        with conn:  # one transaction: commit on success, roll back on any exception
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            if not drop_existing:
-                _refuse_if_populated(conn)
-            create_hospital_schema(conn, drop_existing=drop_existing)
-            rebuild, freeze = _prepare_bulk_load(conn)
-            batches = generate(patients, seed, batch_patients=RUN_BATCH_PATIENTS)
-            for table, batch in _Prefetcher(batches, _PREFETCH):
-                rows[table] += copy_record_batches(conn, table, [batch], freeze=freeze, stats=stats)
-                if on_progress is not None:
-                    on_progress(table, rows[table], max(rows[table], expected[table]))
-            recreate_indexes(conn, rebuild)
-    finally:
-        conn.close()
+        load_hospital(
+            dsn,
+            TABLES,
+            batches,
+            drop_existing=drop_existing,
+            lock_key=_LOCK_KEY,
+            on_loaded=loaded,
+            stats=stats,
+        )
+    except HospitalPopulated as exc:
+        raise SynthError(
+            f"source already holds {exc.patients:,} patients{exc.detail}; "
+            "use --replace to drop and regenerate"
+        ) from None
     # Statistics for the planner, two tables at a time (the server has cores to spare now).
     analyze_tables(dsn, sorted(TABLES, key=lambda t: -rows[t] * _ROW_WIDTH.get(t, 1)), workers=2)
     if on_progress is not None:

@@ -2,8 +2,9 @@
 
 A dashboard is a named, parameterized query that reads exactly one interactive table as
 `serving.<name>` (checked when the spec is loaded). On DuckDB it runs in the calling process
-on the current published generation of that table (:class:`clinipipe.serving.ServingReader`):
-it never touches the warehouse file, so it never waits for CDC and CDC never waits for it.
+on the current published generation of that table
+(:class:`clinipipe.targets.serving_files.ServingReader`): it never touches the warehouse file,
+so it never waits for CDC and CDC never waits for it.
 
 Parameters are `$name` placeholders bound by the engine (never spliced into the SQL), converted
 from text to their declared type first, so a bad value is a clear error naming the parameter.
@@ -17,10 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clinipipe.serving import ServingReader
 from clinipipe.spec.checks import dashboard_table
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import Dashboard, DuckDBTarget
+from clinipipe.targets.serving_files import ServingReader
 
 __all__ = ["DashboardError", "DashboardResult", "DashboardRunner", "typed_params"]
 

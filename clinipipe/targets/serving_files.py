@@ -1,6 +1,14 @@
-"""Reader side of the interactive tables on DuckDB (a dashboard process's handle).
+"""Interactive tables served as local DuckDB files: the publisher's file mechanics and the
+dashboards' reader (`ServingReader`). For targets whose interactive tables are not native.
 
-See :mod:`clinipipe.pipeline.publish` for the layout. Guarantees of :class:`ServingReader`:
+The warehouse file is held open read-write by one process (CDC), and DuckDB lets no other
+process open it meanwhile, so the serving layer lives in separate files next to it::
+
+    <warehouse stem>.serving/<name>/000000000007.duckdb   one complete copy per publish
+    <warehouse stem>.serving/<name>/CURRENT               "000000000007.duckdb\\n"
+
+The publish guarantees (complete or invisible, never blocks the writer, never pulls a file from
+under a reader) are stated in :mod:`clinipipe.pipeline.publish`; the reader's:
 
 * **Whole generations only.** A query runs against exactly one published generation file,
   opened read-only after CURRENT named it; CURRENT only ever names complete files.
@@ -18,18 +26,188 @@ See :mod:`clinipipe.pipeline.publish` for the layout. Guarantees of :class:`Serv
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from clinipipe.pipeline.publish import CURRENT, read_current, serving_root
+from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.context import SERVING_SCHEMA
+from clinipipe.targets.base import Target, TargetError
+from clinipipe.targets.duckdb import DuckDBTarget
+
+CURRENT = "CURRENT"
+"""Name of the pointer file in each interactive table's folder."""
+
+_ALIAS = "clinipipe_publish"
+
+GENERATION_RE = re.compile(r"^(\d{12})\.duckdb$")
+"""Generation files: twelve digits, `.duckdb`."""
+
+
+def serving_root(warehouse: Path) -> Path:
+    """The folder holding the serving files of the warehouse file `warehouse`."""
+    return warehouse.with_name(f"{warehouse.stem}.serving")
+
+
+def generation_name(generation: int) -> str:
+    """The file name of `generation`."""
+    return f"{generation:012d}.duckdb"
+
+
+def read_current(folder: Path) -> str | None:
+    """The generation file name CURRENT points to in `folder`, or None before the first publish."""
+    try:
+        text = (folder / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text if GENERATION_RE.match(text) else None
+
+
+def _generations(folder: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            m = GENERATION_RE.match(entry.name)
+            if m:
+                found[int(m.group(1))] = entry
+    return found
+
+
+def next_generation(folder: Path) -> int:
+    numbers = set(_generations(folder))
+    current = read_current(folder)
+    if current:
+        numbers.add(int(current[:12]))
+    return max(numbers, default=0) + 1
+
+
+def fsync_path(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing) while the block runs."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_current(folder: Path, file_name: str) -> None:
+    """Point CURRENT in `folder` at `file_name`, atomically and durably."""
+    tmp = folder / f".{CURRENT}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(file_name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / CURRENT)
+    fsync_path(folder, directory=True)
+
+
+def cleanup(folder: Path) -> list[str]:
+    """Delete every file of `folder` except CURRENT's generation that no reader holds.
+
+    A generation file is deleted only while this process holds a non-blocking exclusive flock
+    on it (readers hold a shared one), so an open generation is never removed; files whose
+    lock is refused stay for a later cleanup. Leftover temporary CURRENT files and DuckDB WAL
+    files of abandoned generations go too. Never blocks.
+    """
+    current = read_current(folder)
+    removed: list[str] = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if name in (CURRENT, current, f"{current}.wal"):
+            continue
+        if name.startswith(f".{CURRENT}.") and name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                age = time.time() - entry.stat().st_mtime
+                if age > 60:  # not a temporary file a concurrent publish is about to rename
+                    entry.unlink()
+                    removed.append(name)
+            continue
+        base = name.removesuffix(".wal")
+        if not GENERATION_RE.match(base):
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a reader (or a publish in progress) holds it
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def serving_root_of(target: Target) -> Path | None:
+    """Where `target` keeps its serving files, or None when its interactive tables are native
+    (Snowflake: CREATE INTERACTIVE TABLE) and there is nothing to publish."""
+    return serving_root(target.path) if isinstance(target, DuckDBTarget) else None
+
+
+def write_generation(
+    target: Target,
+    path: Path,
+    name: str,
+    source_sql: str,
+    cluster_by: Sequence[str],
+    *,
+    index: bool = False,
+) -> int:
+    """Write the new generation file `path`: table `serving.<name>` = the rows of `source_sql`
+    ordered by `cluster_by` (plus an ART index on them with `index`), checkpointed and detached.
+    Returns its rows. Not yet fsynced nor named by CURRENT: the caller does both. Raises
+    `TargetError` (no values in the message); a partial file is left for `cleanup`."""
+    assert isinstance(target, DuckDBTarget)
+    q = target.dialect.quote_ident
+    order = ", ".join(q(c) for c in cluster_by)
+    cur = target.con.cursor()
+    try:
+        target.use_warehouse("interactive")
+        cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}")
+        served = f"{q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(name)}"
+        try:
+            cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
+            cur.execute(f"CREATE TABLE {served} AS {source_sql} ORDER BY {order}")
+            if index:
+                cur.execute(f"CREATE INDEX {q(name + '_cluster')} ON {served} ({order})")
+            rows = int(cur.execute(f"SELECT count(*) FROM {served}").fetchall()[0][0])
+            cur.execute(f"CHECKPOINT {q(_ALIAS)}")
+        finally:
+            cur.execute(f"DETACH {q(_ALIAS)}")
+    except duckdb.Error as exc:
+        raise TargetError(
+            f"publishing {name} failed (readers keep the previous generation; the partial file "
+            f"is removed by the next publish): {scrub_values(first_line(exc))}"
+        ) from None
+    finally:
+        cur.close()
+    return rows
+
 
 _SEARCH_PATH = f"SET search_path = '{SERVING_SCHEMA},main'"
 
