@@ -48,7 +48,7 @@ from clinipipe.spec import load_spec  # noqa: E402
 from clinipipe.sql.render import render  # noqa: E402
 from clinipipe.targets import DeploymentRecord, dialect_of  # noqa: E402
 from clinipipe.targets.duckdb import DuckDBTarget  # noqa: E402
-from clinipipe.targets.duckdb_redact import RedactSql  # noqa: E402
+from clinipipe.targets.redact_sql import RedactSql  # noqa: E402
 
 KEY = "benchmark-key-0123456789-abcdefghijkl"
 TABLES = ("patients", "encounters", "labs")

@@ -1,6 +1,8 @@
 """Run what clinipipe can do today, end to end, on this machine (no services needed).
 
-Starts a throwaway PostgreSQL, scaffolds a project in ./quickstart, fills the source with a
+Starts a throwaway PostgreSQL, scaffolds a project (by default in the system's temporary
+folder, e.g. /tmp/clinipipe-quickstart: never inside the repository; `--dir` chooses another
+place, and `quickstart/` is git-ignored should you pick that), fills the source with a
 synthetic hospital, validates the spec, renders the SQL for DuckDB and Snowflake, deploys to a
 local DuckDB warehouse twice (the second run changes nothing), backfills the history, changes
 a few rows on the source and streams them (CDC, which also builds the dynamic tables,
@@ -22,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -30,6 +33,8 @@ import psycopg2
 from clinipipe.source.embedded import EmbeddedPostgres
 
 MARKER = ".clinipipe-quickstart"
+DEFAULT_DIR = Path(tempfile.gettempdir()) / "clinipipe-quickstart"
+"""Where the project goes by default: outside any repository, so nothing is left untracked."""
 
 
 def step(title: str, *args: str, env: dict[str, str], cwd: Path, expect: int = 0) -> None:
@@ -42,7 +47,12 @@ def step(title: str, *args: str, env: dict[str, str], cwd: Path, expect: int = 0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=2000)
-    parser.add_argument("--dir", type=Path, default=Path("quickstart"))
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_DIR,
+        help=f"project folder (default: {DEFAULT_DIR}); replaced if an earlier run made it",
+    )
     args = parser.parse_args()
     project: Path = args.dir.resolve()
     if project.exists():

@@ -298,7 +298,7 @@ def test_a_failing_target_is_retried(
     import duckdb
 
     import clinipipe.pipeline.cdc as cdc_module
-    import clinipipe.targets.duckdb as duckdb_target
+    import clinipipe.targets.duckdb.changes as duckdb_target
     from clinipipe.pipeline.cdc import CdcError
 
     run_backfill(load_spec(hospital_project))

@@ -56,8 +56,8 @@ from clinipipe.source.stream_settings import (
     stream_kind,
     verify_stream_settings,
 )
-from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_stream_cast, duckdb_type
-from clinipipe.targets.snowflake_types import snowflake_cast, snowflake_stream_cast, snowflake_type
+from clinipipe.targets.duckdb.types import duckdb_cast, duckdb_stream_cast, duckdb_type
+from clinipipe.targets.snowflake.types import snowflake_cast, snowflake_stream_cast, snowflake_type
 from tests.test_types import (
     GOLDEN_TYPES,
     HOSTILE_SETTINGS,

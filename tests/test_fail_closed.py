@@ -25,7 +25,7 @@ from clinipipe.pipeline.redact import NOT_RELEASED_LABEL, RedactOptions, redact
 from clinipipe.spec import LoadedSpec, SpecError, load_spec, parse_spec
 from clinipipe.targets.duckdb import DuckDBTarget
 from clinipipe.targets.snowflake import SnowflakeDialect
-from clinipipe.targets.snowflake_redact import SnowflakeRedactSql
+from clinipipe.targets.snowflake.redact import SnowflakeRedactSql
 from tests.helpers import (
     REPO,
     cli,

@@ -541,7 +541,7 @@ def test_a_failed_run_changes_nothing(project: LoadedSpec, monkeypatch: pytest.M
     execute(
         project, "UPDATE raw.labs SET value_numeric = 141", "UPDATE raw.claims SET paid_amount = 1"
     )
-    from clinipipe.targets import duckdb_redact
+    from clinipipe.targets.duckdb import redact as duckdb_redact
 
     real = duckdb_redact.RedactSql.select_sql
 

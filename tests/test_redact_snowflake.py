@@ -14,7 +14,7 @@ from clinipipe.phi.safe_harbor import POLICIES, plan_table
 from clinipipe.pipeline.redact import RedactError, RedactOptions, redact
 from clinipipe.spec import LoadedSpec, parse_spec
 from clinipipe.targets.snowflake import SnowflakeDialect
-from clinipipe.targets.snowflake_redact import (
+from clinipipe.targets.snowflake.redact import (
     AI_REDACT_CHUNK_CHARACTERS,
     MRN_PATTERN,
     SnowflakeRedactSql,

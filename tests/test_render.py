@@ -58,7 +58,7 @@ def test_statements_split_with_checks_and_dollar_quotes() -> None:
     loaded = parse_spec(example_text(), "clinipipe.yaml", Path("/x/clinipipe.yaml"))
     source = next(f for f in render(loaded, dialect_of("duckdb")) if f.runs_on == "source")
     statements = source.statements
-    assert [s.check is not None for s in statements] == [True, True, True, True, True, False]
+    assert [s.check is not None for s in statements] == [True] * 6 + [False]
     assert statements[-1].sql.startswith("-- The publication") and "END\n$$;" in statements[-1].sql
     assert [s.number for s in split_sql("select 1; select ';'; -- x\n")] == [1, 2]
 

@@ -28,10 +28,10 @@ from clinipipe.phi.scan import (
 )
 from clinipipe.spec import load_spec
 from clinipipe.targets.duckdb import DuckDBDialect
-from clinipipe.targets.duckdb_scan import candidate_sql as duckdb_candidate_sql
-from clinipipe.targets.duckdb_scan import upsert_findings_sql
+from clinipipe.targets.duckdb.scan import candidate_sql as duckdb_candidate_sql
+from clinipipe.targets.duckdb.scan import upsert_findings_sql
 from clinipipe.targets.snowflake import SnowflakeDialect, SnowflakeTarget
-from clinipipe.targets.snowflake_scan import (
+from clinipipe.targets.snowflake.scan import (
     candidate_sql,
     classify_sql,
     merge_findings_sql,

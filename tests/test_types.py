@@ -51,8 +51,8 @@ from clinipipe.source.catalog import (
 )
 from clinipipe.source.copy_reader import CopyStreamError, read_csv_batches
 from clinipipe.sql.dialect import POSTGRES
-from clinipipe.targets.duckdb_types import duckdb_cast, duckdb_type
-from clinipipe.targets.snowflake_types import snowflake_cast, snowflake_type
+from clinipipe.targets.duckdb.types import duckdb_cast, duckdb_type
+from clinipipe.targets.snowflake.types import snowflake_cast, snowflake_type
 
 Q = POSTGRES.quote_ident
 

@@ -7,6 +7,7 @@ import traceback
 from typing import Annotated
 
 import typer
+from typer.core import TyperOption
 
 from clinipipe import __version__
 from clinipipe.cli import cdc, later, load, project, serve, source
@@ -20,6 +21,26 @@ from clinipipe.source.postgres import SourceError
 from clinipipe.spec.errors import SpecError
 from clinipipe.sql.render import RenderError
 from clinipipe.targets.base import TargetError
+
+
+def _hide_flag_types() -> None:
+    """Show no value type for on/off flags in --help (`--json` takes no value; Typer would
+    print `<bool>` next to it, which reads as if it wanted one). Other options keep their
+    type (`<int>`, `<str>`...). Only the help rendering changes; tests/test_cli.py checks it."""
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_clinipipe", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return show(self, ctx)
+
+    display_type_rich._clinipipe = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
 
 app = typer.Typer(
     name="clinipipe",
@@ -92,6 +113,11 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except OSError as exc:  # the machine, not clinipipe: a folder not writable, a disk full
+        if Verbosity.verbose:
+            err.print(scrubbed_traceback(exc), style="red", markup=False, end="")
+        err.print(f"error: {environment_error(exc)}", style="red", markup=False)
+        return ExitCode.FAILURE
     except Exception as exc:  # a bug: say so plainly, traceback only with --verbose
         if Verbosity.verbose:
             err.print(scrubbed_traceback(exc), style="red", markup=False, end="")
@@ -107,6 +133,21 @@ def run(argv: list[str] | None = None) -> int:
         )
         return ExitCode.FAILURE
     return ExitCode.OK
+
+
+def environment_error(exc: OSError) -> str:
+    """One line for an operating-system failure (permission denied, no space left, a missing
+    folder): what failed, on which path, and what to check. Paths are shown (they are not
+    secret), other text is scrubbed as `_safe` does."""
+    what = exc.strerror or _safe(str(exc)) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = f" ({' -> '.join(paths)})" if paths else ""
+    advice = (
+        "check that the path exists and is writable by this user, and that the disk has space"
+        if paths
+        else "check the machine's resources and its network"
+    )
+    return f"{what}{where}. The operating system refused, not a clinipipe bug: {advice}."
 
 
 def _safe(text: str) -> str:

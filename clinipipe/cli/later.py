@@ -7,6 +7,8 @@ import typer
 from clinipipe.cli.output import ExitCode, err
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+NOT_IMPLEMENTED = "(Not implemented yet: exits 1 and does nothing.)"
+"""Said in the --help of every command (and group) this module registers."""
 
 
 def _not_implemented(command: str, what: str) -> None:
@@ -22,7 +24,8 @@ def _stub(parent: typer.Typer, name: str, full_name: str, what: str, help_text: 
     def command(ctx: typer.Context) -> None:
         _not_implemented(full_name, what)
 
-    command.__doc__ = f"{help_text} [not implemented yet]"
+    # Plain text, not "[...]": the help is Rich markup, where brackets are tags and vanish.
+    command.__doc__ = f"{help_text} {NOT_IMPLEMENTED}"
     parent.command(name, context_settings=_PASS_THROUGH)(command)
 
 
@@ -49,7 +52,7 @@ def register(app: typer.Typer) -> None:
                   ("anomalies", "Spend anomalies.")]),
     }  # fmt: skip
     for group, (help_text, what, commands) in groups.items():
-        sub = typer.Typer(help=help_text, no_args_is_help=True)
+        sub = typer.Typer(help=f"{help_text} {NOT_IMPLEMENTED}", no_args_is_help=True)
         for name, sub_help in commands:
             _stub(sub, name, f"{group} {name}", what, sub_help)
         app.add_typer(sub, name=group)

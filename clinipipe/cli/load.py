@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -19,6 +19,9 @@ from clinipipe.cli.output import ExitCode, Verbosity, err, out, print_json
 from clinipipe.cli.state import State
 from clinipipe.source.catalog import TableSchema
 
+if TYPE_CHECKING:
+    from clinipipe.pipeline.backfill import BackfillSummary
+
 
 def register(app: typer.Typer) -> None:
     app.command("backfill")(backfill)
@@ -27,7 +30,11 @@ def register(app: typer.Typer) -> None:
 def backfill(
     ctx: typer.Context,
     tables: Annotated[
-        str | None, typer.Option(help="Comma-separated source tables (default: all in the spec).")
+        str | None,
+        typer.Option(
+            help="Comma-separated source tables to load now (default: all in the spec). The "
+            "backfill is complete, and CDC can start, once every spec table is loaded."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Parallel range readers.")] = 4,
     resume: Annotated[
@@ -43,7 +50,12 @@ def backfill(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Load history from PostgreSQL under the replication slot's exported snapshot."""
-    from clinipipe.pipeline.backfill import BackfillError, BackfillOptions, run_backfill
+    from clinipipe.pipeline.backfill import (
+        BackfillError,
+        BackfillInterrupted,
+        BackfillOptions,
+        run_backfill,
+    )
 
     state: State = ctx.obj
     loaded = state.spec()
@@ -88,6 +100,9 @@ def backfill(
     try:
         with progress:
             summary = run_backfill(loaded, options, on_start=on_start, on_progress=on_progress)
+    except BackfillInterrupted as exc:  # SIGINT/SIGTERM: the shell's code for an interrupt
+        err.print(str(exc), style="yellow", markup=False)
+        raise typer.Exit(130) from None
     except BackfillError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.FAILURE) from None
@@ -100,6 +115,8 @@ def backfill(
         "rows": summary.rows,
         "bytes": summary.bytes,
         "rows_per_second": round(summary.rows / summary.seconds) if summary.seconds else 0,
+        "complete": summary.complete,
+        "remaining": summary.remaining,
         "tables": {
             t.table: {"rows": t.rows, "bytes": t.bytes, "ranges": t.ranges,
                       "ranges_kept": t.ranges_skipped}
@@ -108,6 +125,14 @@ def backfill(
     }  # fmt: skip
     if as_json:
         print_json(data)
+        return
+    left = (
+        f"Not complete: {len(summary.remaining)} table(s) still to load "
+        f"({', '.join(summary.remaining)}); CDC starts only when every table is loaded. Run "
+        "`clinipipe backfill --resume` to load them."
+    )
+    if summary.status == "nothing-to-load":
+        out.print(f"The tables asked for are already loaded. {left}")
         return
     if summary.status == "already-complete":
         out.print(
@@ -123,7 +148,26 @@ def backfill(
         table.add_row(t.table, f"{t.rows:,}", f"{t.bytes / 1e6:,.1f}", str(t.ranges),
                       str(t.ranges_skipped), f"{rate:,.0f}")  # fmt: skip
     out.print(table)
-    out.print(
-        f"{summary.rows:,} rows in {summary.seconds:.1f} s "
-        f"({data['rows_per_second']:,} rows/s). CDC starts at {summary.consistent_point}."
+    out.print(f"{_loaded_line(summary)} CDC starts at {summary.consistent_point}.")
+    if summary.remaining:
+        out.print(left, style="yellow")
+
+
+def _loaded_line(summary: BackfillSummary) -> str:
+    """What this run loaded. A resumed run says how many ranges it kept from the interrupted
+    run and what it loaded now (never a bare "0 rows", which reads as "nothing was loaded")."""
+    rate = f"{summary.rows / summary.seconds:,.0f} rows/s" if summary.seconds else "-"
+    loaded = f"{summary.rows:,} rows in {summary.seconds:.1f} s ({rate})"
+    if summary.status != "resumed":
+        return f"{loaded}."
+    ranges = sum(t.ranges for t in summary.tables.values())
+    kept = sum(t.ranges_skipped for t in summary.tables.values())
+    if kept >= ranges:
+        return (
+            f"Resumed: all {ranges:,} ranges were already loaded by the interrupted run and were "
+            f"kept; nothing was left to load ({summary.seconds:.1f} s)."
+        )
+    return (
+        f"Resumed: {kept:,} of {ranges:,} ranges were already loaded by the interrupted run and "
+        f"were kept; the other {ranges - kept:,} loaded now: {loaded}."
     )

@@ -14,19 +14,21 @@ from clinipipe.cli.output import ExitCode, err, info, out, print_json
 from clinipipe.cli.state import State
 from clinipipe.pipeline.deploy import DeployPlan, check_source_columns, deploy, plan_deployment
 from clinipipe.secrets import mask_dsn
+from clinipipe.spec.dsn import PLACEHOLDER_PASSWORD
 from clinipipe.spec.errors import SpecError
 from clinipipe.sql.render import available_dialects, render, write_rendered
 from clinipipe.targets import dialect_of
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
-ENV_EXAMPLE = """\
+ENV_EXAMPLE = f"""\
 # Copy to .env next to clinipipe.yaml (never commit .env) or export these variables.
 # The source PostgreSQL (logical replication needs wal_level = logical).
-CLINIPIPE_SOURCE_DSN=postgresql://clinipipe:CHANGE_ME@localhost:5432/ehr
+CLINIPIPE_SOURCE_DSN=postgresql://clinipipe:{PLACEHOLDER_PASSWORD}@localhost:5432/ehr
 # The DuckDB warehouse file (relative to the spec).
 CLINIPIPE_DUCKDB_PATH=warehouse.duckdb
-# Key for keyed pseudonyms (HMAC-SHA256) in research extracts: a long random secret.
+# Key for keyed pseudonyms (HMAC-SHA256) in research extracts: a long random secret, e.g.
+# the output of: python -c 'import secrets; print(secrets.token_hex(32))'
 CLINIPIPE_HMAC_KEY=
 # For a Snowflake target:
 # SNOWFLAKE_PASSWORD=
@@ -48,21 +50,35 @@ def init(
     """Scaffold a project: clinipipe.yaml (the example hospital), .env.example, .gitignore."""
     spec_path = directory / "clinipipe.yaml"
     if spec_path.exists():
-        info(f"[red]{spec_path} already exists; nothing was changed.[/red]")
+        err.print(f"{spec_path} already exists; nothing was changed.", style="red", markup=False)
         raise typer.Exit(ExitCode.FAILURE)
     name = re.sub(r"[^A-Za-z0-9_]", "_", directory.resolve().name) or "hospital"
     if name[0].isdigit():
         name = f"p_{name}"
     example = resources.files("clinipipe").joinpath("_examples/hospital.yaml").read_text()
     spec_text = re.sub(r"(?m)^name: .*$", f"name: {name}", example, count=1)
-    directory.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(spec_text, encoding="utf-8")
-    for filename, text in ((".env.example", ENV_EXAMPLE), (".gitignore", GITIGNORE)):
-        path = directory / filename
-        if not path.exists():
-            path.write_text(text, encoding="utf-8")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        spec_path.write_text(spec_text, encoding="utf-8")
+        for filename, text in ((".env.example", ENV_EXAMPLE), (".gitignore", GITIGNORE)):
+            path = directory / filename
+            if not path.exists():
+                path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        err.print(
+            f"error: cannot create the project in {directory}: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename else ''}. Choose a folder this user can "
+            "write to, or fix its permissions.",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(ExitCode.FAILURE) from None
     info(f"Created {spec_path}, .env.example and .gitignore in {directory}.")
-    info("Next: cp .env.example .env, set CLINIPIPE_SOURCE_DSN, then `clinipipe validate`.")
+    info(
+        "Next: cp .env.example .env and set CLINIPIPE_SOURCE_DSN and CLINIPIPE_HMAC_KEY in it (or "
+        "export them); `clinipipe synth` to fill the source with the example hospital; then "
+        "`clinipipe validate` and `clinipipe deploy` (see the README's Using it)."
+    )
 
 
 def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
@@ -102,10 +118,17 @@ def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
         f"target {spec.target.type}, {len(spec.dynamic_tables)} dynamic and "
         f"{len(spec.interactive_tables)} interactive tables."
     )
-    if columns.checked:
+    if columns.checked and columns.tables:
         out.print(
             f"[green]✓[/green] {columns.columns} column names of {columns.tables} tables "
             "checked against the source catalog."
+        )
+    elif columns.checked:
+        err.print(
+            "note: column names not checked: no table of the spec could be read on the source "
+            "(see below); `clinipipe deploy` checks them once the tables exist.",
+            style="yellow",
+            markup=False,
         )
     else:
         note = (
@@ -140,7 +163,17 @@ def render_command(
     loaded = state.spec()
     files = render(loaded, dialect_of(target or loaded.spec.target.type))
     if out_dir is not None:
-        written = write_rendered(files, out_dir)
+        try:
+            written = write_rendered(files, out_dir)
+        except OSError as exc:
+            err.print(
+                f"error: cannot write the SQL files into {out_dir}: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}. Choose another --out folder "
+                "or make this one writable.",
+                style="red",
+                markup=False,
+            )
+            raise typer.Exit(ExitCode.FAILURE) from None
         if as_json:
             print_json(
                 [{"file": str(p), "digest": f.digest} for p, f in zip(written, files, strict=True)]
@@ -179,7 +212,21 @@ def _plan_json(plan: DeployPlan) -> dict[str, object]:
         "deferred": [{"template": f.name, "reason": why} for f, why in plan.deferred],
         "reference_only": [f.name for f in plan.reference_only],
         "statements": plan.statements,
+        "source_repairs": [{"problem": r.problem, "fix": r.fix} for r in plan.source_repairs],
+        "source_problems": plan.source_problems,
     }
+
+
+def _print_source_checks(plan: DeployPlan, *, done: bool) -> None:
+    """What deploy found missing on the source: recreated (or, in a dry run, to recreate) and
+    what it cannot fix (a lost slot), each with the command that does."""
+    for r in plan.source_repairs:
+        if done:
+            out.print(f"[yellow]Source repaired:[/yellow] {r.problem}; {r.fixed}.")
+        else:
+            out.print(f"[yellow]Source:[/yellow] {r.problem}; deploy will {r.fix}.")
+    for problem in plan.source_problems:
+        err.print(f"error: {problem}", style="red", markup=False)
 
 
 def deploy_command(
@@ -202,6 +249,7 @@ def deploy_command(
             for st in f.statements:
                 out.print(f"-- {f.name} · statement {st.number} ({f.runs_on})", style="dim")
                 out.print(st.sql, markup=False)
+        _print_source_checks(plan, done=False)
         out.print(f"Dry run: {plan.statements} statements would run; nothing was changed.")
         return
     result = deploy(loaded, plan)
@@ -210,8 +258,11 @@ def deploy_command(
             {**_plan_json(plan), "statements_run": result.statements_run,
              "deployment_id": result.deployment_id}
         )  # fmt: skip
+        if plan.source_problems:
+            raise typer.Exit(ExitCode.FAILURE)
         return
     out.print(_plan_table(plan))
+    _print_source_checks(plan, done=True)
     if result.deployment_id is None:
         out.print("[green]Nothing to deploy:[/green] the target is up to date.")
     else:
@@ -219,3 +270,5 @@ def deploy_command(
             f"[green]Deployed[/green] {len(plan.to_run)} templates "
             f"({result.statements_run} statements), deployment {result.deployment_id}."
         )
+    if plan.source_problems:
+        raise typer.Exit(ExitCode.FAILURE)

@@ -169,7 +169,7 @@ def _print_report(report: object) -> None:
         if len(ordered) > SHOWN:
             info(f"... and {len(ordered) - SHOWN:,} more groups (see --json or phi_findings)")
     verdict = "at or above" if report.failed else "below"
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts()["severity"].items()))
+    counts = ", ".join(f"{n:,} {s}" for s, n in sorted(report.counts()["severity"].items()))
     out.print(
         Text(
             f"{len(report.findings):,} finding{'s' if len(report.findings) != 1 else ''}"

@@ -1,7 +1,7 @@
 """De-identification policies: per PHI class and policy, what happens to a column.
 
 This module decides *what* is done to each column (`plan_table`); the SQL that does it lives in
-the targets (`targets/duckdb_redact.py`, `targets/snowflake_redact.py`), the order of work in
+the targets (`targets/duckdb/redact.py`, `targets/snowflake/redact.py`), the order of work in
 `pipeline/redact.py`.
 
 Policies (`POLICIES`):

@@ -1,7 +1,7 @@
 """PHI leak scanning, warehouse-neutral: findings, row keys, and stage 2 (validation in Python).
 
 A scan has two stages. Stage 1 runs where the data is: inside the warehouse as a regex pushdown
-of `DetectorSet.prefilter()` (`clinipipe.targets.*_scan`), or over a CDC batch's Arrow columns
+of `DetectorSet.prefilter()` (`clinipipe.targets.*.scan`), or over a CDC batch's Arrow columns
 with `pyarrow.compute` (`candidates_in_batch`). Only rows with a candidate cell move on. Stage 2
 (`detect`) runs the detectors over those cells and turns each detected span into a `Finding`.
 

@@ -11,22 +11,36 @@ Guarantees:
   replacing rows by primary key; CDC, which replays from the slot's confirmed position and applies
   by key, then converges the target to the source.
 * **Bounded memory.** Ranges stream from COPY through Arrow batches; nothing holds a table.
+* **Interruptible.** SIGINT or SIGTERM during the load cancels the queued ranges and the running
+  COPYs (the server-side query is cancelled; the range's target transaction rolls back and is
+  never recorded as done) within about a second, keeps the committed ranges and raises
+  `BackfillInterrupted`, which says to run `clinipipe backfill --resume`.
+* **Complete means every table.** What a run loaded is its plan (`_clinipipe.backfill_plan`)
+  and its completed ranges: a table is loaded when it has planned ranges and all of them are
+  done. `--tables` loads only the tables named; the run stays incomplete (and `cdc start`
+  refuses, see `tables_not_backfilled`) until every table of the spec is loaded, by a later
+  `clinipipe backfill` (or `--resume`, or `--resume --tables ...`), which reads the tables not
+  loaded yet under a fresh snapshot exactly as a resume does. Append-only tables (no primary
+  key) can only be loaded exactly under the slot's own snapshot: a first `--tables` run must
+  include them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from clinipipe.source.catalog import TableSchema, introspect_table
 from clinipipe.source.postgres import SourceError, connect
-from clinipipe.source.range_reader import PageRange, plan_ranges, read_range
+from clinipipe.source.range_reader import CopyCancel, PageRange, plan_ranges, read_range
 from clinipipe.source.replication import (
     SnapshotHolder,
     create_slot_exporting_snapshot,
@@ -46,6 +60,16 @@ class BackfillError(Exception):
     """The backfill cannot start or did not finish; the message says what to do next."""
 
 
+class BackfillInterrupted(BackfillError):
+    """SIGINT/SIGTERM stopped the load; committed ranges are kept (`ranges_kept` of
+    `ranges_planned`). The message names `clinipipe backfill --resume`."""
+
+    def __init__(self, message: str, ranges_kept: int, ranges_planned: int) -> None:
+        super().__init__(message)
+        self.ranges_kept = ranges_kept
+        self.ranges_planned = ranges_planned
+
+
 @dataclass
 class TableSummary:
     table: str
@@ -58,7 +82,10 @@ class TableSummary:
 
 @dataclass
 class BackfillSummary:
-    """What a backfill did. `status` is 'loaded', 'resumed' or 'already-complete'."""
+    """What a backfill did. `status` is 'loaded', 'resumed', 'already-complete' (every spec
+    table was loaded before) or 'nothing-to-load' (the tables asked for were loaded before,
+    others are not). `remaining`: spec tables still to load; the backfill is complete (and
+    CDC may start) only when it is empty."""
 
     status: str
     slot: str
@@ -66,6 +93,11 @@ class BackfillSummary:
     warehouse: str
     tables: dict[str, TableSummary] = field(default_factory=dict)
     seconds: float = 0.0
+    remaining: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.remaining
 
     @property
     def rows(self) -> int:
@@ -113,21 +145,50 @@ def run_backfill(
         run = target.backfill_run(slot)
         existing_slot = slot_info(dsn, slot)
         resume = _decide(run, existing_slot is not None, options, slot)
-        if resume is None:
+        if resume:
             assert run is not None
-            return BackfillSummary("already-complete", slot, run.consistent_point or "", warehouse)
+            status = _table_status(target, run.run_id)
+            todo = {n for n in schemas if status.get(n) != "loaded"}
+            if not todo:
+                remaining = _remaining(loaded, status)
+                state = "nothing-to-load" if remaining else "already-complete"
+                if not remaining and run.completed_at is None:
+                    target.finish_backfill_run(run.run_id)
+                return BackfillSummary(
+                    state, slot, run.consistent_point or "", warehouse, remaining=remaining
+                )
+            interrupted = sorted(n for n in todo if status.get(n) == "partial")
+            if interrupted and not options.resume:
+                raise BackfillError(
+                    f"a backfill started {run.started_at:%Y-%m-%d %H:%M} UTC did not finish "
+                    f"({', '.join(interrupted)} partly loaded). Run `clinipipe backfill "
+                    "--resume` to keep its completed ranges, or `--force` to reload."
+                )
+            schemas = {n: s for n, s in schemas.items() if n in todo}
+        else:
+            _refuse_partial_without_append_only(loaded, schemas)
 
         holder: SnapshotHolder
         if resume:
-            assert run is not None
+            assert run is not None and run.consistent_point is not None
             holder = export_snapshot(dsn)
-            plan = [
-                PageRange(t, n, a, b)
-                for t, n, a, b in target.planned_ranges(run.run_id)
-                if t in schemas
-            ]
-            done = target.completed_ranges(run.run_id)
-            _refuse_inexact_resume(schemas, plan, done)
+            try:
+                planned = target.planned_ranges(run.run_id)
+                plan = [PageRange(t, n, a, b) for t, n, a, b in planned if t in schemas]
+                done = target.completed_ranges(run.run_id)
+                new_tables = [n for n in schemas if not any(r.table == n for r in plan)]
+                _refuse_inexact_resume(schemas, plan, done, new_tables)
+                fresh = _plan_new_tables(target, schemas, new_tables, options)
+                if fresh:
+                    target.plan_backfill_run(
+                        run.run_id,
+                        run.consistent_point,
+                        [(r.table, r.number, r.start_page, r.end_page) for r in fresh],
+                    )
+                    plan += fresh
+            except BaseException:
+                holder.close()
+                raise
         else:
             run = BackfillRun(
                 run_id=uuid.uuid4().hex,
@@ -165,31 +226,103 @@ def run_backfill(
             summary.tables[name] = TableSummary(name, len(ranges), skipped)
         if on_start is not None:
             on_start(schemas)
-        todo = [r for r in plan if (r.table, r.number) not in done]
+        todo_ranges = [r for r in plan if (r.table, r.number) not in done]
         try:
             _load_ranges(
-                loaded, target, run, schemas, todo, holder, resume, options.workers, summary,
-                on_progress,
+                loaded, target, run, schemas, todo_ranges, holder, resume, options.workers,
+                summary, on_progress,
             )  # fmt: skip
         finally:
             holder.close()
-        target.finish_backfill_run(run.run_id)
+        summary.remaining = _remaining(loaded, _table_status(target, run.run_id))
+        if not summary.remaining:
+            target.finish_backfill_run(run.run_id)
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _refuse_inexact_resume(
-    schemas: dict[str, TableSchema], plan: list[PageRange], done: set[tuple[str, int]]
+def tables_not_backfilled(target: Target, loaded: LoadedSpec) -> list[str]:
+    """Spec tables (in spec order) that the backfill of the spec's slot has not fully loaded:
+    all of them when there is no backfill with a consistent point. CDC may start only when
+    this is empty; `clinipipe backfill --resume` loads the rest. Reads only the target."""
+    run = target.backfill_run(loaded.spec.source.slot)
+    if run is None or run.consistent_point is None:
+        return [t.name for t in loaded.spec.source.tables]
+    return _remaining(loaded, _table_status(target, run.run_id))
+
+
+def not_backfilled_message(tables: list[str]) -> str:
+    """What `cdc start` says when `tables_not_backfilled` is not empty."""
+    return (
+        f"the backfill has not loaded {len(tables)} table(s) of the spec: {', '.join(tables)}. "
+        "CDC can start only when every table is loaded: run `clinipipe backfill --resume` "
+        f"(or `clinipipe backfill --resume --tables {','.join(tables)}`)."
+    )
+
+
+def _table_status(target: Target, run_id: str) -> dict[str, str]:
+    """Per planned table of `run_id`: 'loaded' (every planned range done) or 'partial'."""
+    planned: dict[str, int] = {}
+    for table, _, _, _ in target.planned_ranges(run_id):
+        planned[table] = planned.get(table, 0) + 1
+    done: dict[str, int] = {}
+    for table, _ in target.completed_ranges(run_id):
+        done[table] = done.get(table, 0) + 1
+    return {t: "loaded" if done.get(t, 0) >= n else "partial" for t, n in planned.items()}
+
+
+def _remaining(loaded: LoadedSpec, status: dict[str, str]) -> list[str]:
+    return [t.name for t in loaded.spec.source.tables if status.get(t.name) != "loaded"]
+
+
+def _plan_new_tables(
+    target: Target,
+    schemas: dict[str, TableSchema],
+    names: list[str],
+    options: BackfillOptions,
+) -> list[PageRange]:
+    """Create (empty) the raw tables of `names`, which this run has not loaded yet, and plan
+    their ranges. A crash before the plan is recorded leaves them unplanned: the next run
+    replaces them again."""
+    plan: list[PageRange] = []
+    for name in names:
+        schema = schemas[name]
+        target.create_raw_table(schema, replace=True)
+        plan += plan_ranges(schema, options.pages_per_range or _pages_per_range(schema))
+    return plan
+
+
+def _refuse_partial_without_append_only(
+    loaded: LoadedSpec, schemas: dict[str, TableSchema]
 ) -> None:
-    """A resume reads the missing ranges under a new snapshot and relies on CDC replaying by
-    key; a table without a primary key cannot be matched, so its rows inserted since the
-    first snapshot would arrive twice."""
+    """A table without a primary key can be loaded exactly only under the slot's own snapshot
+    (a later snapshot would load its rows inserted meanwhile a second time, through CDC)."""
+    tables = loaded.spec.source.tables
+    left_out = [t.name for t in tables if t.append_only and t.name not in schemas]
+    if left_out:
+        raise BackfillError(
+            f"append-only table(s) {', '.join(left_out)} (no primary key) can only be loaded "
+            "exactly by the first backfill of a slot, under its snapshot: add them to --tables "
+            "(or leave --tables out)."
+        )
+
+
+def _refuse_inexact_resume(
+    schemas: dict[str, TableSchema],
+    plan: list[PageRange],
+    done: set[tuple[str, int]],
+    new_tables: list[str] = (),  # type: ignore[assignment]
+) -> None:
+    """A resume reads the missing ranges (and `new_tables`, not planned yet) under a new
+    snapshot and relies on CDC replaying by key; a table without a primary key cannot be
+    matched, so its rows inserted since the first snapshot would arrive twice."""
     unfinished = sorted(
         {
             r.table
             for r in plan
             if (r.table, r.number) not in done and not schemas[r.table].primary_key
         }
+        | {n for n in new_tables if not schemas[n].primary_key}
     )
     if unfinished:
         raise BackfillError(
@@ -201,8 +334,9 @@ def _refuse_inexact_resume(
 
 def _decide(
     run: BackfillRun | None, slot_exists: bool, options: BackfillOptions, slot: str
-) -> bool | None:
-    """True to resume, False to load from scratch, None when already complete."""
+) -> bool:
+    """True to continue `run` (the caller decides from its tables what is left to load and
+    whether that needs --resume), False to load from scratch."""
     if options.force:
         return False
     if run is None:
@@ -223,13 +357,6 @@ def _decide(
         raise BackfillError(
             f"replication slot {slot!r} is gone (dropped, or lost in a failover), so changes since "
             "the backfill cannot be streamed. Run `clinipipe backfill --force` to reload."
-        )
-    if run.completed_at is not None:
-        return None
-    if not options.resume:
-        raise BackfillError(
-            f"a backfill started {run.started_at:%Y-%m-%d %H:%M} UTC did not finish. Run "
-            "`clinipipe backfill --resume` to keep its completed ranges, or `--force` to reload."
         )
     return True
 
@@ -269,6 +396,22 @@ def _pages_per_range(schema: TableSchema) -> int:
     return max(1, min(MAX_PAGES_PER_RANGE, round(rows / rows_per_page)))
 
 
+@contextmanager
+def _signals_stop(stop: threading.Event) -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM set `stop` (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _load_ranges(
     loaded: LoadedSpec,
     target: Target,
@@ -280,13 +423,20 @@ def _load_ranges(
     workers: int,
     summary: BackfillSummary,
     on_progress: ProgressCallback | None,
+    stop: threading.Event | None = None,
 ) -> None:
+    """Load `todo` on `workers` threads. A failing range stops the others (completed ones are
+    kept) and raises `BackfillError`; `stop` being set (SIGINT/SIGTERM while loading) cancels
+    the queued ranges and the running COPYs and raises `BackfillInterrupted`."""
     warehouse = loaded.spec.warehouses.initialization
     lock = threading.Lock()
-    stop = threading.Event()
+    stop = stop or threading.Event()
+    cancel = CopyCancel()
+    committed = 0
 
     def load(page_range: PageRange) -> None:
-        if stop.is_set():
+        nonlocal committed
+        if cancel.cancelled:
             return
         schema = schemas[page_range.table]
         work = RangeWork(
@@ -294,10 +444,12 @@ def _load_ranges(
             warehouse.size,
         )  # fmt: skip
         began = time.monotonic()
-        with read_range(loaded.spec.source.dsn, holder.snapshot_name, schema, page_range) as stream:
+        dsn = loaded.spec.source.dsn
+        with read_range(dsn, holder.snapshot_name, schema, page_range, cancel) as stream:
             rows = target.load_range(schema, work, stream)
             nbytes = stream.bytes_read
         with lock:
+            committed += 1
             table = summary.tables[page_range.table]
             table.rows += rows
             table.bytes += nbytes
@@ -307,20 +459,38 @@ def _load_ranges(
 
     # Largest tables first, so the slowest range does not start last.
     todo = sorted(todo, key=lambda r: (-schemas[r.table].pages, r.table, r.number))
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="backfill") as pool:
+    failed: list[Future[None]] = []
+    with (
+        _signals_stop(stop),
+        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="backfill") as pool,
+    ):
         futures = [pool.submit(load, r) for r in todo]
-        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in finished if f.exception() is not None]
-        if failed:
-            stop.set()
+        pending: set[Future[None]] = set(futures)
+        while pending and not stop.is_set():
+            finished, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+            failed = [f for f in finished if f.exception() is not None]
+            if failed:
+                break
+        if stop.is_set() or failed:
+            cancel.cancel()  # running COPYs end in CopyCancelled; their ranges roll back
             for f in futures:
                 f.cancel()
             wait(futures)
-            error = failed[0].exception()
-            assert error is not None
-            if isinstance(error, SourceError | BackfillError | TargetError):
-                raise BackfillError(
-                    f"{error} Completed ranges are kept: fix the cause and run "
-                    "`clinipipe backfill --resume`."
-                ) from None
-            raise error
+    if stop.is_set():
+        kept = sum(t.ranges_skipped for t in summary.tables.values()) + committed
+        planned = sum(t.ranges for t in summary.tables.values())
+        raise BackfillInterrupted(
+            f"backfill interrupted: {kept} of {planned} ranges are loaded and kept (ranges "
+            "in flight were rolled back). Run `clinipipe backfill --resume` to load the rest.",
+            kept,
+            planned,
+        )
+    if failed:
+        error = failed[0].exception()
+        assert error is not None
+        if isinstance(error, SourceError | BackfillError | TargetError):
+            raise BackfillError(
+                f"{error} Completed ranges are kept: fix the cause and run "
+                "`clinipipe backfill --resume`."
+            ) from None
+        raise error

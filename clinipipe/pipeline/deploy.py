@@ -9,19 +9,56 @@ Fail closed on names: before anything is planned (a dry run included), every col
 spec writes is checked against the source catalog (`check_source_columns`); an unknown one is a
 spec error at its file:line:col with a did-you-mean (exit 2), since a misspelled classification
 would leave the real column unclassified.
+
+Source objects are verified, not assumed (`verify_source_objects`): a template recorded as
+deployed does not prove that its publication still exists. A publication dropped on the source,
+or a spec table missing from it, puts the source templates (idempotent) back into the plan, so
+deploy recreates the publication with the spec's tables and says so (`DeployPlan.source_repairs`).
+A slot that a backfill created and that is gone (or lost its WAL) cannot be recreated without
+skipping changes: deploy names it and the commands that reload (`DeployPlan.source_problems`;
+the CLI exits 1 after deploying the rest); it never creates a slot.
+
+Dynamic tables' queries are bound by the warehouse itself before anything is applied
+(`bind_dynamic_tables`; DuckDB: DESCRIBE against stand-ins of the raw tables as the backfill will
+create them, so this works before the first backfill). A query naming a column or table that
+does not exist is a spec error (exit 2) at the `sql` of that dynamic table in the spec, naming
+the dynamic table and the column (identifiers are not PHI; binding reads no rows). The target
+is left untouched; the source templates (idempotent: checks, the publication) have run. Not done
+by `--dry-run`, which opens the warehouse read-only. Snowflake binds a dynamic table's query itself
+when deploy creates it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clinipipe.source.catalog import ColumnNameClash
+from clinipipe.source.catalog import (
+    CatalogError,
+    ColumnNameClash,
+    TableSchema,
+    introspect_table,
+)
 from clinipipe.source.columns_check import SourceColumns, source_columns
-from clinipipe.source.postgres import SourceError, apply_source_files
+from clinipipe.source.objects import inspect_source_objects
+from clinipipe.source.postgres import SourceError, apply_source_files, connect
+from clinipipe.spec.checks import dynamic_table_order
+from clinipipe.spec.errors import Problem, SpecError
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.loader import check_source_columns as check_spec_columns
+from clinipipe.sql.context import CONTROL_SCHEMA
 from clinipipe.sql.render import RenderedFile, render
-from clinipipe.targets import DeploymentRecord, dialect_of, open_target
+from clinipipe.targets import DeploymentRecord, Target, dialect_of, open_target
+from clinipipe.targets.capabilities.refresh import QueryBindError
+
+
+@dataclass(frozen=True)
+class SourceRepair:
+    """A source object deploy found missing and recreates: `problem` (what is wrong), `fix`
+    (what deploy will do) and `fixed` (what it did), for messages; no values."""
+
+    problem: str
+    fix: str
+    fixed: str
 
 
 @dataclass
@@ -33,6 +70,10 @@ class DeployPlan:
     up_to_date: list[RenderedFile] = field(default_factory=list)
     deferred: list[tuple[RenderedFile, str]] = field(default_factory=list)
     reference_only: list[RenderedFile] = field(default_factory=list)
+    source_repairs: list[SourceRepair] = field(default_factory=list)
+    """Missing source objects the source templates recreate (they are in `to_run`)."""
+    source_problems: list[str] = field(default_factory=list)
+    """Missing source objects deploy must not recreate (a lost slot), each with the fix."""
 
     @property
     def statements(self) -> int:
@@ -116,7 +157,72 @@ def plan_deployment(loaded: LoadedSpec) -> DeployPlan:
                 plan.deferred.append((f, reason))
             else:
                 plan.to_run.append(f)
+        slot_expected = _backfill_owns_slot(target, loaded.spec.source.slot)
+    repairs, problems = verify_source_objects(loaded, slot_expected=slot_expected)
+    # Before the first deployment of the source templates nothing is missing: it is to create.
+    if any(f.runs_on == "source" and f.name in deployed for f in files):
+        plan.source_repairs = repairs
+    plan.source_problems = problems
+    if plan.source_repairs:  # the source templates are idempotent: running them again recreates
+        redo = [f for f in plan.up_to_date if f.runs_on == "source"]
+        plan.up_to_date = [f for f in plan.up_to_date if f not in redo]
+        plan.to_run = [f for f in files if f in plan.to_run or f in redo]  # rendered order
     return plan
+
+
+def _backfill_owns_slot(target: Target, slot: str) -> bool:
+    """True when a backfill recorded on the target created `slot` (so it must exist)."""
+    if not target.table_exists(CONTROL_SCHEMA, "backfill_runs"):
+        return False
+    run = target.backfill_run(slot)
+    return run is not None and run.consistent_point is not None
+
+
+def verify_source_objects(
+    loaded: LoadedSpec, *, slot_expected: bool
+) -> tuple[list[SourceRepair], list[str]]:
+    """Check that the spec's publication exists and replicates every spec table, and (when
+    `slot_expected`, i.e. a backfill created it) that the slot exists with its WAL.
+
+    Returns (repairs the source templates make, problems deploy cannot fix, each naming the
+    commands that do). Reads the source catalog only; `SourceError` when it is unreachable.
+    """
+    spec = loaded.spec
+    publication, slot = spec.source.publication, spec.source.slot
+    found = inspect_source_objects(spec.source.dsn, publication, slot)
+    repairs: list[SourceRepair] = []
+    tables = [(t.schema_, t.name) for t in spec.source.tables]
+    if not found.publication_exists:
+        repairs.append(
+            SourceRepair(
+                f"publication {publication} does not exist on the source (dropped?)",
+                f"recreate it with the spec's {len(tables)} tables",
+                f"recreated it with the spec's {len(tables)} tables",
+            )
+        )
+    elif missing := found.missing_tables(tables):
+        names = ", ".join(f"{s}.{t}" for s, t in missing)
+        repairs.append(
+            SourceRepair(
+                f"publication {publication} does not replicate {names}",
+                "add them to it",
+                "added them to it",
+            )
+        )
+    problems: list[str] = []
+    reload = "Run `clinipipe cdc reset --yes` and then `clinipipe backfill --force` to reload."
+    if slot_expected and not found.slot_exists:
+        problems.append(
+            f"replication slot {slot} does not exist any more (dropped, or lost in a failover): "
+            "the stream position is gone and changes since the last checkpoint cannot be "
+            f"recovered; deploy does not create a slot, which would skip them. {reload}"
+        )
+    elif slot_expected and found.slot_wal_status == "lost":
+        problems.append(
+            f"replication slot {slot} was invalidated (its WAL was removed, see "
+            f"max_slot_wal_keep_size): changes since the last checkpoint are gone. {reload}"
+        )
+    return repairs, problems
 
 
 def deploy(loaded: LoadedSpec, plan: DeployPlan | None = None) -> DeployResult:
@@ -134,5 +240,45 @@ def deploy(loaded: LoadedSpec, plan: DeployPlan | None = None) -> DeployResult:
     run = apply_source_files(loaded.spec.source.dsn, source_files) if source_files else 0
     record = DeploymentRecord(spec_digest=loaded.digest, target_type=loaded.spec.target.type)
     with open_target(loaded) as target:
+        bind_dynamic_tables(loaded, target)  # before anything is applied to the target
         run += target.apply_deployment(target_files, record, also_record=source_files)
     return DeployResult(plan, run, record.deployment_id)
+
+
+def bind_dynamic_tables(loaded: LoadedSpec, target: Target) -> None:
+    """Have the warehouse bind every dynamic table's query (refresh order), the raw tables
+    taken as the source catalog describes them. Raises `SpecError` (exit 2) at the `sql` of the
+    first dynamic table that cannot be bound, naming it and the warehouse's reason (the
+    unknown column or table). Changes nothing; reads the source catalog only."""
+    spec = loaded.spec
+    if not spec.dynamic_tables:
+        return
+    source = connect(spec.source.dsn, application_name="clinipipe-check")
+    try:
+        source.set_session(readonly=True)
+        raw: list[TableSchema] = []
+        for t in spec.source.tables:
+            try:
+                raw.append(introspect_table(source, t.schema_, t.name, append_only=t.append_only))
+            except CatalogError:
+                return  # a table missing at the source: the source checks say so, clearly
+    finally:
+        source.close()
+    by_name = {d.name: (i, d) for i, d in enumerate(spec.dynamic_tables)}
+    order = dynamic_table_order(spec)
+    try:
+        target.bind_dynamic_tables([(n, by_name[n][1].sql) for n in order], raw)
+    except QueryBindError as exc:
+        index = by_name[exc.dynamic_table][0]
+        line, col = loaded.positions.of_value(("dynamic_tables", index, "sql"))
+        raise SpecError(
+            [
+                Problem(
+                    loaded.filename or str(loaded.path),
+                    line,
+                    col,
+                    f"dynamic_tables[{index}].sql: dynamic table {exc.dynamic_table} cannot be "
+                    f"bound by {target.describe()}: {exc.reason}",
+                )
+            ]
+        ) from None

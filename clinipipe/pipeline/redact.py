@@ -78,14 +78,14 @@ from clinipipe.secrets import environment
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.context import RESEARCH_README_TABLE, schema_names
 from clinipipe.targets import open_target
-from clinipipe.targets.base import Target, TargetError
-from clinipipe.targets.duckdb_redact import HELPER_PREFIX, SHIFT_COLUMN, ResearchBuild
+from clinipipe.targets.base import ResearchBuild, Target, TargetError
+from clinipipe.targets.redact_sql import HELPER_PREFIX, SHIFT_COLUMN
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from clinipipe.phi import DetectorSet
-    from clinipipe.targets.duckdb_redact import RedactSql
+    from clinipipe.targets.redact_sql import RedactSql
 
 __all__ = [
     "FinalScan",

@@ -8,8 +8,8 @@ Two halves:
 * `export_expression` / `export_select_list` say how each column is written by
   ``COPY (SELECT <export expressions> ...) TO STDOUT (FORMAT csv)`` in a session that first ran
   `EXPORT_SESSION_SETTINGS`. Every value travels as one CSV text field; the warehouse turns it
-  back into a typed value in SQL (`clinipipe.targets.duckdb_types`,
-  `clinipipe.targets.snowflake_types`). Guarantees and deviations per type are listed in
+  back into a typed value in SQL (`clinipipe.targets.duckdb.types`,
+  `clinipipe.targets.snowflake.types`). Guarantees and deviations per type are listed in
   ``docs/TYPE_MAPPING.md`` and pinned by ``tests/test_types.py``.
 
 Transport forms (the text of one CSV field; SQL NULL is an unquoted empty field, an empty value

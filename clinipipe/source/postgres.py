@@ -24,7 +24,7 @@ class SourceCheckFailed(SourceError):
         self.problems = problems
         shown = ", ".join(problems[:10]) + (" ..." if len(problems) > 10 else "")
         super().__init__(
-            f"source check {number} of {template} failed: {message} Found: {shown}. "
+            f"source check {number} of {template} failed: {message} Affected: {shown}. "
             "Nothing was changed on the source."
         )
 

@@ -3,10 +3,15 @@
 `COPY (SELECT ... WHERE ctid >= '(a,0)' AND ctid < '(b,0)') TO STDOUT (FORMAT csv)` runs on its
 own connection in a thread, writing into a pipe; the caller parses the pipe with pyarrow's C++
 CSV reader. Memory stays bounded by the pipe and the CSV block size, whatever the table size.
+
+A `CopyCancel` stops every range read with it, running or not started yet: the COPY is cancelled
+on the server and the range's batches end in `CopyCancelled`, so the consumer (which commits a
+range only after its stream ended cleanly) never records a cancelled range as done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import psycopg2
+import psycopg2.extensions
 import pyarrow as pa
 
 from clinipipe.secrets import first_line, mask_dsn
@@ -55,6 +61,48 @@ def plan_ranges(
     return ranges
 
 
+class CopyCancelled(SourceError):
+    """The range was not read completely because its `CopyCancel` was cancelled."""
+
+
+class CopyCancel:
+    """Cancels the COPYs of every `read_range` given it: those running (a cancel request to the
+    server, PostgreSQL's `pg_cancel_backend`) and those that start afterwards (they fail at
+    once). Thread-safe; `cancel` may be called from any thread, any number of times."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: set[psycopg2.extensions.connection] = set()
+        self._cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            running = list(self._connections)
+        for con in running:
+            with contextlib.suppress(psycopg2.Error):  # it ended meanwhile: nothing to cancel
+                con.cancel()
+
+    def _enter(self, con: psycopg2.extensions.connection) -> None:
+        with self._lock:
+            if self._cancelled:
+                raise CopyCancelled("the backfill was cancelled")
+            self._connections.add(con)
+
+    def _leave(self, con: psycopg2.extensions.connection) -> None:
+        with self._lock:
+            self._connections.discard(con)
+
+    def check(self) -> None:
+        """Raise `CopyCancelled` when cancelled."""
+        if self._cancelled:
+            raise CopyCancelled("the backfill was cancelled")
+
+
 @dataclass
 class RangeStream:
     """Arrow batches of one range (all columns as strings) and the CSV bytes read so far."""
@@ -85,15 +133,28 @@ class _CountingReader:
 
 @contextmanager
 def read_range(
-    dsn: str, snapshot_name: str, table: TableSchema, page_range: PageRange
+    dsn: str,
+    snapshot_name: str,
+    table: TableSchema,
+    page_range: PageRange,
+    cancel: CopyCancel | None = None,
 ) -> Iterator[RangeStream]:
     """Stream `page_range` of `table` as seen by snapshot `snapshot_name`.
 
     Raises `SourceError` (never leaves the COPY thread running) when PostgreSQL fails, e.g.
-    the table was dropped or the snapshot is gone.
+    the table was dropped or the snapshot is gone. Once `cancel` is cancelled, the batches stop
+    within one CSV block and end in `CopyCancelled`, also when the COPY itself had completed:
+    a stream that ends without an exception is a complete range read before any cancel.
     """
+    cancel = cancel or CopyCancel()
+    cancel.check()
     con = connect(dsn, application_name="clinipipe-backfill")
     con.autocommit = True
+    try:
+        cancel._enter(con)
+    except CopyCancelled:
+        con.close()
+        raise
     relation = f"{POSTGRES.quote_ident(table.schema)}.{POSTGRES.quote_ident(table.name)}"
     copy_sql = (
         f"COPY (SELECT {export_select_list(table)} FROM {relation} "
@@ -110,6 +171,7 @@ def read_range(
                     cur.execute(statement)
                 cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
+                cancel.check()  # a cancel sent before the COPY started found nothing running
                 cur.copy_expert(copy_sql, sink)
                 cur.execute("COMMIT")
         except BaseException as exc:  # handed to the consumer below
@@ -121,12 +183,19 @@ def read_range(
         # The COPY's success is checked when the stream ends, before the caller can commit:
         # a COPY cut short must never look like a complete range.
         try:
-            yield from read_csv_batches(reader, table)
+            for batch in read_csv_batches(reader, table):
+                cancel.check()
+                yield batch
         except Exception:
+            if thread.is_alive():
+                reader.close()  # the producer gets EPIPE and stops
+                con.cancel()
             thread.join()
+            cancel.check()
             _raise_source_failure(failure, table, page_range)
             raise
         thread.join()
+        cancel.check()
         _raise_source_failure(failure, table, page_range)
 
     thread.start()
@@ -139,6 +208,7 @@ def read_range(
             thread.join()
         if not reader.closed:
             reader.close()
+        cancel._leave(con)
         con.close()
 
 
@@ -148,6 +218,8 @@ def _raise_source_failure(
     if not failure:
         return
     exc = failure[0]
+    if isinstance(exc, CopyCancelled):
+        raise exc
     if isinstance(exc, psycopg2.Error):
         reason = mask_dsn(first_line(exc))
         raise SourceError(

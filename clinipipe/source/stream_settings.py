@@ -9,8 +9,8 @@ walsender's output plugin writes; ``tests/test_cdc_types.py`` proves both).
 
 Under these settings the output text is the backfill's export text
 (`clinipipe.source.catalog.export_expression`) for every logical type but the ones below,
-described here once for both warehouses (`clinipipe.targets.duckdb_types.duckdb_stream_cast`,
-`clinipipe.targets.snowflake_types.snowflake_stream_cast`):
+described here once for both warehouses (`clinipipe.targets.duckdb.types.duckdb_stream_cast`,
+`clinipipe.targets.snowflake.types.snowflake_stream_cast`):
 
 ===================  ==========================================  ============================
 kind                 pgoutput text                               export text

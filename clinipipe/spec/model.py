@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from clinipipe.secrets import mask_dsn
+from clinipipe.spec.dsn import dsn_problem
 from clinipipe.spec.interpolate import has_reference
 from clinipipe.spec.types import (
     PHI_CATEGORIES,
@@ -114,6 +115,16 @@ class SourceSpec(Model):
                 "the DSN holds a password written into the spec; put the whole DSN in an "
                 "environment variable and write dsn: ${CLINIPIPE_SOURCE_DSN}",
             )
+        return value
+
+    @field_validator("dsn")
+    @classmethod
+    def _plausible_dsn(cls, value: str, info: ValidationInfo) -> str:
+        """Refuse a DSN that cannot work (empty, not postgresql://, the .env.example
+        placeholder) before anything connects; the message never quotes the DSN."""
+        problem = dsn_problem(value, (info.context or {}).get("literal_dsn"))
+        if problem is not None:
+            raise PydanticCustomError("dsn", "{problem}", {"problem": problem})
         return value
 
 

@@ -1,6 +1,11 @@
 """Warehouses behind one interface (`base.Target`): DuckDB (embedded default) and Snowflake.
 
-A new warehouse is one new module here plus one template folder.
+`Target` is a small core (`core.TargetCore`) plus one interface per capability
+(`capabilities/`: deployment, loading, change apply, pipeline state, refresh, redaction, PHI
+scan), each stating its guarantees. A dialect is a package (`duckdb/`, `snowflake/`): a core
+class, one mixin per capability, and `cannot.py` saying what it does not do. A new warehouse
+is one new package here (registered in `TARGETS`) plus one template folder; a new capability
+is one new interface in `capabilities/`, added to `Target`, with one mixin per dialect.
 """
 
 from __future__ import annotations

@@ -11,7 +11,23 @@
 SELECT 'wal_level = ' || setting AS problem FROM pg_settings
 WHERE name = 'wal_level' AND setting <> 'logical';
 
--- check: a replicated table is missing or has no primary key. Create the table, or add a primary key (CDC applies changes by key); a table that only receives inserts can be marked `append_only: true` in the spec instead.
+-- check: a replicated table does not exist on the source. Create it before `clinipipe deploy` (to try clinipipe on the example hospital, `clinipipe synth` creates its tables), or correct the table's name or schema in the spec (names are case-sensitive).
+SELECT t.schema_name || '.' || t.table_name AS problem
+FROM (VALUES
+    ('public', 'patients'),
+    ('public', 'providers'),
+    ('public', 'encounters'),
+    ('public', 'labs'),
+    ('public', 'medications'),
+    ('public', 'claims'),
+    ('public', 'clinical_notes')
+) AS t(schema_name, table_name)
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = t.schema_name AND c.relname = t.table_name
+);
+
+-- check: a replicated table has no primary key. Add one (CDC applies changes by key); a table that only receives inserts can be marked `append_only: true` in the spec instead.
 SELECT t.schema_name || '.' || t.table_name AS problem
 FROM (VALUES
     ('public', 'patients', false),
@@ -22,7 +38,10 @@ FROM (VALUES
     ('public', 'claims', false),
     ('public', 'clinical_notes', false)
 ) AS t(schema_name, table_name, append_only)
-WHERE NOT t.append_only AND NOT EXISTS (
+WHERE NOT t.append_only AND EXISTS (
+    SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = t.schema_name AND c.relname = t.table_name
+) AND NOT EXISTS (
     SELECT 1 FROM pg_index i
     JOIN pg_class c ON c.oid = i.indrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace

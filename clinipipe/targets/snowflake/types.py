@@ -14,7 +14,7 @@ output function text under `clinipipe.source.stream_settings.STREAM_SESSION_OPTI
 `snowflake_cast` itself where that text is the export text, else a checked rewrite into it
 first.
 
-This module must not import `clinipipe.targets.snowflake` (which imports it).
+It imports no other module of the Snowflake target (they import it).
 """
 
 from __future__ import annotations

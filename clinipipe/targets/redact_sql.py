@@ -1,5 +1,6 @@
-"""The SQL of `clinipipe redact` on DuckDB: each research column as an expression over its raw
-column, using the macros of template 06 (`_clinipipe.pseudonym`, `safe_harbor_zip3`, ...).
+"""The SQL of `clinipipe redact`, shared by every dialect: each research column as an expression
+over its raw column, using the functions of template 06 (`_clinipipe.pseudonym`,
+`safe_harbor_zip3`, ...). The defaults are spelled as DuckDB spells them.
 
 `RedactSql` is the generic builder: one SELECT per table, the raw table aliased ``t`` and the
 one-row key table (`KEY_TABLE`, created per session from the environment's key) aliased ``k``.
@@ -20,22 +21,11 @@ Guarantees of the SELECT it builds (`select_sql`):
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
-import duckdb
-
-from clinipipe.phi.safe_harbor import AGE_CAP, ColumnPlan, RedactionKey, TablePlan, Treatment
-from clinipipe.secrets import first_line, scrub_values
+from clinipipe.phi.safe_harbor import AGE_CAP, ColumnPlan, TablePlan, Treatment
 from clinipipe.sql.context import CONTROL_SCHEMA
 from clinipipe.sql.dialect import Dialect
-from clinipipe.targets.base import TargetError
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 KEY_TABLE = "_clinipipe_redaction_key"
 HELPER_PREFIX = "__clinipipe_"
@@ -45,32 +35,7 @@ SHIFT_ALIAS = f"{HELPER_PREFIX}shift"
 NEW_PREFIX = "__clinipipe_new_"
 
 
-@dataclass(frozen=True)
-class ResearchBuild:
-    """One research table to (re)build: `schema.table` from `sql` (`RedactSql.select_sql`, or
-    `reader_sql` with `transform` redacting each Arrow batch of it in Python and returning the
-    research columns). `comment` labels the table (its policy)."""
-
-    schema: str
-    table: str
-    sql: str
-    comment: str
-    transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None
-
-
-@dataclass(frozen=True)
-class RedactionState:
-    """A row of `_clinipipe.redaction_state`: what `schema.table` was last built from."""
-
-    schema: str
-    table: str
-    policy: str
-    fingerprint: str
-    rows: int
-    built_at: dt.datetime
-
-
-def _kind(data_type: str) -> str:
+def type_kind(data_type: str) -> str:
     """'date', 'timestamp', 'timestamptz', 'text' or 'other' for a type name as reported."""
     t = data_type.upper()
     if "WITH TIME ZONE" in t or t in ("TIMESTAMPTZ", "TIMESTAMP_TZ"):
@@ -85,7 +50,8 @@ def _kind(data_type: str) -> str:
 
 
 class RedactSql:
-    """Builds the redaction SQL of one dialect (DuckDB here)."""
+    """Builds the redaction SQL of one dialect: DuckDB's spellings here, the few expressions that
+    differ overridden per dialect (`clinipipe.targets.snowflake.redact.SnowflakeRedactSql`)."""
 
     def __init__(self, dialect: Dialect, *, database: str | None = None) -> None:
         self.dialect = dialect
@@ -134,7 +100,7 @@ class RedactSql:
 
     def utc_date(self, expr: str, data_type: str) -> str:
         """The calendar date of a date-like value (timestamps with a zone: in UTC)."""
-        kind = _kind(data_type)
+        kind = type_kind(data_type)
         if kind == "timestamptz":
             return f"CAST({self.in_utc(expr)} AS DATE)"
         if kind in ("timestamp", "date"):
@@ -150,7 +116,7 @@ class RedactSql:
         return f"date_sub('year', {self.utc_date(birth, data_type)}, DATE {as_of})"
 
     def shifted(self, expr: str, data_type: str, days: str) -> str:
-        kind = _kind(data_type)
+        kind = type_kind(data_type)
         if kind in ("timestamp", "timestamptz"):
             return f"({expr} + to_days(CAST({days} AS INTEGER)))"
         if kind == "date":
@@ -308,105 +274,3 @@ class RedactSql:
             f"CREATE OR REPLACE TEMP TABLE {KEY_TABLE} AS "
             "SELECT CAST($ipad AS BLOB) AS ipad, CAST($opad AS BLOB) AS opad"
         )
-
-
-# --- running it -----------------------------------------------------------------------------------
-
-
-def build_duckdb_tables(
-    con: duckdb.DuckDBPyConnection,
-    dialect: Dialect,
-    builds: Sequence[ResearchBuild],
-    key: RedactionKey | None,
-    finish: Callable[[dict[str, int]], list[str]],
-    batch_rows: int = 8192,
-) -> dict[str, int]:
-    """`DuckDBTarget.build_research_tables`: everything in ONE transaction.
-
-    Each table is built as ``<schema>.__clinipipe_new_<table>`` (a SQL CREATE TABLE AS, or for
-    a table with notes: its typed empty shape, then each Arrow batch of the reader query,
-    redacted by the build's `transform`, inserted by name), labelled with its comment, and
-    swapped in (DROP + RENAME); then `finish`'s statements (state rows, README rows, the audit
-    manifest) run and the transaction commits. Any error rolls everything back: the research
-    schema and its records are exactly as before. The key lives only in session-local
-    temporary tables, given as query parameters.
-    """
-    quote, q = dialect.quote_ident, dialect.quote_literal
-    builder = RedactSql(dialect)
-    params = None
-    if key is not None:
-        ipad, opad = key.pads()
-        params = {"ipad": ipad, "opad": opad}
-    counts: dict[str, int] = {}
-    cur = con.cursor()
-    readers: list[duckdb.DuckDBPyConnection] = []
-    try:
-        if params is not None:
-            cur.execute(builder.key_table_sql(), params)
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            for build in builds:
-                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(build.schema)}")
-                new = dialect.qualify(build.schema, NEW_PREFIX + build.table)
-                if build.transform is None:
-                    cur.execute(f"CREATE OR REPLACE TABLE {new} AS {build.sql}")
-                else:
-                    reader = con.cursor()
-                    readers.append(reader)
-                    if params is not None:
-                        reader.execute(builder.key_table_sql(), params)
-                    _stream_redacted(cur, reader, build, new, batch_rows)
-                row = cur.execute(f"SELECT count(*) FROM {new}").fetchone()
-                counts[build.table] = int(row[0]) if row else 0
-                cur.execute(f"DROP TABLE IF EXISTS {dialect.qualify(build.schema, build.table)}")
-                cur.execute(f"ALTER TABLE {new} RENAME TO {quote(build.table)}")
-                cur.execute(
-                    f"COMMENT ON TABLE {dialect.qualify(build.schema, build.table)} "
-                    f"IS {q(build.comment)}"
-                )
-            for statement in finish(counts):
-                cur.execute(statement)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-    except duckdb.Error as exc:
-        raise TargetError(
-            f"building the research tables failed, nothing was changed: "
-            f"{scrub_values(first_line(exc))}"
-        ) from None
-    finally:
-        for reader in readers:
-            reader.close()
-        with contextlib.suppress(duckdb.Error):
-            cur.execute(f"DROP TABLE IF EXISTS temp.{KEY_TABLE}")
-        cur.close()
-    return counts
-
-
-def _stream_redacted(
-    cur: duckdb.DuckDBPyConnection,
-    reader: duckdb.DuckDBPyConnection,
-    build: ResearchBuild,
-    new: str,
-    batch_rows: int,
-) -> None:
-    """Create `new` with the research columns of `build.sql` (helpers left out), then insert
-    each batch of the query as `build.transform` returns it. Arrow batches end to end: no
-    per-row Python objects outside the text redaction itself."""
-    import pyarrow as pa
-
-    assert build.transform is not None
-    stream = reader.execute(build.sql).to_arrow_reader(batch_rows)
-    helpers = [n for n in stream.schema.names if n.startswith(HELPER_PREFIX)]
-    exclude = f" EXCLUDE ({', '.join(RedactSql.quote_names(helpers))})" if helpers else ""
-    cur.execute(
-        f"CREATE OR REPLACE TABLE {new} AS SELECT *{exclude} FROM ({build.sql}) WHERE false"
-    )
-    for batch in stream:
-        redacted = build.transform(batch)
-        cur.register("_clinipipe_redacted", pa.Table.from_batches([redacted]))
-        try:
-            cur.execute(f"INSERT INTO {new} BY NAME SELECT * FROM _clinipipe_redacted")
-        finally:
-            cur.unregister("_clinipipe_redacted")

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from clinipipe.phi.scan import ROW_DIGEST, CandidateQuery, Finding
 from clinipipe.sql.dialect import Dialect
-from clinipipe.targets.duckdb_scan import FINDING_COLUMNS, UPDATED_ON_RESCAN
+from clinipipe.sql.render import Statement
+from clinipipe.targets.capabilities.phi_scan import FINDING_COLUMNS, UPDATED_ON_RESCAN, PhiScan
+from clinipipe.targets.core import TargetError
+from clinipipe.targets.snowflake.core import SnowflakeCore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MERGE_CHUNK = 500
 """Findings per MERGE statement (they travel as literals: masked text only)."""
@@ -192,3 +199,66 @@ def columns_sql(database: str, schema: str, table: str, dialect: Dialect) -> str
         f"information_schema.columns WHERE table_schema = {q(schema.upper())} "
         f"AND table_name = {q(table.upper())} ORDER BY ordinal_position"
     )
+
+
+class SnowflakePhiScan(SnowflakeCore, PhiScan):
+    """`PhiScan` on Snowflake: REGEXP_LIKE pushdown (`snowflake_regex` only widens), findings
+    MERGEd in one transaction, and Snowflake's own classifier (SYSTEM$CLASSIFY)."""
+
+    phi_classifies: ClassVar[bool] = True
+
+    def phi_scan_table_names(self, schema: str) -> list[str]:
+        sql = table_names_sql(self.spec.database, schema, self.dialect)
+        return [str(r[0]).lower() for r in self.query(sql)]
+
+    def phi_scan_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
+        rows = self.query(columns_sql(self.spec.database, schema, table, self.dialect))
+        return [(str(n).lower(), str(t)) for n, t in rows]
+
+    def phi_scan_candidates(self, query: CandidateQuery) -> pa.Table:
+        """Stage 1 with REGEXP_LIKE; the few candidate rows come back as strings."""
+        import pyarrow as pa
+        import snowflake.connector
+
+        cursor = self._session().cursor()
+        try:
+            cursor.execute(candidate_sql(query, self.dialect, self.spec.database))
+            names = [str(d[0]).lower() for d in cursor.description]
+            rows = cursor.fetchall()
+        except snowflake.connector.errors.Error as exc:
+            raise TargetError(
+                f"PHI scan of {query.schema}.{query.table} failed: {self._reason(exc)}"
+            ) from None
+        finally:
+            cursor.close()
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        return pa.table(
+            {n: pa.array([None if v is None else str(v) for v in values], pa.string())
+             for n, values in zip(names, columns, strict=True)}
+        )  # fmt: skip
+
+    def upsert_phi_findings(self, findings: Sequence[Finding], seen_at: dt.datetime) -> None:
+        if findings:
+            table = self.control("phi_findings")
+            self.execute_atomically(merge_findings_sql(table, findings, seen_at, self.dialect))
+
+    def phi_classify(self, schema: str, table: str, classified: Sequence[str]) -> list[Finding]:
+        """CALL SYSTEM$CLASSIFY (phi.classification settings), read the result, and keep the
+        columns Snowflake calls identifiers that the spec does not classify as PHI."""
+        import snowflake.connector
+
+        from clinipipe.phi.classify import ClassificationResultError, classification_findings
+
+        settings = self.loaded.spec.phi.classification
+        call, read = classify_sql(self.spec.database, schema, table, settings.sample_count,
+                                  settings.auto_tag, self.dialect)  # fmt: skip
+        try:
+            self._execute(Statement(0, call))
+            rows = self.query(read)
+        except snowflake.connector.errors.Error as exc:
+            raise TargetError(f"failed: {self._reason(exc)}") from None
+        try:
+            return classification_findings(schema, table, rows[0][0] if rows else None,
+                                           classified=classified)  # fmt: skip
+        except ClassificationResultError as exc:
+            raise TargetError(str(exc)) from None

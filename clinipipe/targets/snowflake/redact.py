@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from clinipipe.phi.safe_harbor import RedactionKey, TablePlan
 from clinipipe.sql.context import CONTROL_SCHEMA
-from clinipipe.targets.base import TargetError
-from clinipipe.targets.duckdb_redact import NEW_PREFIX, RedactSql, ResearchBuild, _kind
-
-if TYPE_CHECKING:
-    from clinipipe.targets.snowflake import SnowflakeTarget
+from clinipipe.targets.capabilities.redaction import Redaction, ResearchBuild
+from clinipipe.targets.core import TargetError
+from clinipipe.targets.redact_sql import NEW_PREFIX, RedactSql, type_kind
+from clinipipe.targets.snowflake.staging import SnowflakeStaging
 
 AI_REDACT_CHUNK_CHARACTERS = 1500
 KEY_TABLE = "_CLINIPIPE_REDACTION_KEY"
@@ -60,7 +58,7 @@ class SnowflakeRedactSql(RedactSql):
         return f"{self.function('age_years')}({self.utc_date(birth, data_type)}, DATE {as_of})"
 
     def shifted(self, expr: str, data_type: str, days: str) -> str:
-        if _kind(data_type) == "text":
+        if type_kind(data_type) == "text":
             expr = f"TRY_CAST({expr} AS DATE)"
         return f"DATEADD('day', {days}, {expr})"
 
@@ -113,8 +111,38 @@ class SnowflakeRedactSql(RedactSql):
         return f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}{''.join(joins)}"
 
 
+class SnowflakeRedaction(SnowflakeStaging, Redaction):
+    """`Redaction` on Snowflake (see `build_snowflake_tables` for the guarantees)."""
+
+    def redact_sql(self) -> SnowflakeRedactSql:
+        return SnowflakeRedactSql(self.dialect, database=self.spec.database)
+
+    def redaction_columns(self, table: str) -> list[tuple[str, str]]:
+        q = self.dialect.quote_string
+        rows = self.query(
+            "SELECT column_name, data_type FROM "
+            f"{self.dialect.quote_ident(self.spec.database)}.information_schema.columns "
+            f"WHERE table_schema = {q(self.spec.schema_.upper())} "
+            f"AND table_name = {q(table.upper())} ORDER BY ordinal_position"
+        )
+        return [(str(n).lower(), str(t)) for n, t in rows]
+
+    def research_table(self, schema: str, table: str) -> str:
+        return self.dialect.qualify(self.spec.database, schema, table)
+
+    def build_research_tables(
+        self,
+        builds: Sequence[ResearchBuild],
+        key: RedactionKey | None,
+        finish: Callable[[dict[str, int]], list[str]],
+    ) -> dict[str, int]:
+        """Built under temporary names, swapped in, then recorded (see
+        `build_snowflake_tables`)."""
+        return build_snowflake_tables(self, builds, key, finish)
+
+
 def build_snowflake_tables(
-    target: SnowflakeTarget,
+    target: SnowflakeRedaction,
     builds: Sequence[ResearchBuild],
     key: RedactionKey | None,
     finish: Callable[[dict[str, int]], list[str]],

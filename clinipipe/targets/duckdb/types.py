@@ -11,7 +11,7 @@ exactness are documented in ``docs/TYPE_MAPPING.md`` and pinned by ``tests/test_
 function text under `clinipipe.source.stream_settings.STREAM_SESSION_OPTIONS`): `duckdb_cast`
 itself where that text is the export text, else a checked rewrite into it first.
 
-This module must not import `clinipipe.targets.duckdb` (which imports it).
+It imports no other module of the DuckDB target (they import it).
 """
 
 from __future__ import annotations

@@ -1,0 +1,125 @@
+"""Deployment: run the rendered templates and record what is deployed (`_clinipipe.deployments`,
+`_clinipipe.deployed_templates`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from clinipipe import __version__
+from clinipipe.sql.context import CONTROL_SCHEMA
+from clinipipe.targets.core import TargetCore, TargetError
+
+if TYPE_CHECKING:
+    from clinipipe.sql.render import RenderedFile
+
+
+class DeployStatementError(TargetError):
+    """A statement of a template failed; names the file and the 1-based statement number."""
+
+    def __init__(self, template: str, number: int, reason: str, *, rolled_back: bool) -> None:
+        self.template = template
+        self.number = number
+        self.reason = reason
+        self.rolled_back = rolled_back
+        after = (
+            "Nothing of this deployment was kept (it ran in one transaction)."
+            if rolled_back
+            else "Templates before it stay deployed; fix the cause and run deploy again "
+            "(it resumes with this template; every statement is idempotent)."
+        )
+        super().__init__(
+            f"statement {number} of template {template} failed: {reason.strip()}. {after}"
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """What `_clinipipe.deployments` keeps about one deployment."""
+
+    spec_digest: str
+    target_type: str
+    deployment_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    deployed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    clinipipe_version: str = __version__
+
+
+class Deployment(TargetCore):
+    """Deploys rendered templates and answers what is deployed.
+
+    * **Ordering.** `apply_deployment` runs the statements of the given files in order (files
+      in list order, statements in file order). A failing statement raises
+      `DeployStatementError` naming the file and the statement number; nothing after it runs.
+    * **Atomicity.** A file is recorded as deployed only after all its statements succeeded.
+      Each dialect states how much more is atomic: DuckDB runs the whole deployment in one
+      transaction (a failure or a crash, kill -9 included, leaves the file as before); in
+      Snowflake DDL auto-commits, so each template is recorded right after its last statement
+      and a failure or crash leaves the templates before it deployed and recorded.
+    * **Idempotency.** Every template statement is idempotent, so running deploy again resumes
+      with the first template not recorded (or whose digest changed).
+    * `deployed_digests`, `missing_raw_tables` and `require_deployed` only read.
+    """
+
+    @abstractmethod
+    def apply_deployment(
+        self,
+        files: Sequence[RenderedFile],
+        record: DeploymentRecord,
+        also_record: Sequence[RenderedFile] = (),
+    ) -> int:
+        """Run `files` and record them (and `also_record`, applied elsewhere) under `record`.
+
+        Returns the number of statements run.
+        """
+
+    def deployed_digests(self) -> dict[str, str]:
+        """Template name -> digest of its last successful deployment ({} before the first)."""
+        if not self.table_exists(CONTROL_SCHEMA, "deployed_templates"):
+            return {}
+        table = self.control("deployed_templates")
+        rows = self.query(
+            f"SELECT template, template_digest FROM {table} "
+            "QUALIFY ROW_NUMBER() OVER (PARTITION BY template ORDER BY deployed_at DESC) = 1"
+        )
+        return {str(name): str(digest) for name, digest in rows}
+
+    def missing_raw_tables(self) -> list[str]:
+        """Source tables of the spec that do not exist yet in the raw schema."""
+        from clinipipe.sql.context import schema_names
+
+        raw = schema_names(self.loaded.spec)["raw"]
+        return [
+            t.name for t in self.loaded.spec.source.tables if not self.table_exists(raw, t.name)
+        ]
+
+    def require_deployed(self) -> None:
+        """Raise `TargetError` unless `clinipipe deploy` created the control tables."""
+        if not self.table_exists(CONTROL_SCHEMA, "backfill_ranges"):
+            raise TargetError(
+                f"{self.describe()} has no clinipipe control tables: run `clinipipe deploy` first"
+            )
+
+    def template_record_sql(self, record: DeploymentRecord, file: RenderedFile) -> str:
+        """INSERT that records `file` as deployed under `record` (values quoted by the dialect)."""
+        q = self.dialect.quote_literal
+        return (
+            f"INSERT INTO {self.control('deployed_templates')} "
+            "(deployment_id, template, template_digest, statements, deployed_at) VALUES "
+            f"({q(record.deployment_id)}, {q(file.name)}, {q(file.digest)}, "
+            f"{len(file.statements)}, {q(record.deployed_at.isoformat())})"
+        )
+
+    def deployment_record_sql(self, record: DeploymentRecord, statements_run: int) -> str:
+        """INSERT of the deployment's own row."""
+        q = self.dialect.quote_literal
+        return (
+            f"INSERT INTO {self.control('deployments')} (deployment_id, deployed_at, spec_digest, "
+            "clinipipe_version, target_type, statements_run) VALUES "
+            f"({q(record.deployment_id)}, {q(record.deployed_at.isoformat())}, "
+            f"{q(record.spec_digest)}, {q(record.clinipipe_version)}, {q(record.target_type)}, "
+            f"{statements_run})"
+        )

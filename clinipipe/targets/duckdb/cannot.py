@@ -1,0 +1,39 @@
+"""What the DuckDB target cannot do, in one place.
+
+* **Refresh by the warehouse** (`Refresh.refresh_dynamic_table_now`): DuckDB has no dynamic
+  tables of its own; clinipipe's refresh engine plans each refresh and `DuckDBRefresh` runs it
+  (`native_dynamic_tables` is False).
+* **A column classifier** (`PhiScan.phi_classify`): DuckDB has none (`phi_classifies` is
+  False); the PHI scan relies on clinipipe's detectors alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from clinipipe.targets.capabilities.refresh import RefreshResult
+from clinipipe.targets.core import TargetError
+from clinipipe.targets.duckdb.core import DuckDBCore
+
+if TYPE_CHECKING:
+    from clinipipe.phi.scan import Finding
+
+
+class DuckDBCannot(DuckDBCore):
+    """The capabilities DuckDB lacks, each answered the one way callers expect."""
+
+    phi_classifies: ClassVar[bool] = False
+
+    @property
+    def native_dynamic_tables(self) -> bool:
+        return False
+
+    def refresh_dynamic_table_now(self, name: str) -> RefreshResult:
+        raise TargetError(
+            f"{self.describe()} has no dynamic tables of its own: clinipipe's refresh engine "
+            "refreshes them (`clinipipe refresh`)"
+        )
+
+    def phi_classify(self, schema: str, table: str, classified: Sequence[str]) -> list[Finding]:
+        return []
