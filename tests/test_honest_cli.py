@@ -115,7 +115,7 @@ def test_no_command_prints_the_source_password(
     monkeypatch.setenv("CLINIPIPE_HMAC_KEY", "test-only-hmac-key-0123456789abcdef")
     uri = f"postgresql://clinipipe:{PASSWORD}@127.0.0.1:1/nowhere"
     keywords = f"host=127.0.0.1 port=1 dbname=nowhere user=clinipipe password={PASSWORD}"
-    needs_source = [["cdc", "start", "--until-caught-up"], ["cdc", "status"],
+    needs_source = [["cdc", "start", "--until-caught-up", "--retry-for", "0"], ["cdc", "status"],
                     ["cdc", "status", "--json"], ["backfill", "--force"]]  # fmt: skip
     warehouse_only = [
         ["scan"],

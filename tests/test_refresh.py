@@ -613,7 +613,8 @@ SNOWFLAKE_REFRESH = 'ALTER DYNAMIC TABLE "CLINIPIPE"."DERIVED"."PATIENT_SUMMARY"
 SNOWFLAKE_HISTORY = (
     "SELECT NAME, STATE, REFRESH_ACTION, STATE_MESSAGE, DATA_TIMESTAMP, REFRESH_START_TIME, "
     'REFRESH_END_TIME, STATISTICS, REFRESH_TRIGGER FROM TABLE("CLINIPIPE".INFORMATION_SCHEMA.'
-    "DYNAMIC_TABLE_REFRESH_HISTORY(NAME => 'CLINIPIPE.DERIVED.PATIENT_SUMMARY', "
+    "DYNAMIC_TABLE_REFRESH_HISTORY(DATA_TIMESTAMP_START => "
+    "DATEADD('day', -7, CURRENT_TIMESTAMP()), NAME => 'CLINIPIPE.DERIVED.PATIENT_SUMMARY', "
     "RESULT_LIMIT => 1)) ORDER BY REFRESH_START_TIME DESC"
 )
 
@@ -653,6 +654,8 @@ def test_snowflake_refresh_runs_alter_then_reads_the_history(
     monkeypatch.setattr(snowflake_target, "_execute", lambda s: ran.append(s.sql))
     monkeypatch.setattr(snowflake_target, "query", query)
     monkeypatch.setattr(snowflake_target, "use_warehouse", lambda role: role)
+    # deployed (table_exists reads SHOW TABLES, which this stand-in session cannot answer)
+    monkeypatch.setattr(snowflake_target, "table_exists", lambda schema, table: True)
     results = refresh(snowflake_target.loaded, "patient_summary", target=snowflake_target)
     assert [s for s in ran if "information_schema.tables" not in s] == [
         SNOWFLAKE_REFRESH, SNOWFLAKE_HISTORY,

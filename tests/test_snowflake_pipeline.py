@@ -366,8 +366,8 @@ INSERT INTO "CLINIPIPE"."_CLINIPIPE"."CDC_BATCHES" (batch_id, slot, lsn, changes
 transactions, received_at, applied_at, latencies_ms) SELECT '<id>', 'clinipipe_slot', 4660, 5, \
 'notes', 2, '<ts>'::TIMESTAMP_TZ, '<ts>'::TIMESTAMP_TZ, ARRAY_CONSTRUCT(<ms>, <ms>)
 INSERT INTO "CLINIPIPE"."_CLINIPIPE"."METERING" (job_id, job, warehouse, warehouse_role, size, \
-started_at, ended_at, rows_processed, bytes_processed) VALUES ('<id>', 'cdc:batch', \
-'CLINIPIPE_CDC_WH', 'incremental', 'XSMALL', '<ts>', '<ts>', 5, NULL)
+started_at, ended_at, rows_processed, bytes_processed, cpu_seconds) VALUES ('<id>', \
+'cdc:batch', 'CLINIPIPE_CDC_WH', 'incremental', 'XSMALL', '<ts>', '<ts>', 5, NULL, NULL)
 COMMIT"""
 
 

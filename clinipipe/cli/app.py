@@ -10,7 +10,9 @@ import typer
 from typer.core import TyperOption
 
 from clinipipe import __version__
+from clinipipe.cli import backup as backup_cli
 from clinipipe.cli import cdc, later, load, project, serve, source
+from clinipipe.cli import cost as cost_cli
 from clinipipe.cli import redact as redact_cli
 from clinipipe.cli import refresh as refresh_cli
 from clinipipe.cli import scan as scan_cli
@@ -91,6 +93,8 @@ refresh_cli.register(app)
 redact_cli.register(app)
 scan_cli.register(app)
 serve.register(app)
+backup_cli.register(app)
+cost_cli.register(app)
 later.register(app)
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import statistics
-from typing import TYPE_CHECKING, Annotated
+import datetime as dt
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from clinipipe.cli.output import ExitCode, err, info, out, print_json
@@ -37,15 +37,42 @@ def start(
         int, typer.Option(min=1, help="Flush a batch at this many changes.")
     ] = 50_000,
     batch_ms: Annotated[int, typer.Option(min=1, help="Flush a batch after this many ms.")] = 1000,
+    retry_for: Annotated[
+        float,
+        typer.Option(
+            "--retry-for",
+            min=0,
+            help="Seconds to keep retrying a source that cannot be reached (connection refused, "
+            "restarting) before exiting 1; 0: give up at once.",
+        ),
+    ] = 600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics endpoint listens on.")
+    ] = "127.0.0.1",
 ) -> None:
-    """Stream changes into the warehouse on the incremental warehouse, exactly once."""
-    from clinipipe.pipeline.cdc import CdcError, CdcOptions, run_cdc
+    """Stream changes into the warehouse on the incremental warehouse, exactly once.
+
+    While it runs it owns the warehouse and answers the other commands (status, refresh,
+    publish, scan, redact) over a control socket next to it (mode 0600). SIGTERM or Ctrl-C:
+    the current batch is finished, what is due is refreshed and published, exit 0 (3 when a
+    table is paused)."""
+    from clinipipe.pipeline.cdc import CdcError, CdcLoop, CdcOptions
     from clinipipe.source.pgoutput import lsn_to_str
 
     state: State = ctx.obj
     loaded = state.spec()
-    options = CdcOptions(max_seconds, until_caught_up, batch_rows, batch_ms)
+    options = CdcOptions(max_seconds, until_caught_up, batch_rows, batch_ms, retry_for)
     scanner = _phi_scanner(loaded)  # PHI scan of every batch
 
     def on_batch(batch: object) -> None:
@@ -69,13 +96,21 @@ def start(
             err.print(f"PHI found in these changes: {len(found)} finding(s), see "
                       "_clinipipe.phi_findings", style="red", markup=False)  # fmt: skip
 
-    info(f"Streaming from slot {loaded.spec.source.slot}; Ctrl-C stops after the current batch.")
+    service = _Service(loaded, scanner)  # control socket and metrics (after-batch jobs)
     try:
-        summary = run_cdc(loaded, options, on_batch=on_batch, on_staged=on_staged)
+        service.start(metrics_port, metrics_host)
+        info(f"Streaming from slot {loaded.spec.source.slot}; Ctrl-C stops after the current "
+             "batch.")  # fmt: skip
+        loop = CdcLoop(loaded, options, on_batch=on_batch, on_staged=on_staged,
+                       on_event=lambda m: err.print(m, style="yellow", markup=False))  # fmt: skip
+        for job in service.jobs:  # after the built-in refresh and publish jobs
+            loop.register(job)
+        summary = loop.run()
     except CdcError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.FAILURE) from None
     finally:
+        service.close()
         phi_stats = _close_phi_scanner(scanner)  # PHI scan
     data = {
         "batches": summary.batches,
@@ -105,6 +140,93 @@ def start(
                   style="red", markup=False)  # fmt: skip
     if summary.paused:
         raise typer.Exit(ExitCode.FOUND)
+
+
+# --- the service: control socket and metrics (clinipipe.pipeline.control, .metrics) ------------
+
+
+class _Service:
+    """What `cdc start` serves while it runs: the control socket (other commands' requests,
+    answered by the `ControlRequests` after-batch job) and, with --metrics-port, the metrics
+    endpoint (fed by the `MetricsJob` after-batch job). `jobs` are registered with the loop."""
+
+    def __init__(self, loaded: LoadedSpec, scanner: CdcScanner) -> None:
+        self.loaded = loaded
+        self.scanner = scanner
+        self.jobs: list[Any] = []
+        self.server: Any = None
+        self.metrics: Any = None
+        self.cost_sender: Any = None
+
+    def start(self, metrics_port: int | None, metrics_host: str) -> None:
+        """Exit 1 when another `cdc start` runs for this warehouse or the metrics port is
+        taken; a socket that cannot be created is only a warning (CDC runs without it)."""
+        from clinipipe.pipeline.control import ControlError, ControlRequests, ControlServer
+        from clinipipe.pipeline.metrics import MetricsServer
+        from clinipipe.pipeline.operations import HANDLERS
+
+        server = ControlServer(self.loaded)
+        try:
+            server.start()
+        except ControlError as exc:
+            err.print(f"error: {exc}", style="red", markup=False)
+            raise typer.Exit(ExitCode.FAILURE) from None
+        except OSError as exc:
+            err.print(
+                f"warning: no control socket at {server.path} ({exc.strerror or exc}): other "
+                "commands cannot reach the warehouse while CDC runs",
+                style="yellow",
+                markup=False,
+            )
+        else:
+            self.server = server
+            self.jobs.append(ControlRequests(server, HANDLERS))
+            info(f"Control socket {server.path}: status, refresh, publish, scan and redact are "
+                 "answered between batches")  # fmt: skip
+        if metrics_port is not None:
+            scanner = self.scanner
+            metrics = MetricsServer(
+                metrics_port, metrics_host, phi_findings=lambda: scanner.stats.findings
+            )
+            try:
+                metrics.start()
+            except OSError as exc:
+                err.print(f"error: cannot serve metrics on {metrics_host}:{metrics_port}: "
+                          f"{exc.strerror or exc}", style="red", markup=False)  # fmt: skip
+                raise typer.Exit(ExitCode.FAILURE) from None
+            self.metrics = metrics
+            self.jobs.append(metrics.job)
+            info(f"Metrics at {metrics.url}")
+        self._watch_cost()
+
+    def _watch_cost(self) -> None:
+        """With `cost.alerts` in the spec, a `CostWatch` job checks spend anomalies and runaway
+        jobs every 5 minutes and alerts the webhook (exit 2 when a variable it names is unset)."""
+        from clinipipe.cost.anomalies import AlertConfigError, CostWatch, sender_for
+
+        try:
+            sender = sender_for(
+                self.loaded, on_event=lambda m: err.print(f"warning: {m}", markup=False)
+            )
+        except AlertConfigError as exc:
+            err.print(f"error: {exc}", style="red", markup=False)
+            raise typer.Exit(ExitCode.USAGE) from None
+        if sender is not None:
+            self.cost_sender = sender
+            self.jobs.append(CostWatch(sender))
+            info("Cost anomalies are checked every 5 minutes and sent to cost.alerts")
+
+    def close(self) -> None:
+        """Fail what is still queued, remove the socket, stop the endpoint."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.cost_sender is not None:
+            self.cost_sender.close()
+            self.cost_sender = None
 
 
 # --- PHI scanners on every batch (clinipipe.pipeline.scan) -------------------------------------
@@ -157,55 +279,23 @@ def _close_phi_scanner(scanner: CdcScanner) -> dict[str, object]:
 
 
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Slot, confirmed position, lag, last batch and commit-to-apply latency percentiles."""
-    from clinipipe.source.pgoutput import lsn_to_str
-    from clinipipe.source.replication import slot_info, slot_lag_bytes
-    from clinipipe.targets import open_target
+    """Slot, confirmed position, lag, last batch and commit-to-apply latency percentiles.
+
+    While `cdc start` runs it answers (with its live counters under `running`); otherwise the
+    warehouse is opened read-only. The JSON has the same keys either way. Exit 3 when the slot
+    holds back more WAL than source.lag_warning_mb or a table is paused; 1 when the slot is
+    missing or invalidated."""
+    from clinipipe.pipeline.operations import cdc_status
 
     state: State = ctx.obj
     loaded = state.spec()
     slot = loaded.spec.source.slot
-    slot_state = slot_info(loaded.spec.source.dsn, slot)
-    lag = slot_lag_bytes(loaded.spec.source.dsn, slot) if slot_state else None
-    with open_target(loaded, read_only=True) as target:
-        target.require_deployed()
-        checkpoint = target.cdc_checkpoint(slot)
-        paused = target.paused_tables(slot)
-        batches = target.query(
-            f"SELECT applied_at, changes, latencies_ms FROM {target.control('cdc_batches')} "
-            f"WHERE slot = {target.dialect.quote_literal(slot)} ORDER BY applied_at DESC LIMIT 1000"
-        )
-    # DuckDB returns a list; Snowflake returns its ARRAY as JSON text.
-    latencies = sorted(
-        float(x)
-        for _, _, ls in batches
-        for x in (json.loads(ls) if isinstance(ls, str) else ls or [])
-    )
-    if len(latencies) == 1:
-        cuts = latencies * 99
-    else:
-        cuts = statistics.quantiles(latencies, n=100, method="inclusive") if latencies else []
-    data = {
-        "slot": slot,
-        "slot_exists": slot_state is not None,
-        "slot_status": slot_state.wal_status if slot_state else "missing",
-        "slot_active": bool(slot_state and slot_state.active),
-        "confirmed_lsn": slot_state.confirmed_flush_lsn if slot_state else None,
-        "checkpoint_lsn": lsn_to_str(checkpoint) if checkpoint is not None else None,
-        "lag_bytes": lag,
-        "lag_warning": lag is not None and lag > loaded.spec.source.lag_warning_mb * 1024 * 1024,
-        "last_batch_at": batches[0][0] if batches else None,
-        "last_batch_changes": batches[0][1] if batches else None,
-        "latency_ms": {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]} if cuts else None,
-        "paused_tables": paused,
-    }
+    data = cdc_status(loaded, notify=state.notify)
+    lag, paused = data["lag_bytes"], data["paused_tables"]
     if as_json:
         print_json(data)
     else:
-        table = Table(title=f"CDC for slot {slot}", show_header=False)
-        for key, value in data.items():
-            table.add_row(key.replace("_", " "), str(value))
-        out.print(table)
+        out.print(_status_table(data))
     if data["lag_warning"]:
         err.print(
             f"warning: the slot holds back {lag / 1024 / 1024:,.0f} MB of WAL (more than "
@@ -213,10 +303,19 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
             "start` running?",
             style="yellow",
         )
-    if slot_state is None or slot_state.wal_status == "lost":
+    if not data["slot_exists"] and not data["backfill_completed"]:
         err.print(
-            f"replication slot {slot!r} is {'missing' if slot_state is None else 'invalidated'}: "
-            "run `clinipipe cdc reset --yes` and `clinipipe backfill --force`",
+            f"replication slot {slot!r} is missing: no backfill yet. Run `clinipipe backfill` "
+            "(it creates the slot), then `clinipipe cdc start`",
+            style="red",
+        )
+        raise typer.Exit(ExitCode.FAILURE)
+    if not data["slot_exists"] or data["slot_status"] == "lost":
+        err.print(
+            f"replication slot {slot!r} is "
+            f"{'missing' if not data['slot_exists'] else 'invalidated'}: changes since the "
+            "last checkpoint cannot be streamed. Run `clinipipe cdc reset "
+            "--yes`, then `clinipipe backfill`",
             style="red",
         )
         raise typer.Exit(ExitCode.FAILURE)
@@ -226,30 +325,101 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
         raise typer.Exit(ExitCode.FOUND)
 
 
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _status_table(data: dict[str, Any]) -> Table:
+    """`cdc status` for people: one readable line per fact (80 columns)."""
+    table = Table(title=f"CDC for slot {data['slot']}", show_header=False, box=box.SIMPLE)
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("", overflow="fold")
+    running = data["running"]
+    if running is None:
+        table.add_row("cdc start", "not running")
+    else:
+        live = running.get("stats") or {}
+        rate = live.get("changes_per_second")
+        facts = [f"running (pid {running.get('pid')})"]
+        if live.get("state"):
+            facts.append(str(live["state"]))
+        if live.get("changes") is not None:
+            facts.append(f"{live['changes']:,} changes in {live.get('batches', 0):,} batches")
+        if rate:
+            facts.append(f"{rate:,.1f} changes/s")
+        table.add_row("cdc start", ", ".join(facts))
+    if data["slot_exists"]:
+        active = "in use" if data["slot_active"] else "not in use"
+        table.add_row("slot", f"{data['slot_status']}, {active}")
+    else:
+        table.add_row("slot", "missing")
+    table.add_row("confirmed", data["confirmed_lsn"] or "-")
+    table.add_row("checkpoint", data["checkpoint_lsn"] or "-")
+    lag = _bytes(data["lag_bytes"]) + ("  (above lag_warning_mb)" if data["lag_warning"] else "")
+    table.add_row("lag", lag)
+    last = data["last_batch_at"]
+    if last is None:
+        table.add_row("last batch", "-")
+    else:
+        when = last.astimezone() if isinstance(last, dt.datetime) else last
+        shown = f"{when:%Y-%m-%d %H:%M:%S}" if isinstance(when, dt.datetime) else str(when)
+        table.add_row("last batch", f"{shown}, {data['last_batch_changes']:,} changes")
+    latency = data["latency_ms"]
+    table.add_row(
+        "latency",
+        "-" if latency is None else
+        f"p50 {_ms(latency['p50'])} · p95 {_ms(latency['p95'])} · p99 {_ms(latency['p99'])}",
+    )  # fmt: skip
+    paused = data["paused_tables"]
+    table.add_row("paused", ", ".join(sorted(paused)) if paused else "none")
+    return table
+
+
 def reset(
     ctx: typer.Context,
     yes: Annotated[
         bool, typer.Option("--yes", help="Really drop the slot and checkpoints.")
     ] = False,
 ) -> None:
-    """Drop the replication slot and the CDC checkpoints (before a fresh backfill)."""
-    from clinipipe.source.replication import drop_slot
-    from clinipipe.targets import open_target
+    """Drop the replication slot, the CDC checkpoints and the backfill's record (before a
+    fresh backfill). Refused while `cdc start` runs. Recorded in the audit log."""
+    from clinipipe.pipeline import control
+    from clinipipe.pipeline.operations import cdc_reset
 
     if not yes:
         err.print(
-            "cdc reset drops the replication slot and forgets every checkpoint: the next step "
-            "must be `clinipipe backfill --force`. Run again with --yes to proceed.",
+            "cdc reset drops the replication slot and forgets every checkpoint and the "
+            "backfill: afterwards, reload with `clinipipe backfill`. Run again with --yes to "
+            "proceed.",
             style="yellow",
         )
         raise typer.Exit(ExitCode.USAGE)
     state: State = ctx.obj
     loaded = state.spec()
+    try:
+        running = control.hello(loaded)
+    except control.ControlError as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        raise typer.Exit(ExitCode.FAILURE) from None
+    if running is not None:
+        err.print(
+            f"error: `cdc start` is running (pid {running.pid}): stop it first (Ctrl-C, or "
+            "`systemctl stop`), then reset",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(ExitCode.FAILURE)
     slot = loaded.spec.source.slot
-    dropped = drop_slot(loaded.spec.source.dsn, slot)
-    with open_target(loaded) as target:
-        target.require_deployed()
-        target.reset_cdc(slot)
+    dropped = cdc_reset(loaded)
     out.print(
         f"{'Dropped' if dropped else 'No'} replication slot {slot}; checkpoints cleared. "
         "Next: `clinipipe backfill`."

@@ -40,16 +40,6 @@ def register(app: typer.Typer) -> None:
         _stub(app, name, name, what, help_text)
 
     groups = {
-        "backup": ("WORM, hash-chained backups.", "WORM backups",
-                   [("create", "Take a backup."), ("list", "List backups."),
-                    ("verify", "Verify every backup and the chain."),
-                    ("restore", "Restore a backup."), ("prune", "Delete expired backups."),
-                    ("hold", "Place or release a legal hold.")]),
-        "audit": ("The tamper-evident audit trail.", "the audit log",
-                  [("log", "Show the audit log."), ("verify", "Verify the hash chain.")]),
-        "cost": ("What the pipeline costs on Snowflake.", "cost reporting",
-                 [("report", "Cost per job and warehouse, dual vs single warehouse."),
-                  ("anomalies", "Spend anomalies.")]),
     }  # fmt: skip
     for group, (help_text, what, commands) in groups.items():
         sub = typer.Typer(help=f"{help_text} {NOT_IMPLEMENTED}", no_args_is_help=True)

@@ -12,11 +12,25 @@ from rich.table import Table
 
 from clinipipe.cli.output import ExitCode, err, info, out, print_json
 from clinipipe.cli.state import State
-from clinipipe.pipeline.deploy import DeployPlan, check_source_columns, deploy, plan_deployment
+from clinipipe.pipeline.deploy import (
+    ConfirmationRequired,
+    DeployPlan,
+    check_privileges,
+    check_source_columns,
+    deploy,
+    plan_deployment,
+    unconfirmed,
+)
 from clinipipe.secrets import mask_dsn
+from clinipipe.spec.checks import spec_warnings
 from clinipipe.spec.dsn import PLACEHOLDER_PASSWORD
 from clinipipe.spec.errors import SpecError
-from clinipipe.sql.render import available_dialects, render, write_rendered
+from clinipipe.spec.loader import LoadedSpec
+from clinipipe.sql.render import (
+    available_dialects,
+    render,
+    write_rendered,
+)
 from clinipipe.targets import dialect_of
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -34,7 +48,7 @@ CLINIPIPE_HMAC_KEY=
 # SNOWFLAKE_PASSWORD=
 """
 
-GITIGNORE = ".env\n*.duckdb\n*.duckdb.wal\nbackups/\nsql/\n"
+GITIGNORE = ".env\n*.duckdb\n*.duckdb.wal\n*.serving/\n*.cdc.sock\n.clinipipe/\nbackups/\nsql/\n"
 
 
 def register(app: typer.Typer) -> None:
@@ -86,10 +100,13 @@ def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     When the source is reachable, every column name of the spec is also checked against its
     catalog (unknown names are problems); when it is not, the summary says that check was
-    skipped (`deploy` always makes it)."""
+    skipped (`deploy` always makes it). The spec's queries are translated to the target's SQL
+    (an untranslatable construct is a problem); costs the spec implies but does not show (a
+    warehouse that never suspends) are warnings, with estimates."""
     state: State = ctx.obj
     try:
         loaded = state.spec()
+        render(loaded, dialect_of(loaded.spec.target.type))
         columns = check_source_columns(loaded, required=False)
     except SpecError as exc:
         if not as_json:
@@ -97,6 +114,7 @@ def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
         print_json({"valid": False, "problems": [p.__dict__ for p in exc.problems]})
         raise typer.Exit(ExitCode.USAGE) from None
     spec = loaded.spec
+    warnings = spec_warnings(loaded.spec, loaded.positions, loaded.filename or str(loaded.path))
     summary = {
         "valid": True,
         "spec": str(loaded.path),
@@ -108,10 +126,13 @@ def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
         "interactive_tables": len(spec.interactive_tables),
         "dashboards": len(spec.dashboards),
         "source_columns": columns.as_dict(),
+        "warnings": [str(w) for w in warnings],
     }
     if as_json:
         print_json(summary)
         return
+    for warning in warnings:
+        err.print(f"warning: {warning}", style="yellow", markup=False)
     out.print(
         f"[green]✓[/green] {loaded.path.name} is valid: pipeline {spec.name}, "
         f"{len(spec.source.tables)} source tables from {mask_dsn(spec.source.dsn)}, "
@@ -214,7 +235,70 @@ def _plan_json(plan: DeployPlan) -> dict[str, object]:
         "statements": plan.statements,
         "source_repairs": [{"problem": r.problem, "fix": r.fix} for r in plan.source_repairs],
         "source_problems": plan.source_problems,
+        "changes": [c.as_dict() for c in plan.changes],
     }
+
+
+def _print_changes(plan: DeployPlan, *, with_sql: bool) -> None:
+    """The objects that exist and differ from the spec, like `terraform plan`: per object,
+    attribute: old → new, and how deploy applies it (in place, or a rebuild of the data on a
+    named warehouse, or not at all and why); with their SQL in a dry run."""
+    if not plan.changes:
+        return
+    out.print("[bold]Changes to existing objects[/bold] (~ change in place, "
+              "± rebuild, ! not applied by deploy):")  # fmt: skip
+    shown: str | None = None
+    for c in plan.changes:
+        mark = "!" if not c.applicable else "±" if c.rebuilds_on else "~"
+        if f"{c.kind} {c.name}" != shown:
+            shown = f"{c.kind} {c.name}"
+            out.print(f"  {mark} {shown}", markup=False)
+        reported = " (as Snowflake reports it)" if c.source == "reported" else ""
+        out.print(f"      {c.attribute}: {_short(c.old)}{reported} → {_short(c.new)}", markup=False)
+        if not c.applicable:
+            how = f"not applied: {c.note}"
+        elif c.rebuilds_on and c.statements:
+            how = f"rebuilds its data on {c.rebuilds_on}: {c.note}"
+        elif c.statements:
+            how = "in place" + (f": {c.note}" if c.note else "")
+        else:
+            how = c.note
+        if how:
+            out.print(f"        {how}", style="yellow" if c.rebuilds_on else "dim", markup=False)
+    if with_sql:
+        for c in plan.changes:
+            for sql in c.statements if c.applicable else ():
+                out.print(f"-- plan · {c.kind} {c.name} · {c.attribute}", style="dim")
+                out.print(f"{sql};", markup=False)
+
+
+def _short(value: str | None, width: int = 60) -> str:
+    if value is None:
+        return "(none)"
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def _check(loaded: LoadedSpec, as_json: bool) -> None:
+    """`deploy --check`: what the roles lack, before anything changes (exit 3 when any)."""
+    missing = check_privileges(loaded)
+    if as_json:
+        print_json({"missing_privileges": [m.as_dict() for m in missing]})
+    elif not missing:
+        roles = (
+            "the deploying and pipeline roles hold every privilege clinipipe needs"
+            if loaded.spec.target.type == "snowflake"
+            else f"a {loaded.spec.target.type} target has no roles or privileges to check"
+        )
+        out.print(f"[green]✓[/green] Nothing missing: {roles}.")
+    else:
+        table = Table(title="Missing privileges (nothing was changed)")
+        for column in ("role", "privilege", "on", "needed for", "fix"):
+            table.add_column(column)
+        for m in missing:
+            table.add_row(m.role, m.privilege, m.on, m.needed_for, m.fix)
+        out.print(table)
+    if missing:
+        raise typer.Exit(ExitCode.FOUND)
 
 
 def _print_source_checks(plan: DeployPlan, *, done: bool) -> None:
@@ -235,11 +319,34 @@ def deploy_command(
         bool, typer.Option("--dry-run", help="Show the plan and its SQL; change nothing.")
     ] = False,
     as_json: JsonOption = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Report the privileges the deploying and pipeline roles lack (SHOW GRANTS); "
+            "change nothing. Exit 3 when one is missing.",
+        ),
+    ] = False,
+    confirm_retention_lock: Annotated[
+        bool,
+        typer.Option(
+            "--confirm-retention-lock",
+            help="Allow the backup retention lock the spec asks for (backup.retention_lock): "
+            "irreversible, nobody can delete the backups before they expire.",
+        ),
+    ] = False,
 ) -> None:
     """Apply the rendered templates in order; a second run of the same spec changes nothing."""
     state: State = ctx.obj
     loaded = state.spec()
+    if check:
+        _check(loaded, as_json)
+        return
     plan = plan_deployment(loaded)
+    confirmed = frozenset({"retention-lock"} if confirm_retention_lock else ())
+    if dry_run and unconfirmed(plan, confirmed):
+        note = ConfirmationRequired(unconfirmed(plan, confirmed))
+        err.print(f"note: {note}", style="yellow", markup=False)
     if dry_run:
         if as_json:
             print_json({**_plan_json(plan), "dry_run": True})
@@ -249,10 +356,15 @@ def deploy_command(
             for st in f.statements:
                 out.print(f"-- {f.name} · statement {st.number} ({f.runs_on})", style="dim")
                 out.print(st.sql, markup=False)
+        _print_changes(plan, with_sql=True)
         _print_source_checks(plan, done=False)
         out.print(f"Dry run: {plan.statements} statements would run; nothing was changed.")
         return
-    result = deploy(loaded, plan)
+    try:
+        result = deploy(loaded, plan, confirmed=confirmed)
+    except ConfirmationRequired as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        raise typer.Exit(ExitCode.USAGE) from None
     if as_json:
         print_json(
             {**_plan_json(plan), "statements_run": result.statements_run,
@@ -262,12 +374,15 @@ def deploy_command(
             raise typer.Exit(ExitCode.FAILURE)
         return
     out.print(_plan_table(plan))
+    _print_changes(plan, with_sql=False)
     _print_source_checks(plan, done=True)
     if result.deployment_id is None:
         out.print("[green]Nothing to deploy:[/green] the target is up to date.")
     else:
+        applied = sum(1 for c in plan.changes if c.applicable and c.statements)
         out.print(
-            f"[green]Deployed[/green] {len(plan.to_run)} templates "
+            f"[green]Deployed[/green] {len(plan.to_run)} templates"
+            f"{f' and {applied} changes' if applied else ''} "
             f"({result.statements_run} statements), deployment {result.deployment_id}."
         )
     if plan.source_problems:

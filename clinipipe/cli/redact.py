@@ -79,8 +79,8 @@ def redact(
     (policy, columns, treatments, row counts) and the scan's counts to the audit log, never
     values. The HMAC key comes from the variable named by phi.hmac_key_env, never printed.
     """
+    from clinipipe.pipeline.operations import redact_now
     from clinipipe.pipeline.redact import RedactError, RedactOptions
-    from clinipipe.pipeline.redact import redact as run_redact
 
     state: State = ctx.obj
     options = RedactOptions(
@@ -93,7 +93,7 @@ def redact(
     )
     loaded = state.spec()
     try:
-        result = run_redact(loaded, options)
+        result = redact_now(loaded, options, notify=state.notify)
     except RedactError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None

@@ -51,8 +51,8 @@ def refresh(
     a failed one changes nothing and is recorded as FAILED in
     _clinipipe.dynamic_table_refresh_history.
     """
+    from clinipipe.pipeline.operations import refresh_now
     from clinipipe.pipeline.refresh import RefreshError
-    from clinipipe.pipeline.refresh import refresh as run_refresh
 
     state: State = ctx.obj
     loaded = state.spec()
@@ -62,7 +62,7 @@ def refresh(
             print_json([])
         return
     try:
-        results = run_refresh(loaded, name, full=full)
+        results = refresh_now(loaded, name, full=full, notify=state.notify)
     except RefreshError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
@@ -107,34 +107,26 @@ def status(
     to which it reflects its inputs); for an interactive table, of the data it serves. Exit 3
     when a table is behind: its lag exceeds its target_lag, it was never built or published,
     or its last refresh failed (`cdc start` keeps tables within their lag; `clinipipe refresh`
-    and `clinipipe publish` catch up by hand). Opens the warehouse read-only.
+    and `clinipipe publish` catch up by hand). While `cdc start` runs it answers; otherwise
+    the warehouse is opened read-only.
     """
-    from clinipipe.pipeline.publish import interactive_status
-    from clinipipe.pipeline.refresh import dynamic_table_status
-    from clinipipe.targets import open_target
+    from clinipipe.pipeline.operations import pipeline_status
+    from clinipipe.sql.context import DERIVED_SCHEMA
 
     state: State = ctx.obj
     loaded = state.spec()
-    with open_target(loaded, read_only=True) as target:
-        target.require_deployed()
-        statuses = dynamic_table_status(loaded, target)
-        served = interactive_status(loaded, target)
+    report = pipeline_status(loaded, notify=state.notify)
+    statuses, served = report.dynamic_tables, report.interactive_tables
     if as_json:
-        print_json(
-            {
-                "dynamic_tables": [s.as_dict() for s in statuses],
-                "interactive_tables": [s.as_dict() for s in served],
-            }
-        )
+        print_json(report.as_dict())
     else:
-        table = Table(title="Dynamic tables", box=box.SIMPLE_HEAD)
+        # 80 columns: the state goes under the lag, the warehouse under the last refresh.
+        table = Table(title="Dynamic tables", box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("table", no_wrap=True)
-        table.add_column("lag / target", overflow="fold")
-        table.add_column("state", overflow="fold")
-        table.add_column("last refresh", min_width=14, overflow="fold")
+        table.add_column("lag / target")
+        table.add_column("last refresh", no_wrap=True)
         table.add_column("changes", no_wrap=True)
-        table.add_column("warehouse", overflow="fold")
-        table.add_column("metered 24 h", overflow="fold")
+        table.add_column("metered 24 h", no_wrap=True)
         for s in statuses:
             last = s.last
             flag = "ok"
@@ -144,41 +136,45 @@ def status(
                 flag = last.state
             elif s.behind:
                 flag = "BEHIND"
-            cells = ["-", "-", "-"]
+            cells = ["-", "-"]
             if last is not None:
                 started = f"{last.refresh_start_time.astimezone():%H:%M:%S}"
                 rows = "-"
                 if last.rows_inserted is not None or last.rows_deleted is not None:
                     rows = f"+{last.rows_inserted or 0:,} -{last.rows_deleted or 0:,}"
-                keys = "" if last.keys_changed is None else f"\n{last.keys_changed:,} keys"
-                cells = [f"{last.refresh_action}\n{started}, {_seconds(last.seconds)}",
-                         rows + keys, last.warehouse or "-"]  # fmt: skip
+                keys = ""
+                if last.keys_changed is not None:
+                    keys = f"\n{last.keys_changed:,} key{'s' if last.keys_changed != 1 else ''}"
+                cells = [f"{last.refresh_action}\n{started}, {_seconds(last.seconds)}\n"
+                         f"{last.warehouse or '-'}", rows + keys]  # fmt: skip
             runs = sum(use.jobs for use in s.metered.values())
             busy = sum(use.seconds for use in s.metered.values())
             metered = f"{runs} × {_seconds(busy)}" if runs else ""  # noqa: RUF001
             table.add_row(
-                s.name, _lag(s.lag_seconds, s.target_lag_seconds), flag, *cells, metered or "-",
-                style="yellow" if s.behind else None,
+                s.name, f"{_lag(s.lag_seconds, s.target_lag_seconds)}\n{flag}", *cells,
+                metered or "-", style="yellow" if s.behind else None,
             )  # fmt: skip
         out.print(table)
         for s in statuses:
             if s.last is not None and s.last.state != "SUCCEEDED" and s.last.state_message:
                 err.print(f"{s.name}: {s.last.state_message}", style="red", markup=False)
         if served:
-            serving = Table(title="Interactive tables", box=box.SIMPLE_HEAD)
+            serving = Table(title="Interactive tables", box=box.SIMPLE_HEAD, pad_edge=False)
             serving.add_column("table", no_wrap=True)
-            for column in ("source", "lag / target", "state", "gen", "rows", "published"):
-                serving.add_column(column, overflow="fold")
+            serving.add_column("source", no_wrap=True)
+            serving.add_column("lag / target")
+            serving.add_column("published", no_wrap=True)
+            serving.add_column("rows", justify="right", no_wrap=True)
             for i in served:
                 last_publish = i.last
+                state = "never published" if last_publish is None else (
+                    "BEHIND" if i.behind else "ok")  # fmt: skip
                 serving.add_row(
-                    i.name, i.source, _lag(i.lag_seconds, i.target_lag_seconds, "-"),
-                    "never published" if last_publish is None else
-                    ("BEHIND" if i.behind else "ok"),
-                    "-" if last_publish is None else str(last_publish.generation),
+                    i.name, i.source.removeprefix(f"{DERIVED_SCHEMA}."),
+                    f"{_lag(i.lag_seconds, i.target_lag_seconds, '-')}\n{state}",
+                    "-" if last_publish is None else f"gen {last_publish.generation}, "
+                    f"{last_publish.published_at.astimezone():%H:%M:%S}",
                     "-" if last_publish is None else f"{last_publish.rows:,}",
-                    "-" if last_publish is None
-                    else f"{last_publish.published_at.astimezone():%H:%M:%S}",
                     style="yellow" if i.behind else None,
                 )  # fmt: skip
             out.print(serving)

@@ -70,7 +70,8 @@ def scan(
     finding reaches --fail-on.
     """
     from clinipipe.phi.categories import SEVERITIES
-    from clinipipe.pipeline.scan import DEFAULT_SAMPLE, ScanError, ScanOptions, run_scan
+    from clinipipe.pipeline.operations import scan_now
+    from clinipipe.pipeline.scan import DEFAULT_SAMPLE, ScanError, ScanOptions
 
     if full and sample is not None:
         err.print("error: give --sample N or --full, not both", style="red")
@@ -107,7 +108,7 @@ def scan(
 
     try:
         with progress:
-            report = run_scan(loaded, options, on_table=on_table)
+            report = scan_now(loaded, options, on_table=on_table, notify=state.notify)
     except ScanError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None

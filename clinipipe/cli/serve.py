@@ -29,12 +29,11 @@ def publish(
 
     Each publish writes a complete new file sorted by cluster_by and then switches to it
     atomically: dashboard processes never block and never see a half-written table. `cdc start`
-    publishes on its own schedule; this command publishes now (not while `cdc start` holds the
-    warehouse). Snowflake keeps its interactive tables fresh itself.
+    publishes on its own schedule; this command publishes now (while `cdc start` runs, it asks
+    it to). Snowflake keeps its interactive tables fresh itself.
     """
+    from clinipipe.pipeline.operations import publish_now
     from clinipipe.pipeline.publish import PublishError
-    from clinipipe.pipeline.publish import publish as run_publish
-    from clinipipe.targets import open_target
 
     state: State = ctx.obj
     loaded = state.spec()
@@ -44,9 +43,7 @@ def publish(
             print_json([])
         return
     try:
-        with open_target(loaded) as target:
-            target.require_deployed()
-            results = run_publish(loaded, target, names or None)
+        results = publish_now(loaded, names or None, notify=state.notify)
     except PublishError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clinipipe.cli.output import err, info
 from clinipipe.spec import LoadedSpec, load_spec
 
 
@@ -17,3 +18,11 @@ class State:
         if self._loaded is None:
             self._loaded = load_spec(self.config)
         return self._loaded
+
+    @staticmethod
+    def notify(message: str, warning: bool = False) -> None:
+        """Where a request ran (the running `cdc start` answered it), or a warning about it."""
+        if warning:
+            err.print(f"warning: {message}", style="yellow", markup=False)
+        else:
+            info(message)

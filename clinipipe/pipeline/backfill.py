@@ -23,6 +23,11 @@ Guarantees:
   loaded yet under a fresh snapshot exactly as a resume does. Append-only tables (no primary
   key) can only be loaded exactly under the slot's own snapshot: a first `--tables` run must
   include them.
+* **Audited.** Each run appends one ``backfill`` entry to the audit log when it ends: the raw
+  tables it loads, rows, bytes, ranges planned and kept, status, whether the backfill is
+  complete; outcome ``failed`` (with the error's class and the ranges kept) when it failed or
+  was interrupted after it began changing the warehouse. A refusal before that (a backfill to
+  resume, a slot that is gone, an append-only table left out) records nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from clinipipe.backup import audit
 from clinipipe.source.catalog import TableSchema, introspect_table
 from clinipipe.source.postgres import SourceError, connect
 from clinipipe.source.range_reader import CopyCancel, PageRange, plan_ranges, read_range
@@ -49,6 +55,7 @@ from clinipipe.source.replication import (
     slot_info,
 )
 from clinipipe.spec.loader import LoadedSpec
+from clinipipe.sql.context import schema_names
 from clinipipe.targets import open_target
 from clinipipe.targets.base import BackfillRun, RangeWork, Target, TargetError
 
@@ -127,7 +134,7 @@ def run_backfill(
     """Run (or resume) the backfill described by `loaded`; see the module docstring."""
     spec = loaded.spec
     wanted = _select_tables(loaded, options.tables)
-    dsn, slot = spec.source.dsn, spec.source.slot
+    dsn = spec.source.dsn
     started = time.monotonic()
 
     source = connect(dsn)
@@ -141,104 +148,156 @@ def run_backfill(
 
     with open_target(loaded) as target:
         target.require_deployed()
-        warehouse = target.use_warehouse("initialization")
-        run = target.backfill_run(slot)
-        existing_slot = slot_info(dsn, slot)
-        resume = _decide(run, existing_slot is not None, options, slot)
-        if resume:
-            assert run is not None
-            status = _table_status(target, run.run_id)
-            todo = {n for n in schemas if status.get(n) != "loaded"}
-            if not todo:
-                remaining = _remaining(loaded, status)
-                state = "nothing-to-load" if remaining else "already-complete"
-                if not remaining and run.completed_at is None:
-                    target.finish_backfill_run(run.run_id)
-                return BackfillSummary(
-                    state, slot, run.consistent_point or "", warehouse, remaining=remaining
-                )
-            interrupted = sorted(n for n in todo if status.get(n) == "partial")
-            if interrupted and not options.resume:
-                raise BackfillError(
-                    f"a backfill started {run.started_at:%Y-%m-%d %H:%M} UTC did not finish "
-                    f"({', '.join(interrupted)} partly loaded). Run `clinipipe backfill "
-                    "--resume` to keep its completed ranges, or `--force` to reload."
-                )
-            schemas = {n: s for n, s in schemas.items() if n in todo}
-        else:
-            _refuse_partial_without_append_only(loaded, schemas)
-
-        holder: SnapshotHolder
-        if resume:
-            assert run is not None and run.consistent_point is not None
-            holder = export_snapshot(dsn)
-            try:
-                planned = target.planned_ranges(run.run_id)
-                plan = [PageRange(t, n, a, b) for t, n, a, b in planned if t in schemas]
-                done = target.completed_ranges(run.run_id)
-                new_tables = [n for n in schemas if not any(r.table == n for r in plan)]
-                _refuse_inexact_resume(schemas, plan, done, new_tables)
-                fresh = _plan_new_tables(target, schemas, new_tables, options)
-                if fresh:
-                    target.plan_backfill_run(
-                        run.run_id,
-                        run.consistent_point,
-                        [(r.table, r.number, r.start_page, r.end_page) for r in fresh],
-                    )
-                    plan += fresh
-            except BaseException:
-                holder.close()
-                raise
-        else:
-            run = BackfillRun(
-                run_id=uuid.uuid4().hex,
-                slot=slot,
-                consistent_point=None,
-                tables=tuple(schemas),
-                started_at=dt.datetime.now(dt.timezone.utc),
+        raw = schema_names(spec)["raw"]
+        with audit.audited(
+            target, "backfill", spec_digest=loaded.digest,
+            objects=[f"{raw}.{name}" for name in schemas], began=False,
+        ) as entry:  # fmt: skip
+            summary = _backfill_on(
+                loaded, options, target, schemas, entry, started, on_start, on_progress
             )
-            target.begin_backfill_run(run)
-            if existing_slot is not None:
-                drop_slot(dsn, slot)
-            for schema in schemas.values():
-                target.create_raw_table(schema, replace=True)
-            holder = create_slot_exporting_snapshot(dsn, slot)
-            assert holder.consistent_point is not None
-            run = dataclasses.replace(run, consistent_point=holder.consistent_point)
-            plan = [
-                r
-                for schema in schemas.values()
-                for r in plan_ranges(schema, options.pages_per_range or _pages_per_range(schema))
-            ]
-            target.plan_backfill_run(
-                run.run_id,
-                holder.consistent_point,
-                [(r.table, r.number, r.start_page, r.end_page) for r in plan],
-            )
-            done = set()
-
-        summary = BackfillSummary(
-            "resumed" if resume else "loaded", slot, run.consistent_point or "", warehouse
-        )
-        for name in schemas:
-            ranges = [r for r in plan if r.table == name]
-            skipped = sum(1 for r in ranges if (name, r.number) in done)
-            summary.tables[name] = TableSummary(name, len(ranges), skipped)
-        if on_start is not None:
-            on_start(schemas)
-        todo_ranges = [r for r in plan if (r.table, r.number) not in done]
-        try:
-            _load_ranges(
-                loaded, target, run, schemas, todo_ranges, holder, resume, options.workers,
-                summary, on_progress,
-            )  # fmt: skip
-        finally:
-            holder.close()
-        summary.remaining = _remaining(loaded, _table_status(target, run.run_id))
-        if not summary.remaining:
-            target.finish_backfill_run(run.run_id)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _backfill_on(
+    loaded: LoadedSpec,
+    options: BackfillOptions,
+    target: Target,
+    schemas: dict[str, TableSchema],
+    entry: audit.AuditRun,
+    started: float,
+    on_start: Callable[[dict[str, TableSchema]], None] | None,
+    on_progress: ProgressCallback | None,
+) -> BackfillSummary:
+    """`run_backfill` on the open, deployed `target`; fills the audit `entry` (`began` from the
+    first change on: a refusal before it records nothing)."""
+    dsn, slot = loaded.spec.source.dsn, loaded.spec.source.slot
+    raw = schema_names(loaded.spec)["raw"]
+    warehouse = target.use_warehouse("initialization")
+    run = target.backfill_run(slot)
+    existing_slot = slot_info(dsn, slot)
+    resume = _decide(run, existing_slot is not None, options, slot)
+    if resume:
+        assert run is not None
+        status = _table_status(target, run.run_id)
+        todo = {n for n in schemas if status.get(n) != "loaded"}
+        if not todo:
+            remaining = _remaining(loaded, status)
+            state = "nothing-to-load" if remaining else "already-complete"
+            if not remaining and run.completed_at is None:
+                target.finish_backfill_run(run.run_id)
+            summary = BackfillSummary(
+                state, slot, run.consistent_point or "", warehouse, remaining=remaining
+            )
+            _describe(entry, summary, started, raw)
+            return summary
+        interrupted = sorted(n for n in todo if status.get(n) == "partial")
+        if interrupted and not options.resume:
+            raise BackfillError(
+                f"a backfill started {run.started_at:%Y-%m-%d %H:%M} UTC did not finish "
+                f"({', '.join(interrupted)} partly loaded). Run `clinipipe backfill "
+                "--resume` to keep its completed ranges, or `--force` to reload."
+            )
+        schemas = {n: s for n, s in schemas.items() if n in todo}
+    else:
+        _refuse_partial_without_append_only(loaded, schemas)
+
+    holder: SnapshotHolder
+    if resume:
+        assert run is not None and run.consistent_point is not None
+        holder = export_snapshot(dsn)
+        try:
+            planned = target.planned_ranges(run.run_id)
+            plan = [PageRange(t, n, a, b) for t, n, a, b in planned if t in schemas]
+            done = target.completed_ranges(run.run_id)
+            new_tables = [n for n in schemas if not any(r.table == n for r in plan)]
+            _refuse_inexact_resume(schemas, plan, done, new_tables)
+            entry.began = True
+            fresh = _plan_new_tables(target, schemas, new_tables, options)
+            if fresh:
+                target.plan_backfill_run(
+                    run.run_id,
+                    run.consistent_point,
+                    [(r.table, r.number, r.start_page, r.end_page) for r in fresh],
+                )
+                plan += fresh
+        except BaseException:
+            holder.close()
+            raise
+    else:
+        run = BackfillRun(
+            run_id=uuid.uuid4().hex,
+            slot=slot,
+            consistent_point=None,
+            tables=tuple(schemas),
+            started_at=dt.datetime.now(dt.timezone.utc),
+        )
+        entry.began = True
+        target.begin_backfill_run(run)
+        if existing_slot is not None:
+            drop_slot(dsn, slot)
+        for schema in schemas.values():
+            target.create_raw_table(schema, replace=True)
+        holder = create_slot_exporting_snapshot(dsn, slot)
+        assert holder.consistent_point is not None
+        run = dataclasses.replace(run, consistent_point=holder.consistent_point)
+        plan = [
+            r
+            for schema in schemas.values()
+            for r in plan_ranges(schema, options.pages_per_range or _pages_per_range(schema))
+        ]
+        target.plan_backfill_run(
+            run.run_id,
+            holder.consistent_point,
+            [(r.table, r.number, r.start_page, r.end_page) for r in plan],
+        )
+        done = set()
+
+    summary = BackfillSummary(
+        "resumed" if resume else "loaded", slot, run.consistent_point or "", warehouse
+    )
+    for name in schemas:
+        ranges = [r for r in plan if r.table == name]
+        skipped = sum(1 for r in ranges if (name, r.number) in done)
+        summary.tables[name] = TableSummary(name, len(ranges), skipped)
+    if on_start is not None:
+        on_start(schemas)
+    todo_ranges = [r for r in plan if (r.table, r.number) not in done]
+    summary.remaining = _remaining(loaded, _table_status(target, run.run_id))  # before the load
+    try:
+        _load_ranges(
+            loaded, target, run, schemas, todo_ranges, holder, resume, options.workers,
+            summary, on_progress,
+        )  # fmt: skip
+    finally:
+        holder.close()
+        _describe(entry, summary, started, raw)  # also when the load failed or was stopped
+    summary.remaining = _remaining(loaded, _table_status(target, run.run_id))
+    if not summary.remaining:
+        target.finish_backfill_run(run.run_id)
+    _describe(entry, summary, started, raw)
+    return summary
+
+
+def _describe(entry: audit.AuditRun, summary: BackfillSummary, started: float, raw: str) -> None:
+    """The backfill's audit entry: the raw tables this run loads, rows, bytes, ranges (planned,
+    kept from an interrupted run), status and whether the backfill is complete. No values."""
+    tables = summary.tables.values()
+    planned = sum(t.ranges for t in tables)
+    kept = sum(t.ranges_skipped for t in tables)
+    entry.counts = {
+        "tables": len(summary.tables),
+        "rows": summary.rows,
+        "bytes": summary.bytes,
+        "ranges_planned": planned,
+        "ranges_kept": kept,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    entry.objects = [f"{raw}.{name}" for name in summary.tables]
+    entry.detail = {"status": summary.status, "slot": summary.slot,
+                    "consistent_point": summary.consistent_point, "warehouse": summary.warehouse,
+                    "complete": summary.complete, "remaining": list(summary.remaining)}  # fmt: skip
 
 
 def tables_not_backfilled(target: Target, loaded: LoadedSpec) -> list[str]:

@@ -26,12 +26,20 @@ the dynamic table and the column (identifiers are not PHI; binding reads no rows
 is left untouched; the source templates (idempotent: checks, the publication) have run. Not done
 by `--dry-run`, which opens the warehouse read-only. Snowflake binds a dynamic table's query itself
 when deploy creates it.
+
+Drift is planned, not hidden (`DeployPlan.changes`): templates create objects IF NOT EXISTS, so
+a changed lag, query, size or retention would re-run as a no-op. The target compares the spec
+with the objects it has (`Deployment.plan_changes`: object, attribute, old -> new, the ALTER or
+CREATE OR REPLACE that applies it, and which changes rebuild data on which warehouse);
+`--dry-run` shows them, deploy applies them after the templates. `check_privileges` (deploy
+--check) lists what the deploying and pipeline roles lack, before anything changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clinipipe.backup import audit
 from clinipipe.source.catalog import (
     CatalogError,
     ColumnNameClash,
@@ -46,8 +54,9 @@ from clinipipe.spec.errors import Problem, SpecError
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.loader import check_source_columns as check_spec_columns
 from clinipipe.sql.context import CONTROL_SCHEMA
-from clinipipe.sql.render import RenderedFile, render
+from clinipipe.sql.render import RenderedFile, confirmations_needed, render
 from clinipipe.targets import DeploymentRecord, Target, dialect_of, open_target
+from clinipipe.targets.capabilities.deployment import MissingPrivilege, ObjectChange
 from clinipipe.targets.capabilities.refresh import QueryBindError
 
 
@@ -74,10 +83,42 @@ class DeployPlan:
     """Missing source objects the source templates recreate (they are in `to_run`)."""
     source_problems: list[str] = field(default_factory=list)
     """Missing source objects deploy must not recreate (a lost slot), each with the fix."""
+    changes: list[ObjectChange] = field(default_factory=list)
+    """Objects that exist and differ from the spec, with what applies each (after `to_run`)."""
 
     @property
     def statements(self) -> int:
-        return sum(len(f.statements) for f in self.to_run)
+        return sum(len(f.statements) for f in self.to_run) + sum(
+            len(c.statements) for c in self.changes if c.applicable
+        )
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.to_run or self.changes)
+
+
+class ConfirmationRequired(Exception):
+    """The plan holds statements that cannot be undone (e.g. a backup retention lock) and the
+    caller did not confirm them; nothing was deployed. `missing`: name -> what it commits to."""
+
+    usage = True
+
+    def __init__(self, missing: dict[str, list[str]]) -> None:
+        self.missing = missing
+        super().__init__(
+            "; ".join(
+                f"the spec asks for a {name.replace('-', ' ')}, which cannot be undone "
+                f"({'; '.join(why)}): deploy creates it only with --confirm-{name}, or set it "
+                "off in the spec (see docs/DEPLOYMENT_GUIDE.md)"
+                for name, why in missing.items()
+            )
+        )
+
+
+def unconfirmed(plan: DeployPlan, confirmed: frozenset[str]) -> dict[str, list[str]]:
+    """What `plan` would commit to irreversibly that `confirmed` does not cover."""
+    needed = confirmations_needed(plan.to_run)
+    return {name: why for name, why in needed.items() if name not in confirmed}
 
 
 @dataclass
@@ -140,7 +181,7 @@ def plan_deployment(loaded: LoadedSpec) -> DeployPlan:
     the rendered templates with what the target last deployed. Changes nothing."""
     check_source_columns(loaded)
     files = render(loaded, dialect_of(loaded.spec.target.type))
-    with open_target(loaded, read_only=True) as target:
+    with open_target(loaded, read_only=True).for_deployment() as target:
         deployed = target.deployed_digests()
         missing_raw = target.missing_raw_tables()
         plan = DeployPlan(target=target.describe())
@@ -158,6 +199,7 @@ def plan_deployment(loaded: LoadedSpec) -> DeployPlan:
             else:
                 plan.to_run.append(f)
         slot_expected = _backfill_owns_slot(target, loaded.spec.source.slot)
+        plan.changes = target.plan_changes()
     repairs, problems = verify_source_objects(loaded, slot_expected=slot_expected)
     # Before the first deployment of the source templates nothing is missing: it is to create.
     if any(f.runs_on == "source" and f.name in deployed for f in files):
@@ -225,24 +267,48 @@ def verify_source_objects(
     return repairs, problems
 
 
-def deploy(loaded: LoadedSpec, plan: DeployPlan | None = None) -> DeployResult:
+def deploy(
+    loaded: LoadedSpec, plan: DeployPlan | None = None, *, confirmed: frozenset[str] = frozenset()
+) -> DeployResult:
     """Apply `plan` (default: a fresh plan). Source templates first, then the target's.
 
     Source-side statements commit in one PostgreSQL transaction; the target applies its
     templates with the guarantees of its `apply_deployment`. A template is recorded as deployed
-    only after it fully succeeded, so a failed deploy can simply be run again.
+    only after it fully succeeded, so a failed deploy can simply be run again. A plan holding
+    irreversible statements (`-- confirm: <name>`) not in `confirmed` raises
+    `ConfirmationRequired` before anything runs.
     """
     plan = plan or plan_deployment(loaded)
-    if not plan.to_run:
+    missing = unconfirmed(plan, confirmed)
+    if missing:
+        raise ConfirmationRequired(missing)
+    if not plan.has_work:
         return DeployResult(plan, 0, None)
     source_files = [f for f in plan.to_run if f.runs_on == "source"]
     target_files = [f for f in plan.to_run if f.runs_on == "target"]
     run = apply_source_files(loaded.spec.source.dsn, source_files) if source_files else 0
     record = DeploymentRecord(spec_digest=loaded.digest, target_type=loaded.spec.target.type)
-    with open_target(loaded) as target:
+    with open_target(loaded).for_deployment() as target:
         bind_dynamic_tables(loaded, target)  # before anything is applied to the target
-        run += target.apply_deployment(target_files, record, also_record=source_files)
+        run += target.apply_deployment(
+            target_files, record, also_record=source_files, changes=plan.changes
+        )
+        audit.record_deploy(
+            target,
+            spec_digest=loaded.digest,
+            templates=[f.name for f in plan.to_run],
+            statements=run,
+            changes=sum(1 for c in plan.changes if c.applicable),
+            deployment_id=record.deployment_id,
+        )
     return DeployResult(plan, run, record.deployment_id)
+
+
+def check_privileges(loaded: LoadedSpec) -> list[MissingPrivilege]:
+    """What the deploying role and the pipeline role lack for clinipipe's commands (empty
+    when nothing is missing, or the target has no roles). Reads only; changes nothing."""
+    with open_target(loaded, read_only=True).for_deployment() as target:
+        return target.missing_privileges()
 
 
 def bind_dynamic_tables(loaded: LoadedSpec, target: Target) -> None:

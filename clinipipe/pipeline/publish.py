@@ -29,21 +29,31 @@ Guarantees:
 
 On Snowflake interactive tables are native (`CREATE INTERACTIVE TABLE`, kept fresh by
 Snowflake), so there is nothing to publish and :func:`publish` refuses a non-DuckDB target.
+
+**Audited: manual publishes only.** ``publish(..., audited=True)``, which is what `clinipipe
+publish` runs (here or, through `clinipipe.pipeline.operations`, in a running `cdc start`),
+appends one ``publish`` entry to the audit log after the switch: the serving tables,
+generations and rows, or outcome ``failed`` (the error's class, the tables published before it)
+when a table could not be published. The CDC loop's scheduled publishes (`PublishScheduler`)
+are not recorded one by one (they would flood the log; the CDC run is recorded, and every
+publish is in `_clinipipe.interactive_publishes`). A refusal (an unknown table, a target
+without local serving) records nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clinipipe.backup import audit
 from clinipipe.secrets import first_line, scrub_values
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import InteractiveTable
 from clinipipe.sql.context import CONTROL_SCHEMA, DERIVED_SCHEMA
 from clinipipe.targets.base import Target, TargetError
+from clinipipe.targets.metering import CpuClock, MeteringRow
 from clinipipe.targets.serving_files import (
     cleanup,
     exclusive,
@@ -138,6 +148,7 @@ def publish_table(
     q = target.dialect.quote_ident
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
+    cpu = CpuClock()  # the calling thread publishes
     root = serving_root_of(target)
     if root is None:
         raise PublishError(_NOT_LOCAL.format(target=target.describe()), usage=True)
@@ -182,11 +193,19 @@ def publish_table(
             "published_at, source_data_timestamp) VALUES "
             f"({lit(table.name)}, {generation}, {rows}, {lit(ended.isoformat())}, "
             f"{lit(source_ts.isoformat()) if source_ts else 'NULL'})",
-            f"INSERT INTO {target.control('metering')} (job_id, job, warehouse, "
-            "warehouse_role, size, started_at, ended_at, rows_processed, bytes_processed) "
-            f"VALUES ({lit(uuid.uuid4().hex)}, {lit(f'publish:{table.name}')}, "
-            f"{lit(warehouse.name)}, 'interactive', {lit(warehouse.size)}, "
-            f"{lit(started.isoformat())}, {lit(ended.isoformat())}, {rows}, {nbytes})",
+            target.metering_insert_sql(
+                MeteringRow(
+                    job=f"publish:{table.name}",
+                    warehouse=warehouse.name,
+                    warehouse_role="interactive",
+                    size=warehouse.size,
+                    started_at=started,
+                    ended_at=ended,
+                    rows=rows,
+                    nbytes=nbytes,
+                    cpu_seconds=cpu.seconds(),
+                )
+            ),
         ]
     )
     return PublishResult(
@@ -208,6 +227,7 @@ def publish(
     names: list[str] | None = None,
     *,
     index: bool = False,
+    audited: bool = False,
 ) -> list[PublishResult]:
     """Publish a new generation of each interactive table in `names` (default: all, in spec
     order) from the open DuckDB `target`, and return one result per table.
@@ -215,6 +235,8 @@ def publish(
     Runs on the interactive warehouse profile and leaves the connection on the incremental one
     (as :func:`clinipipe.pipeline.refresh.refresh` does). An error stops at the table that
     failed; the tables before it are published, that one is left on its previous generation.
+    `audited` (a publish asked for by hand) records the run in the audit log (see the module
+    docstring; `AuditNotRecorded` when its entry cannot be appended after the switch).
     """
     if serving_root_of(target) is None:
         raise PublishError(_NOT_LOCAL.format(target=target.describe()), usage=True)
@@ -224,12 +246,34 @@ def publish(
         else [_table(loaded, name) for name in names]
     )
     results: list[PublishResult] = []
+    if not audited or not tables:
+        _publish_tables(loaded, target, tables, index, results)
+        return results
+    with audit.audited(
+        target, "publish", spec_digest=loaded.digest, objects=[f"serving.{t.name}" for t in tables]
+    ) as entry:
+        try:
+            _publish_tables(loaded, target, tables, index, results)
+        finally:
+            entry.counts = {"tables": len(results), "rows": sum(r.rows for r in results),
+                            "bytes": sum(r.bytes for r in results)}  # fmt: skip
+            entry.detail = {"published": {r.name: r.generation for r in results}}
+    return results
+
+
+def _publish_tables(
+    loaded: LoadedSpec,
+    target: Target,
+    tables: list[InteractiveTable],
+    index: bool,
+    results: list[PublishResult],
+) -> None:
+    """Publish `tables` in order, appending to `results` as each switches."""
     try:
         for table in tables:
             results.append(publish_table(loaded, target, table, index=index))
     finally:
         target.use_warehouse("incremental")
-    return results
 
 
 def last_publishes(target: Target) -> dict[str, PublishRecord]:

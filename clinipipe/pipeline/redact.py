@@ -51,7 +51,6 @@ import datetime as dt
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -79,6 +78,7 @@ from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.context import RESEARCH_README_TABLE, schema_names
 from clinipipe.targets import open_target
 from clinipipe.targets.base import ResearchBuild, Target, TargetError
+from clinipipe.targets.metering import CpuClock, MeteringRow
 from clinipipe.targets.redact_sql import HELPER_PREFIX, SHIFT_COLUMN
 
 if TYPE_CHECKING:
@@ -401,6 +401,8 @@ def _redact(
         builds.append(ResearchBuild(schema, name, reader, comment, transform))
 
     started = dt.datetime.now(dt.timezone.utc)
+    cpu = CpuClock()  # this thread builds the research tables (`finish` runs in it too)
+    warehouse = loaded.spec.warehouses.initialization
     rebuilt = {b.table for b in builds}
     holder: dict[str, Any] = {}
 
@@ -436,7 +438,19 @@ def _redact(
         return [
             *_state_sql(target, schema, options.policy, counts, fingerprints, ended),
             *_readme_sql(target, schema, options.policy, info.label, counts, ended),
-            _metering_sql(target, loaded, schema, sum(counts.values()), started, ended),
+            target.metering_insert_sql(
+                MeteringRow(
+                    job=f"redact:{schema}",
+                    warehouse=warehouse.name,
+                    warehouse_role="initialization",
+                    size=warehouse.size,
+                    started_at=started,
+                    ended_at=ended,
+                    rows=sum(counts.values()),
+                    nbytes=None,
+                    cpu_seconds=cpu.seconds(),
+                )
+            ),
             *statements,
         ]
 
@@ -556,6 +570,7 @@ def final_scan(
     )
     target.use_warehouse("incremental")
     started = dt.datetime.now(dt.timezone.utc)
+    cpu = CpuClock()
     candidates = ignored = 0
     for name in tables:
         present = [n for n, _ in target.phi_scan_columns(schema, name)]
@@ -585,7 +600,7 @@ def final_scan(
     ended = dt.datetime.now(dt.timezone.utc)
     if report.findings:
         target.upsert_phi_findings(report.findings, ended)
-    target.record_phi_scan(started, ended, candidates)
+    target.record_phi_scan(started, ended, candidates, cpu.seconds())
     failed_tables = sorted({f.table for f in report.findings if reaches([f], report.fail_on)})
     label = POLICY_INFO[policy].label
     q = target.dialect.quote_literal
@@ -663,25 +678,6 @@ def _readme_sql(
             f"{int(rows)}, {q(at.isoformat())})"
         )
     return out
-
-
-def _metering_sql(
-    target: Target,
-    loaded: LoadedSpec,
-    schema: str,
-    rows: int,
-    started: dt.datetime,
-    ended: dt.datetime,
-) -> str:
-    q = target.dialect.quote_literal
-    warehouse = loaded.spec.warehouses.initialization
-    return (
-        f"INSERT INTO {target.control('metering')} (job_id, job, warehouse, warehouse_role, "
-        "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
-        f"({q(uuid.uuid4().hex)}, {q(f'redact:{schema}')}, {q(warehouse.name)}, "
-        f"'initialization', {q(warehouse.size)}, {q(started.isoformat())}, "
-        f"{q(ended.isoformat())}, {int(rows)}, NULL)"
-    )
 
 
 # --- notes ---------------------------------------------------------------------------------

@@ -46,6 +46,16 @@ On **DuckDB** clinipipe is the engine. Guarantees:
 DuckDB admits one writing process, so `clinipipe refresh` cannot run while `cdc start` holds
 the file; inside `cdc start` the scheduler (`refresh_due`) refreshes between batches on the
 same connection, so CDC and refreshes never interleave.
+
+**Audited: manual refreshes only.** `refresh(..., audited=True)`, which is what `clinipipe
+refresh` runs (here or, through `clinipipe.pipeline.operations`, in a running `cdc start`),
+appends one ``refresh`` (or ``refresh --full``) entry to the audit log after its refreshes
+committed: the tables, counts by state, rows, outcome ``failed`` when one FAILED
+(`clinipipe.backup.audit.audited`). Scheduled refreshes (the CDC loop's, every few seconds, and
+its last round on a clean stop) are not recorded one by one: they would flood the log with
+routine work; the CDC run that does them is (``cdc start`` / ``cdc stop``), and every refresh is
+in `_clinipipe.dynamic_table_refresh_history`. A refusal (`RefreshError`: unknown table, --full
+on Snowflake, no raw tables yet) records nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from clinipipe.backup import audit
 from clinipipe.spec.checks import dynamic_table_order, dynamic_table_upstreams
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import DynamicTable
@@ -113,6 +124,7 @@ def refresh(
     reason: str = "manual",
     target: Target | None = None,
     full_refresh_fraction: float = AUTO_FULL_REFRESH_FRACTION,
+    audited: bool = False,
 ) -> list[RefreshResult]:
     """Refresh dynamic table `name` (with the dynamic tables it reads, first), or all of them.
 
@@ -122,7 +134,9 @@ def refresh(
     connection is used and left on the incremental warehouse; else the spec's target is opened
     and closed. Returns one result per table refreshed, in the order they ran; a FAILED result
     is returned, not raised (see the module docstring). Raises `RefreshError` for an unknown
-    name or an undeployed target.
+    name or an undeployed target. `audited` (a refresh asked for by hand) records the run in
+    the audit log (see the module docstring; `AuditNotRecorded` when its entry cannot be
+    appended after the work).
     """
     spec = loaded.spec
     known = {d.name.lower(): d.name for d in spec.dynamic_tables}
@@ -134,8 +148,47 @@ def refresh(
     names = None if name is None else [known[name.lower()]]
     if target is None:
         with open_target(loaded) as opened:
-            return _refresh(loaded, opened, names, full, reason, full_refresh_fraction)
-    return _refresh(loaded, target, names, full, reason, full_refresh_fraction)
+            return _refresh_audited(
+                loaded, opened, names, full, reason, full_refresh_fraction, audited
+            )
+    return _refresh_audited(loaded, target, names, full, reason, full_refresh_fraction, audited)
+
+
+def _refresh_audited(
+    loaded: LoadedSpec,
+    target: Target,
+    names: list[str] | None,
+    full: bool,
+    reason: str,
+    fraction: float,
+    audited: bool,
+) -> list[RefreshResult]:
+    """`_refresh`, recorded in the audit log when `audited` (see the module docstring)."""
+    if not audited or not loaded.spec.dynamic_tables:
+        return _refresh(loaded, target, names, full, reason, fraction)
+    target.require_deployed()
+    command = "refresh --full" if full else "refresh"
+    chosen = names or dynamic_table_order(loaded.spec)
+    with audit.audited(
+        target, command, spec_digest=loaded.digest,
+        objects=[f"{DERIVED_SCHEMA}.{n}" for n in chosen],
+        refused=lambda exc: isinstance(exc, RefreshError),
+    ) as entry:  # fmt: skip
+        results = _refresh(loaded, target, names, full, reason, fraction)
+        entry.objects = [f"{DERIVED_SCHEMA}.{r.name}" for r in results]
+        states = [r.state for r in results]
+        entry.counts = {
+            "tables": len(results),
+            "succeeded": states.count("SUCCEEDED"),
+            "failed": states.count("FAILED"),
+            "skipped": states.count("SKIPPED"),
+            "rows_inserted": sum(r.rows_inserted or 0 for r in results),
+            "rows_deleted": sum(r.rows_deleted or 0 for r in results),
+        }
+        entry.detail = {"actions": {r.name: r.refresh_action for r in results}}
+        if "FAILED" in states:
+            entry.outcome = audit.FAILED
+    return results
 
 
 def refresh_due(

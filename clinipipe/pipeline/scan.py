@@ -19,10 +19,18 @@ its `last_seen`, never duplicates) and hold masked excerpts and offsets only; ro
 primary key's values or a keyed pseudonym (`clinipipe.phi.scan`). The CDC scanner never stops or
 slows CDC beyond its own work on the batch: its errors are counted and reported, and alerts go
 out from a background thread (`clinipipe.phi.alerts`).
+
+Audited: `run_scan` (`clinipipe scan`, run here or by a running `cdc start` for it) appends one
+``scan`` entry to the audit log when it writes its findings: counts only (tables, candidate
+rows, findings by severity), never a finding, a value or a table's content; outcome ``failed``
+(with the error's class) when writing them failed. A scan stopped before it writes (bad options,
+a missing key, a read error) changed nothing and records nothing. The CDC scanner's per-batch
+findings are not recorded one by one (the CDC run is).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from clinipipe.backup import audit
 from clinipipe.phi.scan import (
     ROW_DIGEST,
     CandidateQuery,
@@ -50,6 +59,7 @@ from clinipipe.spec.model import Spec, TableSpec
 from clinipipe.sql.context import CONTROL_SCHEMA, RESEARCH_README_TABLE, schema_names
 from clinipipe.targets import open_target
 from clinipipe.targets.base import CdcBatch, Target, TargetError
+from clinipipe.targets.metering import CpuClock
 
 if TYPE_CHECKING:
     from clinipipe.phi import DetectorSet
@@ -295,10 +305,12 @@ def run_scan(
     options: ScanOptions = ScanOptions(),
     *,
     on_table: Callable[[str, int, int], None] | None = None,
+    target: Target | None = None,
 ) -> ScanReport:
     """Scan, record the findings, and report them. `on_table(name, done, total)` reports
-    progress. Raises `ScanError` (usage) for bad options, `TargetError` when the warehouse
-    cannot be used."""
+    progress. With `target` (an open target, as inside `cdc start`) that connection is used
+    and left on the incremental warehouse; else the spec's target is opened and closed. Raises
+    `ScanError` (usage) for bad options, `TargetError` when the warehouse cannot be used."""
     from clinipipe.phi import DetectorSet
 
     started = time.monotonic()
@@ -308,8 +320,9 @@ def run_scan(
     detectors = DetectorSet.load(spec.phi)
     key = hmac_key(loaded)
     watched = {t.name for t in watched_tables(spec)}
-    with open_target(loaded) as target:
+    with open_target(loaded) if target is None else contextlib.nullcontext(target) as target:
         _require_findings_table(target)
+        audit.require(target)
         target.use_warehouse("incremental")
         plans = plan_scan(loaded, target, options)
         raw = schema_names(spec)["raw"]
@@ -327,6 +340,7 @@ def run_scan(
                 usage=True,
             )
         now = dt.datetime.now(dt.timezone.utc)
+        cpu = CpuClock()  # this thread runs the scan (stage 2 in Python)
         for i, plan in enumerate(plans):
             if on_table is not None:
                 on_table(f"{plan.schema}.{plan.table}", i, len(plans))
@@ -357,10 +371,20 @@ def run_scan(
             report.tables.append(result)
         if on_table is not None:
             on_table("", len(plans), len(plans))
-        if report.findings:
-            target.upsert_phi_findings(report.findings, now)
         candidates = sum(t.candidate_rows for t in report.tables)
-        target.record_phi_scan(now, dt.datetime.now(dt.timezone.utc), candidates)
+        with audit.audited(
+            target, "scan", spec_digest=loaded.digest,
+            objects=[f"{CONTROL_SCHEMA}.phi_findings"], require_log=False,
+        ) as entry:  # fmt: skip
+            severities = sorted(report.counts()["severity"].items())
+            entry.counts = {"tables": len(report.tables), "candidate_rows": candidates,
+                            "findings": len(report.findings),
+                            **{f"findings_{s}": n for s, n in severities}}  # fmt: skip
+            entry.detail = {"fail_on": fail_on, "sample": options.sample,
+                            "threshold_reached": report.failed}  # fmt: skip
+            if report.findings:
+                target.upsert_phi_findings(report.findings, now)
+            target.record_phi_scan(now, dt.datetime.now(dt.timezone.utc), candidates, cpu.seconds())
     report.seconds = time.monotonic() - started
     return report
 

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clinipipe.source.postgres import SourceError
+from clinipipe.source.postgres import RetryPolicy, SourceError, connect
 from clinipipe.sql.dialect import POSTGRES
 
 LOGICAL_TYPES: tuple[str, ...] = (
@@ -561,3 +561,53 @@ def export_select_list(table: TableSchema) -> str:
     return ", ".join(
         f"{export_expression(c)} AS {POSTGRES.quote_ident(c.name)}" for c in table.columns
     )
+
+
+# --- reads for CDC: a connection of their own, through the source retry policy -----------------
+
+
+def read_column_types(
+    dsn: str, pairs: Sequence[tuple[int, int]], retry: RetryPolicy
+) -> dict[tuple[int, int], ColumnType]:
+    """`resolve_column_types` on a connection of its own, opened (and the read retried) under
+    `retry`: a source restart while CDC resolves a Relation message's types is waited out."""
+
+    def read() -> dict[tuple[int, int], ColumnType]:
+        con = connect(dsn, application_name="clinipipe-cdc-catalog")
+        try:
+            return resolve_column_types(con, pairs)
+        finally:
+            con.close()
+
+    return retry.run(read, "reading column types from the source")
+
+
+def read_tables(
+    dsn: str,
+    keys: Sequence[tuple[str, str]],
+    retry: RetryPolicy,
+    *,
+    append_only: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
+) -> dict[tuple[str, str], TableSchema | CatalogError]:
+    """`introspect_table` of every (schema, table) in `keys`, in one session that first ran
+    `EXPORT_SESSION_SETTINGS` (ADD COLUMN defaults read as the stream writes text). A table
+    that cannot be described maps to its `CatalogError` (for the caller to pause it); a
+    connection failure is retried under `retry` (the whole read again: it only reads)."""
+
+    def read() -> dict[tuple[str, str], TableSchema | CatalogError]:
+        con = connect(dsn, application_name="clinipipe-cdc-catalog")
+        try:
+            with con.cursor() as cur:
+                for setting in EXPORT_SESSION_SETTINGS:
+                    cur.execute(setting)
+            found: dict[tuple[str, str], TableSchema | CatalogError] = {}
+            for key in keys:
+                try:
+                    found[key] = introspect_table(con, *key, append_only=key in append_only)
+                except CatalogError as exc:  # e.g. a column added that clashes by case
+                    found[key] = exc
+            return found
+        finally:
+            con.close()
+
+    return retry.run(read, "reading table definitions from the source")

@@ -2,6 +2,10 @@
 
 Progress is confirmed to PostgreSQL only through `confirm(lsn)`, which the caller invokes after
 the target committed everything up to `lsn`; the server may then recycle that WAL.
+
+Every failure is a `SourceError` whose `transient` says whether reconnecting may help (see
+`clinipipe.source.postgres.is_transient`): a missing publication or slot is permanent, a server
+restart is transient.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import psycopg2.extras
 
 from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.source.pgoutput import lsn_to_str
-from clinipipe.source.postgres import SourceError, connect
+from clinipipe.source.postgres import RetryPolicy, SourceError, connect, is_transient
 from clinipipe.source.stream_settings import STREAM_SESSION_OPTIONS, verify_stream_settings
 
 HEARTBEAT_PREFIX = "clinipipe.heartbeat"
@@ -30,8 +34,18 @@ class StreamMessage:
 class ReplicationStream:
     """pgoutput messages of publication `publication` from slot `slot`, starting at `start_lsn`."""
 
-    def __init__(self, dsn: str, slot: str, publication: str, start_lsn: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        slot: str,
+        publication: str,
+        start_lsn: int,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """`retry`: the policy heartbeats go through (none: a failed heartbeat raises)."""
         self.dsn = dsn
+        self.retry = retry
         self.slot = slot
         self.publication = publication
         self.start_lsn = start_lsn
@@ -66,7 +80,9 @@ class ReplicationStream:
             self.close()
             reason = mask_dsn(first_line(exc))
             raise SourceError(
-                f"cannot stream from replication slot {self.slot!r}: {reason}"
+                f"cannot stream from replication slot {self.slot!r}: {reason}",
+                transient=is_transient(exc),
+                sqlstate=exc.pgcode,
             ) from None
 
     def close(self) -> None:
@@ -88,8 +104,12 @@ class ReplicationStream:
                 if message is None:
                     return None
         except psycopg2.Error as exc:
+            # No SQLSTATE: the connection itself broke ("no COPY in progress" once the server
+            # closed it); with one, the server said why (e.g. the publication is gone).
             raise SourceError(
-                f"replication stream from slot {self.slot!r} failed: {mask_dsn(first_line(exc))}"
+                f"replication stream from slot {self.slot!r} failed: {mask_dsn(first_line(exc))}",
+                transient=exc.pgcode is None or is_transient(exc),
+                sqlstate=exc.pgcode,
             ) from None
         return StreamMessage(bytes(message.payload), message.data_start)
 
@@ -99,17 +119,27 @@ class ReplicationStream:
         return int(self._cur.wal_end) if self._cur is not None else 0
 
     def confirm(self, lsn: int) -> None:
-        """Tell PostgreSQL that everything up to `lsn` is durably applied (never goes back)."""
+        """Tell PostgreSQL that everything up to `lsn` is durably applied (never goes back).
+
+        `confirmed` advances first: should the connection be gone (a `SourceError`, transient),
+        a new stream starts from there and the server learns the position then."""
         assert self._cur is not None
         if lsn > self.confirmed:
             self.confirmed = lsn
-        # force: psycopg2 otherwise holds feedback back for up to status_interval (10 s).
-        self._cur.send_feedback(
-            write_lsn=self.confirmed,
-            flush_lsn=self.confirmed,
-            apply_lsn=self.confirmed,
-            force=True,
-        )
+        try:
+            # force: psycopg2 otherwise holds feedback back for up to status_interval (10 s).
+            self._cur.send_feedback(
+                write_lsn=self.confirmed,
+                flush_lsn=self.confirmed,
+                apply_lsn=self.confirmed,
+                force=True,
+            )
+        except psycopg2.Error as exc:
+            raise SourceError(
+                f"confirming to replication slot {self.slot!r} failed: {mask_dsn(first_line(exc))}",
+                transient=is_transient(exc),
+                sqlstate=exc.pgcode,
+            ) from None
 
     def heartbeat(self, every: float) -> None:
         """Every `every` seconds, write a tiny WAL message through the slot so an idle
@@ -117,13 +147,18 @@ class ReplicationStream:
         now = time.monotonic()
         if now - self._last_heartbeat >= every:
             self._last_heartbeat = now
-            emit_marker(self.dsn)
+            if self.retry is None:
+                emit_marker(self.dsn)
+            else:
+                self.retry.run(lambda: emit_marker(self.dsn), "writing a heartbeat to the source")
 
 
 def emit_marker(dsn: str) -> int:
     """Write a non-transactional logical message into the WAL; returns its LSN.
 
-    It reaches the stream after every transaction that committed before it.
+    It reaches the stream after every transaction that committed before it. Raises
+    `SourceError` (see `is_transient`); retry it with a `RetryPolicy` (a marker written twice is
+    harmless).
     """
     con = connect(dsn, application_name="clinipipe-heartbeat")
     try:
@@ -135,5 +170,11 @@ def emit_marker(dsn: str) -> int:
         row = cur.fetchone()
         assert row is not None
         return int(row[0])
+    except psycopg2.Error as exc:
+        raise SourceError(
+            f"writing a marker to the source failed: {mask_dsn(first_line(exc))}",
+            transient=is_transient(exc),
+            sqlstate=exc.pgcode,
+        ) from None
     finally:
         con.close()

@@ -6,10 +6,11 @@ import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
+from clinipipe.spec.errors import Problem, format_path
 from clinipipe.spec.model import Spec
 from clinipipe.spec.schemas import schema_names
-from clinipipe.spec.types import did_you_mean
-from clinipipe.spec.yaml_positions import Path
+from clinipipe.spec.types import WAREHOUSE_CREDITS_PER_HOUR, did_you_mean
+from clinipipe.spec.yaml_positions import Path, Positions
 
 
 def semantic_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
@@ -359,3 +360,100 @@ def source_column_problems(spec: Spec, catalog: SourceColumns) -> Iterator[tuple
                     is_key,
                     f"source table {table.qualified} has no column '{column}'{hint}",
                 )
+
+
+# --- warnings: costs the spec implies but does not show ----------------------------------------
+
+HOURS_PER_MONTH = 720
+"""A 30-day month, the unit of the monthly estimates."""
+MIN_BILLED_SECONDS = 60
+"""Snowflake bills at least 60 s each time a standard warehouse starts or resumes."""
+INTERACTIVE_MIN_AUTO_SUSPEND = 86400
+"""Interactive warehouses: AUTO_SUSPEND default and minimum (reference/snowflake-syntax.md)."""
+
+
+def _month(spec: Spec, credits_per_hour: float) -> str:
+    credits = credits_per_hour * HOURS_PER_MONTH
+    usd = credits * spec.cost.credit_price_usd
+    price = spec.cost.credit_price_usd
+    return f"≈ {credits:,.0f} credits a month (30 days; ≈ {usd:,.0f} USD at {price:g} USD a credit)"
+
+
+def cost_warnings(spec: Spec) -> Iterator[tuple[Path, str]]:
+    """(path, message) for each cost the spec implies without saying so, on Snowflake (DuckDB
+    bills nothing): a warehouse that never suspends (auto_suspend 0, or the incremental one
+    kept running by a target lag no longer than its auto-suspend plus the 60 s minimum billed
+    per resume), the interactive warehouse's 24-hour minimum per resume, and a retention lock on
+    an edition that does not offer it. Estimates use WAREHOUSE_CREDITS_PER_HOUR and a 30-day
+    month; they are warnings, never errors."""
+    if spec.target.type != "snowflake":
+        return
+    whs = spec.warehouses
+    for role in ("initialization", "incremental"):
+        wh = getattr(whs, role)
+        if wh.auto_suspend == 0:
+            rate = WAREHOUSE_CREDITS_PER_HOUR[wh.size]
+            yield (
+                ("warehouses", role, "auto_suspend"),
+                f"auto_suspend 0: the {role} warehouse {wh.name} ({wh.size}, {rate} credits/hour) "
+                f"never suspends once started: {_month(spec, rate)}. Set auto_suspend (e.g. 60)",
+            )
+    lags: list[tuple[Path, float, str, str]] = [
+        (("dynamic_tables", i, "target_lag"), d.target_lag.seconds, d.target_lag.text, d.name)
+        for i, d in enumerate(spec.dynamic_tables)
+        if d.target_lag.seconds is not None
+    ]
+    lags += [
+        (("interactive_tables", i, "target_lag"), t.target_lag.seconds, t.target_lag.text, t.name)
+        for i, t in enumerate(spec.interactive_tables)
+        if t.target_lag is not None and t.target_lag.seconds is not None
+    ]
+    incremental = whs.incremental
+    if lags and incremental.auto_suspend > 0:
+        path, seconds, text, name = min(lags, key=lambda lag: lag[1])
+        idle = max(incremental.auto_suspend, MIN_BILLED_SECONDS)
+        if seconds <= idle + MIN_BILLED_SECONDS:
+            rate = WAREHOUSE_CREDITS_PER_HOUR[incremental.size]
+            yield (
+                path,
+                f"target_lag {text} of {name} keeps the incremental warehouse {incremental.name} "
+                f"({incremental.size}, {rate} credits/hour) running nearly always: it refreshes "
+                f"at least every {text} and the warehouse suspends only after "
+                f"{incremental.auto_suspend} s idle (each resume bills at least "
+                f"{MIN_BILLED_SECONDS} s): {_month(spec, rate)}. A target_lag well above "
+                f"auto_suspend + {MIN_BILLED_SECONDS} s (e.g. 10 minutes) lets it suspend "
+                "between refreshes",
+            )
+    if spec.interactive_tables:
+        wh = whs.interactive
+        rate = WAREHOUSE_CREDITS_PER_HOUR[wh.size]
+        below = (
+            f" (auto_suspend {wh.auto_suspend} is below that minimum, which applies anyway)"
+            if wh.auto_suspend < INTERACTIVE_MIN_AUTO_SUSPEND
+            else ""
+        )
+        suspend = max(wh.auto_suspend, INTERACTIVE_MIN_AUTO_SUSPEND)
+        yield (
+            ("warehouses", "interactive"),
+            f"the interactive warehouse {wh.name} ({wh.size}) bills at least "
+            f"{suspend / 3600:g} hours each time it resumes (interactive warehouses suspend only "
+            f"after {INTERACTIVE_MIN_AUTO_SUSPEND} s idle at the least){below}: ≥ "
+            f"{rate * suspend / 3600:g} credits per resume at the standard {wh.size} rate "
+            f"(Snowflake documents no separate rate); queried every day it never suspends: "
+            f"{_month(spec, rate)}",
+        )
+    if spec.backup.retention_lock and spec.cost.edition != "business_critical":
+        yield (
+            ("backup", "retention_lock"),
+            f"a backup retention lock needs Snowflake's Business Critical edition (cost.edition "
+            f"is {spec.cost.edition}): deploy would fail at 07-backups.sql",
+        )
+
+
+def spec_warnings(spec: Spec, positions: Positions, filename: str) -> list[Problem]:
+    """`cost_warnings` as problems at their file:line:col (for `validate` to print)."""
+    out = []
+    for path, message in cost_warnings(spec):
+        line, col = positions.of_value(path)
+        out.append(Problem(filename, line, col, f"{format_path(path)}: {message}"))
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from clinipipe.secrets import mask_dsn
@@ -138,6 +138,11 @@ class SnowflakeTarget(Model):
     account: str
     user: str
     role: Identifier = "CLINIPIPE_ROLE"
+    """The pipeline's role: every session uses it, and it owns every object clinipipe creates
+    in the database (tables, dynamic and interactive tables, functions, views, policies)."""
+    admin_role: Identifier = "SYSADMIN"
+    """The role `deploy` uses for the account-level setup (database, schemas, warehouses, roles,
+    grants); `role` is granted to it, so it (and the roles above it) control what `role` owns."""
     database: Identifier = "CLINIPIPE"
     schema_: Identifier = Field("RAW", alias="schema")
     authenticator: Literal["snowflake", "externalbrowser", "snowflake_jwt"] = "snowflake"
@@ -291,20 +296,43 @@ class PhiSpec(Model):
 
 class BackupSpec(Model):
     store: str = "backups"
-    """Local WORM store directory (relative to the spec)."""
+    """Where `clinipipe backup` writes: a local folder (relative to the spec), or
+    `s3://bucket/prefix` (S3 Object Lock; needs the `s3` extra)."""
     policy_name: Identifier = "clinipipe_backup_policy"
     retention_days: Annotated[int, Field(ge=1)] = 2555
-    retention_lock: bool = True
+    """Each backup is kept at least this long (retain_until = created_at + retention_days)."""
+    retention_lock: bool = Field(False, validation_alias=AliasChoices("retention_lock", "lock"))
+    """WORM: nothing deletes a backup before retain_until, and the retention of later backups
+    cannot be shortened (also spelled `lock:`). Opt-in (irreversible): off unless the spec says
+    so; on Snowflake, deploy also needs `--confirm-retention-lock` to create the locked policy."""
     schedule: str = "24 HOUR"
     schemas: list[Identifier] = Field(default_factory=lambda: ["raw"])
+
+
+class CostAlertsSpec(Model):
+    """Where cost anomalies are sent (the same webhook mechanism as `phi.alerts`; the URL and
+    the routing key are read from the environment variables named here, at send time)."""
+
+    webhook_url_env: Identifier = "CLINIPIPE_COST_WEBHOOK_URL"
+    format: Literal["json", "pagerduty"] = "json"
+    routing_key_env: Identifier = "PAGERDUTY_ROUTING_KEY"
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 100
 
 
 class CostSpec(Model):
     edition: Literal["standard", "enterprise", "business_critical"] = "enterprise"
     credit_price_usd: Annotated[float, Field(gt=0)] = 3.0
     monthly_budget_credits: Annotated[float, Field(gt=0)] | None = None
-    anomaly_threshold: Annotated[float, Field(gt=0)] = 3.5
-    """Modified z-score above which a day's spend is an anomaly."""
+    """`cost anomalies` flags a month-to-date forecast above this (none when absent)."""
+    max_job_credits: Annotated[float, Field(gt=0)] | None = None
+    """`cost anomalies` flags a running job whose projected cost passes this (none when absent)."""
+    anomaly_threshold: Annotated[float, Field(gt=0)] = 5.0
+    """Robust z-score above which a day's spend is a spike (hourly: this + 0.5); 5 is what
+    benchmarks/cost_anomaly_eval.py measured (3.5 flagged too many normal days)."""
+    alerts: CostAlertsSpec | None = None
+    """Webhook alerts for open cost anomalies (none when absent)."""
 
 
 class Dashboard(Model):

@@ -44,6 +44,7 @@ def template_context(spec: Spec, dialect: str) -> dict[str, Any]:
         "pipeline": spec.name,
         "database": snowflake.database if snowflake else None,
         "role": snowflake.role if snowflake else None,
+        "admin_role": snowflake.admin_role if snowflake else None,
         "schemas": schema_names(spec, dialect),
         "source_tables": spec.source.tables,
         "publication": spec.source.publication,

@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlglot import exp
+
+SPEC_SQL_DIALECT = "duckdb"
+"""The SQL dialect the spec's own queries are written in (dynamic tables, interactive tables'
+`sql:`, dashboards), as sqlglot names it. Each target receives them in its own grammar
+(`clinipipe.sql.spec_sql`)."""
+
+
+class SpecSqlRefused(Exception):
+    """A construct of the spec's SQL that a dialect cannot express faithfully (the message
+    says which and what to write instead; it holds identifiers, never row values)."""
 
 
 class Dialect:
     """Quoting rules of one SQL dialect. Every value rendered into SQL goes through here."""
 
     name = "ansi"
+    sqlglot_name: str | None = None
+    """sqlglot's name for this dialect, to which the spec's queries are transpiled; None or
+    `SPEC_SQL_DIALECT` means they are used as written."""
+
+    def rewrite_spec_sql(self, tree: exp.Expression) -> exp.Expression:
+        """Rewrite a parsed spec query (DuckDB semantics) so that sqlglot's output for this
+        dialect means the same thing; raise `SpecSqlRefused` for what cannot be. Default:
+        unchanged. Dialect knowledge: overridden in `clinipipe.targets`."""
+        return tree
 
     def quote_ident(self, name: str) -> str:
         """A quoted identifier; embedded double quotes are doubled."""
@@ -45,6 +68,7 @@ class PostgresDialect(Dialect):
     doubled. The source's spelling, used by `clinipipe.source` and the source templates."""
 
     name = "postgres"
+    sqlglot_name = "postgres"
 
 
 POSTGRES = PostgresDialect()

@@ -2,8 +2,9 @@
 
 Templates live in `templates/<dialect>/NN-name.sql.j2` (shipped in the wheel as
 `clinipipe/_templates`). Every `{{ ... }}` must go through a quoting filter (`ident`, `qualify`,
-`literal`, `pg_ident`, `pg_literal`) or be explicitly trusted SQL (`sql`, for the spec author's
-own queries): anything else is a render error, so no value reaches SQL unescaped.
+`literal`, `pg_ident`, `pg_literal`) or be explicitly trusted SQL: `transpile` for the spec
+author's own queries (DuckDB SQL, delivered in the target's grammar: `clinipipe.sql.spec_sql`),
+`sql` for other trusted text. Anything else is a render error, so no value reaches SQL unescaped.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
-import sqlglot
-from sqlglot.tokens import TokenType
 
 from clinipipe.spec.loader import LoadedSpec
-from clinipipe.sql.dialect import POSTGRES, Dialect
+from clinipipe.sql.dialect import POSTGRES, Dialect, SpecSqlRefused
+from clinipipe.sql.spec_sql import transpile as transpile_sql
+from clinipipe.sql.spec_sql import transpile_spec
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "_templates"
 _FILE = re.compile(r"^(?P<num>\d\d)-(?P<name>[a-z0-9-]+)\.sql\.j2$")
 _HEADER = re.compile(r"^--\s*clinipipe:\s*(?P<pairs>.+)$", re.M)
 _PUNCTUATION = re.compile(r"^[\s,;()]*$")
 _CHECK = re.compile(r"^--\s*check:\s*(?P<message>.+)$", re.M)
+_CONFIRM = re.compile(r"^--\s*confirm:\s*(?P<name>[a-z][a-z0-9-]*)(?::\s*(?P<why>.+))?$", re.M)
 
 RunsOn = Literal["target", "source", "none"]
 
@@ -44,11 +46,17 @@ class Statement:
 
     `check` is set for a query that must return no rows; its rows are reported with the
     message when it does (used for source prerequisites such as `wal_level`).
+
+    `confirm` names a confirmation the statement needs before it may run (a statement preceded
+    by `-- confirm: <name>: <why>`, e.g. an irreversible retention lock); `confirm_why` says
+    what it commits to. `confirmations_needed` collects them for deploy.
     """
 
     number: int
     sql: str
     check: str | None = None
+    confirm: str | None = None
+    confirm_why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,13 +92,35 @@ def split_sql(text: str, dialect: str = "postgres") -> list[Statement]:
         if not _strip_comments(chunk):
             continue
         check = _CHECK.search(chunk)
+        confirm = _CONFIRM.search(chunk)
         out.append(
-            Statement(len(out) + 1, chunk.strip(), check["message"].strip() if check else None)
+            Statement(
+                len(out) + 1,
+                chunk.strip(),
+                check["message"].strip() if check else None,
+                confirm["name"] if confirm else None,
+                (confirm["why"] or "").strip() or None if confirm else None,
+            )
         )
     return out
 
 
+def confirmations_needed(files: list[RenderedFile]) -> dict[str, list[str]]:
+    """Confirmation name -> what each statement needing it commits to, over `files` in order
+    (statements marked `-- confirm: <name>: <why>`). Deploy runs none of `files` until every
+    name is confirmed by its flag (`--confirm-<name>`)."""
+    needed: dict[str, list[str]] = {}
+    for f in files:
+        for st in f.statements:
+            if st.confirm:
+                needed.setdefault(st.confirm, []).append(f"{f.name}: {st.confirm_why or st.sql}")
+    return needed
+
+
 def _statement_chunks(text: str, dialect: str) -> list[str]:
+    import sqlglot  # here: ~60 ms that commands which never split SQL need not pay
+    from sqlglot.tokens import TokenType
+
     try:
         tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(text)
     except sqlglot.errors.TokenError as exc:
@@ -130,7 +160,21 @@ def template_names(dialect: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if _FILE.match(p.name))
 
 
-def _environment(dialect: Dialect) -> jinja2.Environment:
+def _environment(
+    dialect: Dialect, translations: dict[str, str] | None = None
+) -> jinja2.Environment:
+    """The Jinja environment of `dialect`. `translations` maps each spec query to its text in
+    the dialect (`spec_sql.transpile_spec`); without it, `transpile` translates on the spot."""
+
+    def transpile(value: Any) -> SqlText:
+        text = str(value)
+        if translations is not None and text in translations:
+            return SqlText(translations[text])
+        try:
+            return SqlText(transpile_sql(text, dialect))
+        except SpecSqlRefused as exc:
+            raise RenderError(f"a query cannot be written for {dialect.name}: {exc}") from None
+
     def finalize(value: Any) -> Any:
         if isinstance(value, SqlText):
             return value
@@ -162,6 +206,7 @@ def _environment(dialect: Dialect) -> jinja2.Environment:
     env.filters["pg_ident"] = lambda v: SqlText(POSTGRES.quote_ident(str(v)))
     env.filters["pg_literal"] = lambda v: SqlText(POSTGRES.quote_literal(v))
     env.filters["sql"] = lambda v: SqlText(str(v).strip().rstrip(";").strip())
+    env.filters["transpile"] = transpile
     return env
 
 
@@ -169,12 +214,13 @@ def render(loaded: LoadedSpec, dialect: Dialect) -> list[RenderedFile]:
     """Render every template of `dialect` (`templates/<dialect.name>/`) in file-name order.
 
     The caller supplies the target's quoting rules (`clinipipe.targets.dialect_of`): this layer
-    knows no warehouse. Pure: the output depends only on the spec and the templates.
+    knows no warehouse. Pure: the output depends only on the spec and the templates. The spec's
+    queries are translated first: one that cannot be is a `SpecError` at its file:line:col.
     """
     from clinipipe.sql.context import template_context
 
     name = dialect.name
-    env = _environment(dialect)
+    env = _environment(dialect, transpile_spec(loaded, dialect))
     context = template_context(loaded.spec, name)
     files: list[RenderedFile] = []
     for template_name in template_names(name):

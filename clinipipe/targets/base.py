@@ -13,6 +13,7 @@ PipelineState   backfill runs/ranges, checkpoints, recorded/renamed columns, pau
 Refresh         dynamic tables: state, history, refresh (clinipipe's engine or the warehouse's)
 Redaction       research (de-identified) tables
 PhiScan         stage 1 of the PHI scan in the warehouse, the findings store
+Backup          table export to Parquet and restore, or the warehouse's native backups
 ==============  ===========================================================================
 
 Code that needs only some capabilities should say so in its annotations (`target: Refresh`);
@@ -24,6 +25,7 @@ The names below are re-exported so that `from clinipipe.targets.base import X` k
 
 from __future__ import annotations
 
+from clinipipe.targets.capabilities.backup import Backup
 from clinipipe.targets.capabilities.changes import CdcBatch, ChangeApply, SchemaChange, TableBatch
 from clinipipe.targets.capabilities.deployment import (
     Deployment,
@@ -47,7 +49,7 @@ from clinipipe.targets.capabilities.state import BackfillRun, PipelineState, Rec
 from clinipipe.targets.core import TargetCore, TargetError
 
 
-class Target(Deployment, Loading, ChangeApply, PipelineState, Refresh, Redaction, PhiScan):
+class Target(Deployment, Loading, ChangeApply, PipelineState, Refresh, Redaction, PhiScan, Backup):
     """A warehouse clinipipe deploys to and loads into: the core and every capability.
 
     Defines nothing of its own. A dialect is a core class plus one mixin per capability
@@ -58,6 +60,7 @@ class Target(Deployment, Loading, ChangeApply, PipelineState, Refresh, Redaction
 __all__ = [
     "REFRESH_ACTIONS",
     "BackfillRun",
+    "Backup",
     "BatchStream",
     "CdcBatch",
     "ChangeApply",

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.context import CONTROL_SCHEMA
 from clinipipe.sql.dialect import Dialect
+from clinipipe.targets.metering import METERING_TABLE, MeteringRow
 
 _T = TypeVar("_T", bound="TargetCore")
 
@@ -87,6 +88,26 @@ class TargetCore(ABC):
     def control(self, table: str) -> str:
         """The quoted name of a table in clinipipe's control schema (`_clinipipe`)."""
         return self.dialect.qualify(CONTROL_SCHEMA, table)
+
+    def metering_insert_sql(self, row: MeteringRow) -> str:
+        """The INSERT of one metering row (`clinipipe.targets.metering`), DML only: the caller
+        runs it in the transaction of the work it meters, so the row commits with the work or
+        not at all. The only place a metering row is written."""
+        q = self.dialect.quote_literal
+
+        def number(value: float | None, digits: int | None = None) -> str:
+            if value is None:
+                return "NULL"
+            return f"{float(value):.{digits}f}" if digits is not None else str(int(value))
+
+        return (
+            f"INSERT INTO {self.control(METERING_TABLE)} (job_id, job, warehouse, "
+            "warehouse_role, size, started_at, ended_at, rows_processed, bytes_processed, "
+            f"cpu_seconds) VALUES ({q(row.job_id)}, {q(row.job)}, {q(row.warehouse)}, "
+            f"{q(row.warehouse_role)}, {q(row.size)}, {q(row.started_at.isoformat())}, "
+            f"{q(row.ended_at.isoformat())}, {number(row.rows)}, {number(row.nbytes)}, "
+            f"{number(row.cpu_seconds, 6)})"
+        )
 
     @abstractmethod
     def raw_name(self, table: str) -> str:

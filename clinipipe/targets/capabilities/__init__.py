@@ -10,6 +10,7 @@ not do. No module here imports a dialect.
 
 from __future__ import annotations
 
+from clinipipe.targets.capabilities.backup import Backup
 from clinipipe.targets.capabilities.changes import ChangeApply
 from clinipipe.targets.capabilities.deployment import Deployment
 from clinipipe.targets.capabilities.loading import Loading
@@ -18,11 +19,21 @@ from clinipipe.targets.capabilities.redaction import Redaction
 from clinipipe.targets.capabilities.refresh import Refresh
 from clinipipe.targets.capabilities.state import PipelineState
 
-CAPABILITIES = (Deployment, Loading, ChangeApply, PipelineState, Refresh, Redaction, PhiScan)
+CAPABILITIES = (
+    Deployment,
+    Loading,
+    ChangeApply,
+    PipelineState,
+    Refresh,
+    Redaction,
+    PhiScan,
+    Backup,
+)
 """Every capability interface, in the order `Target` composes them."""
 
 __all__ = [
     "CAPABILITIES",
+    "Backup",
     "ChangeApply",
     "Deployment",
     "Loading",

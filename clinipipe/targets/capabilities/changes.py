@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from clinipipe.targets.core import TargetCore
+from clinipipe.targets.metering import CpuClock, MeteringRow
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -66,10 +67,23 @@ class CdcBatch:
     size: str
     staged_changes: int = 0
     """Changes of this batch already passed to `Target.stage_cdc_changes`."""
+    cpu: CpuClock | None = None
+    """Started (in the CDC loop's thread) when the batch's first change was received: the
+    batch's metering row records that thread's CPU up to the apply (None: not measured)."""
 
     @property
     def changes(self) -> int:
         return self.staged_changes + sum(t.changes.num_rows for t in self.tables)
+
+    def metering_row(self, applied: dt.datetime) -> MeteringRow:
+        """This batch's metering row (job ``cdc:batch`` on the incremental warehouse, from
+        `received_at` to `applied`), to commit with the batch. Call it in the CDC loop's
+        thread (the CPU is that thread's)."""
+        cpu = self.cpu.seconds() if self.cpu is not None else None
+        return MeteringRow(
+            "cdc:batch", self.warehouse, "incremental", self.size, self.received_at, applied,
+            self.changes, None, cpu,
+        )  # fmt: skip
 
 
 class ChangeApply(TargetCore):

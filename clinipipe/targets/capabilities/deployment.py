@@ -8,7 +8,7 @@ import uuid
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from clinipipe import __version__
 from clinipipe.sql.context import CONTROL_SCHEMA
@@ -48,6 +48,47 @@ class DeploymentRecord:
     clinipipe_version: str = __version__
 
 
+@dataclass(frozen=True)
+class ObjectChange:
+    """One difference between the spec and an object the target already has, like a line of
+    `terraform plan`: `kind` and `name` of the object, `attribute`, `old` -> `new` (text; no row
+    values, only definitions). `statements` apply it (empty when nothing runs: applied by
+    another change of the same object, or not applicable, see `applicable`). `rebuilds_on`
+    names the warehouse that rebuilds the object's data (None: no data is rebuilt). `source`
+    says where `old` came from: "reported" (the target answered, e.g. SHOW WAREHOUSES) or
+    "recorded" (the state the last deployment recorded). `note` explains, for people."""
+
+    kind: str
+    name: str
+    attribute: str
+    old: str | None
+    new: str | None
+    statements: tuple[str, ...] = ()
+    rebuilds_on: str | None = None
+    source: str = "recorded"
+    note: str = ""
+    applicable: bool = True
+    """False: deploy does not apply it (the note says why and what to do by hand)."""
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "statements": list(self.statements)}
+
+
+@dataclass(frozen=True)
+class MissingPrivilege:
+    """A privilege a role needs for `needed_for` and does not hold (directly or through the
+    roles granted to it); `fix` is the statement that grants it and who can run it."""
+
+    role: str
+    privilege: str
+    on: str
+    needed_for: str
+    fix: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
 class Deployment(TargetCore):
     """Deploys rendered templates and answers what is deployed.
 
@@ -61,8 +102,23 @@ class Deployment(TargetCore):
       and a failure or crash leaves the templates before it deployed and recorded.
     * **Idempotency.** Every template statement is idempotent, so running deploy again resumes
       with the first template not recorded (or whose digest changed).
-    * `deployed_digests`, `missing_raw_tables` and `require_deployed` only read.
+    * **Drift.** Templates create objects IF NOT EXISTS, so re-running one does not change an
+      object that exists. `plan_changes` lists what differs between the spec and the objects
+      the target has (what the target reports, else what the last deployment recorded), each
+      with the statements that apply it; `apply_deployment` runs those statements after the
+      files, in the order given, and only then records the new state, so a failure or crash
+      before that leaves the old state recorded and the next plan shows the change again
+      (re-applying it is safe: ALTERs set values, a rebuild builds again).
+    * `deployed_digests`, `missing_raw_tables`, `require_deployed`, `plan_changes` and
+      `missing_privileges` only read.
     """
+
+    def for_deployment(self) -> Self:
+        """Open sessions (on the next `connect`) as the role that deploys. Returns self.
+
+        Default: nothing changes (a warehouse without roles). Snowflake: the spec's admin
+        role, since the pipeline role does not exist before the first deployment."""
+        return self
 
     @abstractmethod
     def apply_deployment(
@@ -70,11 +126,28 @@ class Deployment(TargetCore):
         files: Sequence[RenderedFile],
         record: DeploymentRecord,
         also_record: Sequence[RenderedFile] = (),
+        changes: Sequence[ObjectChange] = (),
     ) -> int:
-        """Run `files` and record them (and `also_record`, applied elsewhere) under `record`.
+        """Run `files`, then the statements of the applicable `changes`, and record them (and
+        `also_record`, applied elsewhere) under `record`.
 
         Returns the number of statements run.
         """
+
+    def plan_changes(self) -> list[ObjectChange]:
+        """What differs between the spec and the objects that exist (see Drift above), in the
+        order to apply. Reads only.
+
+        Default: none. DuckDB needs none: its templates register definitions with INSERT OR
+        REPLACE / MERGE (re-run whenever their text changes), clinipipe's refresh engine
+        rebuilds a dynamic table whose definition digest changed, and a warehouse is a compute
+        profile read from `_clinipipe.warehouses` at each use."""
+        return []
+
+    def missing_privileges(self) -> list[MissingPrivilege]:
+        """The privileges the deploying role and the pipeline role lack for what clinipipe
+        does (`deploy --check`). Reads only. Default: none (a warehouse without roles)."""
+        return []
 
     def deployed_digests(self) -> dict[str, str]:
         """Template name -> digest of its last successful deployment ({} before the first)."""

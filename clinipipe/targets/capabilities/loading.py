@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from clinipipe.targets.core import TargetCore
+from clinipipe.targets.metering import MeteringRow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,18 +77,27 @@ class Loading(TargetCore):
         nbytes: int,
         started: dt.datetime,
         ended: dt.datetime,
+        cpu_seconds: float | None = None,
     ) -> list[str]:
         """The INSERTs that record a loaded range and meter it; run them in the range's
-        transaction."""
+        transaction. `cpu_seconds`: the loading (worker) thread's CPU for the range."""
         q = self.dialect.quote_literal
         start, end = q(started.isoformat()), q(ended.isoformat())
         return [
             f"INSERT INTO {self.control('backfill_ranges')} (run_id, table_name, range_no, "
             f"rows_loaded, bytes_read, started_at, completed_at) VALUES ({q(work.run_id)}, "
             f"{q(table.name)}, {work.range_no}, {rows}, {nbytes}, {start}, {end})",
-            f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, warehouse_role, "
-            "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
-            f"({q(uuid.uuid4().hex)}, {q(f'backfill:{table.name}:{work.range_no}')}, "
-            f"{q(work.warehouse)}, {q(work.warehouse_role)}, {q(work.size)}, {start}, {end}, "
-            f"{rows}, {nbytes})",
+            self.metering_insert_sql(
+                MeteringRow(
+                    job=f"backfill:{table.name}:{work.range_no}",
+                    warehouse=work.warehouse,
+                    warehouse_role=work.warehouse_role,
+                    size=work.size,
+                    started_at=started,
+                    ended_at=ended,
+                    rows=rows,
+                    nbytes=nbytes,
+                    cpu_seconds=cpu_seconds,
+                )
+            ),
         ]

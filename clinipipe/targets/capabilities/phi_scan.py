@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from clinipipe.targets.core import TargetCore
+from clinipipe.targets.metering import MeteringRow
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -74,15 +74,17 @@ class PhiScan(TargetCore):
         """The warehouse's own classifier's findings for `schema.table`, leaving out the
         `classified` columns (the spec's PHI columns). [] where there is no classifier."""
 
-    def record_phi_scan(self, started: dt.datetime, ended: dt.datetime, rows: int) -> None:
-        """Meter a scan (job ``phi-scan``, `rows` candidate rows) on the incremental warehouse."""
-        q = self.dialect.quote_literal
+    def record_phi_scan(
+        self,
+        started: dt.datetime,
+        ended: dt.datetime,
+        rows: int,
+        cpu_seconds: float | None = None,
+    ) -> None:
+        """Meter a scan (job ``phi-scan``, `rows` candidate rows) on the incremental warehouse,
+        in its own transaction; `cpu_seconds`: the scanning thread's CPU."""
         wh = self.loaded.spec.warehouses.incremental
-        self.execute_atomically(
-            [
-                f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, warehouse_role, "
-                "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
-                f"({q(uuid.uuid4().hex)}, 'phi-scan', {q(wh.name)}, 'incremental', {q(wh.size)}, "
-                f"{q(started.isoformat())}, {q(ended.isoformat())}, {rows}, NULL)"
-            ]
+        row = MeteringRow(
+            "phi-scan", wh.name, "incremental", wh.size, started, ended, rows, None, cpu_seconds
         )
+        self.execute_atomically([self.metering_insert_sql(row)])

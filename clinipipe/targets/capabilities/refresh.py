@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from clinipipe.sql.context import CONTROL_SCHEMA
 from clinipipe.targets.core import TargetCore, TargetError
+from clinipipe.targets.metering import MeteringRow
 
 if TYPE_CHECKING:
     from clinipipe.source.catalog import TableSchema
@@ -287,15 +287,22 @@ class Refresh(TargetCore):
             f"{q(result.refresh_trigger)})"
         )
 
-    def refresh_metering_sql(self, result: RefreshResult, work: RefreshWork) -> str:
-        """The metering row of a refresh that ran on `work.warehouse`."""
-        q = self.dialect.quote_literal
+    def refresh_metering_sql(
+        self, result: RefreshResult, work: RefreshWork, cpu_seconds: float | None = None
+    ) -> str:
+        """The metering row of a refresh that ran on `work.warehouse`; `cpu_seconds`: the
+        refreshing (calling) thread's CPU."""
         ended = result.refresh_end_time or result.refresh_start_time
-        return (
-            f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, warehouse_role, "
-            "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
-            f"({q(uuid.uuid4().hex)}, {q(f'refresh:{work.name}:{work.action.lower()}')}, "
-            f"{q(work.warehouse)}, {q(work.warehouse_role)}, {q(work.size)}, "
-            f"{q(result.refresh_start_time.isoformat())}, {q(ended.isoformat())}, "
-            f"{(result.rows_inserted or 0) + (result.rows_deleted or 0)}, NULL)"
+        return self.metering_insert_sql(
+            MeteringRow(
+                job=f"refresh:{work.name}:{work.action.lower()}",
+                warehouse=work.warehouse,
+                warehouse_role=work.warehouse_role,
+                size=work.size,
+                started_at=result.refresh_start_time,
+                ended_at=ended,
+                rows=(result.rows_inserted or 0) + (result.rows_deleted or 0),
+                nbytes=None,
+                cpu_seconds=cpu_seconds,
+            )
         )

@@ -8,6 +8,7 @@ types and casts are in `types.py`.
 from __future__ import annotations
 
 from clinipipe.targets.base import Target
+from clinipipe.targets.duckdb.backup import DuckDBBackup
 from clinipipe.targets.duckdb.cannot import DuckDBCannot
 from clinipipe.targets.duckdb.changes import DuckDBChangeApply
 from clinipipe.targets.duckdb.core import GIB, DuckDBCore, DuckDBDialect, compute_profile
@@ -26,6 +27,7 @@ class DuckDBTarget(
     DuckDBRefresh,
     DuckDBRedaction,
     DuckDBPhiScan,
+    DuckDBBackup,
     DuckDBCore,
     Target,
 ):

@@ -93,13 +93,7 @@ class DuckDBChangeApply(DuckDBCore, ChangeApply):
                     [uuid.uuid4().hex, batch.slot, batch.end_lsn, batch.changes, tables,
                      len(batch.commit_times), batch.received_at, applied, latencies],
                 )  # fmt: skip
-                cur.execute(
-                    f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, "
-                    "warehouse_role, size, started_at, ended_at, rows_processed, bytes_processed) "
-                    "VALUES (?, 'cdc:batch', ?, 'incremental', ?, ?, ?, ?, NULL)",
-                    [uuid.uuid4().hex, batch.warehouse, batch.size, batch.received_at, applied,
-                     batch.changes],
-                )  # fmt: skip
+                cur.execute(self.metering_insert_sql(batch.metering_row(applied)))
                 cur.execute("COMMIT")
             except BaseException:
                 rollback(cur)

@@ -27,6 +27,7 @@ class DuckDBDialect(Dialect):
     """DuckDB follows PostgreSQL: double-quoted identifiers, standard strings."""
 
     name = "duckdb"
+    sqlglot_name = "duckdb"  # the spec's own SQL dialect: spec queries are used as written
 
 
 def _machine_memory() -> int:

@@ -12,6 +12,7 @@ from clinipipe.targets.capabilities.deployment import (
     Deployment,
     DeploymentRecord,
     DeployStatementError,
+    ObjectChange,
 )
 from clinipipe.targets.duckdb.core import DuckDBCore
 
@@ -27,11 +28,15 @@ class DuckDBDeployment(DuckDBCore, Deployment):
         files: Sequence[RenderedFile],
         record: DeploymentRecord,
         also_record: Sequence[RenderedFile] = (),
+        changes: Sequence[ObjectChange] = (),
     ) -> int:
         """Atomic: every statement and the deployment record commit in one transaction.
 
-        On any failure the transaction is rolled back and the file is as before.
+        On any failure the transaction is rolled back and the file is as before. `changes`
+        is always empty on DuckDB (see `Deployment.plan_changes`).
         """
+        if changes:
+            raise ValueError("DuckDB applies spec changes through its templates, not changes")
         con = self.con
         run = 0
         con.execute("BEGIN TRANSACTION")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from clinipipe.targets.capabilities.loading import BatchStream, Loading, RangeWork
 from clinipipe.targets.duckdb.core import DuckDBCore, load_batches
 from clinipipe.targets.duckdb.types import duckdb_cast, duckdb_type
+from clinipipe.targets.metering import CpuClock
 
 if TYPE_CHECKING:
     from clinipipe.source.catalog import TableSchema
@@ -56,10 +57,13 @@ class DuckDBLoading(DuckDBCore, Loading):
                 f"(SELECT {key_casts} FROM _clinipipe_batch)"
             )
         started = dt.datetime.now(dt.timezone.utc)
+        cpu = CpuClock()  # this (worker) thread reads, parses and loads the range
 
         def done(rows: int) -> list[str]:
             ended = dt.datetime.now(dt.timezone.utc)
-            return self.range_done_sql(table, work, rows, stream.bytes_read, started, ended)
+            return self.range_done_sql(
+                table, work, rows, stream.bytes_read, started, ended, cpu.seconds()
+            )
 
         return load_batches(
             self.con, stream, "_clinipipe_batch",

@@ -23,6 +23,7 @@ from clinipipe.targets.capabilities.refresh import (
 from clinipipe.targets.core import TargetError
 from clinipipe.targets.duckdb.core import DuckDBCore, columns_of, rollback
 from clinipipe.targets.duckdb.types import duckdb_type
+from clinipipe.targets.metering import CpuClock
 
 if TYPE_CHECKING:
     from clinipipe.source.catalog import TableSchema
@@ -209,6 +210,7 @@ class DuckDBRefresh(DuckDBCore, Refresh):
         message keeps no quoted values (they may be PHI).
         """
         started = dt.datetime.now(dt.timezone.utc)
+        cpu = CpuClock()  # the calling thread runs the refresh
         counts: dict[str, int | None] = {"inserted": None, "deleted": None}
         cur = self.con.cursor()
         try:
@@ -228,7 +230,7 @@ class DuckDBRefresh(DuckDBCore, Refresh):
                 )  # fmt: skip
                 cur.execute(self.refresh_history_sql(result))
                 if work.action != "NO_DATA":
-                    cur.execute(self.refresh_metering_sql(result, work))
+                    cur.execute(self.refresh_metering_sql(result, work, cpu.seconds()))
                 cur.execute(self._state_sql(work, started))
                 for temp in ("_clinipipe_refresh_keys", "_clinipipe_refresh_old",
                              "_clinipipe_refresh_diff"):  # fmt: skip

@@ -23,6 +23,7 @@ by the next batch (CDC), never half applied.
 from __future__ import annotations
 
 from clinipipe.targets.base import Target
+from clinipipe.targets.snowflake.backup import SnowflakeBackup
 from clinipipe.targets.snowflake.cannot import SnowflakeCannot
 from clinipipe.targets.snowflake.changes import SnowflakeChangeApply, StagedChanges
 from clinipipe.targets.snowflake.core import BEGIN, SnowflakeCore, SnowflakeDialect
@@ -42,6 +43,7 @@ class SnowflakeTarget(
     SnowflakeRefresh,
     SnowflakeRedaction,
     SnowflakePhiScan,
+    SnowflakeBackup,
     SnowflakeStaging,
     SnowflakeCore,
     Target,

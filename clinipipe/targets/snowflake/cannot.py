@@ -11,18 +11,34 @@
   refresh and reads its history).
 * **Read declared primary keys for the PHI scan** (`PhiScan.phi_scan_primary_key`): always
   [] (scanned rows are identified by a digest of the row instead).
+* **Export tables to Parquet and restore them** (`Backup.exportable_tables`, `export_tables`,
+  `restore_tables`, `backup_fingerprint_method`): Snowflake backs up natively
+  (`backs_up_natively` is True; `SnowflakeBackup` adds backups to the spec's backup sets).
+* **Restore a native backup** (`Backup.restore_native_backups`): the restore syntax was not
+  confirmed in the documentation clinipipe follows, so it does not guess it; restoring is done
+  in Snowflake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from clinipipe.targets.core import TargetError
 from clinipipe.targets.snowflake.core import SnowflakeCore
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from clinipipe.source.catalog import TableSchema
+    from clinipipe.targets.capabilities.backup import (
+        NativeBackup,
+        RestoredTable,
+        RestoreFile,
+        Snapshot,
+        TableProgress,
+        TableRef,
+    )
     from clinipipe.targets.capabilities.changes import SchemaChange, TableBatch
     from clinipipe.targets.capabilities.loading import BatchStream
     from clinipipe.targets.capabilities.refresh import PendingChanges, RefreshResult, RefreshWork
@@ -78,3 +94,51 @@ class SnowflakeCannot(SnowflakeCore):
 
     def phi_scan_primary_key(self, schema: str, table: str) -> list[str]:
         return []
+
+    # --- backup ---------------------------------------------------------------------------------
+
+    def _no_table_export(self) -> TargetError:
+        return TargetError(
+            f"{self.describe()} backs up natively (the backup sets of backup.schemas): it "
+            "exports no tables to Parquet and restores none from a clinipipe backup store"
+        )
+
+    def exportable_tables(self, schemas: Sequence[str]) -> list[TableRef]:
+        raise self._no_table_export()
+
+    def export_tables(
+        self,
+        tables: Sequence[TableRef],
+        folder: Path,
+        *,
+        reuse: Mapping[TableRef, str] | None = None,
+        reads: Sequence[str] = (),
+        on_table: TableProgress | None = None,
+    ) -> Snapshot:
+        raise self._no_table_export()
+
+    def restore_tables(
+        self,
+        files: Sequence[RestoreFile],
+        schema: str | None,
+        *,
+        replace: bool = False,
+        on_table: TableProgress | None = None,
+    ) -> list[RestoredTable]:
+        raise self._no_table_export()
+
+    def backup_fingerprint_method(self) -> str:
+        raise self._no_table_export()
+
+    def restore_native_backups(
+        self, backups: Sequence[NativeBackup], to: str
+    ) -> list[RestoredTable]:
+        raise TargetError(
+            "restoring a Snowflake backup is done in Snowflake: the restore syntax was not "
+            "confirmed in the documentation clinipipe follows, so it does not guess it. The "
+            "manifest lists each backup set and backup identifier (`clinipipe backup list "
+            "--json`): "
+            + ", ".join(
+                f"{b.backup_set} {b.identifier or '(identifier not recorded)'}" for b in backups
+            )
+        )

@@ -260,8 +260,5 @@ class SnowflakeChangeApply(SnowflakeStaging, ChangeApply):
             f"SELECT {q(uuid.uuid4().hex)}, {q(batch.slot)}, {batch.end_lsn}, {batch.changes}, "
             f"{q(tables)}, {len(batch.commit_times)}, {received}::TIMESTAMP_TZ, "
             f"{done}::TIMESTAMP_TZ, ARRAY_CONSTRUCT({latencies})",
-            f"INSERT INTO {self.control('metering')} (job_id, job, warehouse, warehouse_role, "
-            "size, started_at, ended_at, rows_processed, bytes_processed) VALUES "
-            f"({q(uuid.uuid4().hex)}, 'cdc:batch', {q(batch.warehouse)}, 'incremental', "
-            f"{q(batch.size)}, {received}, {done}, {batch.changes}, NULL)",
+            self.metering_insert_sql(batch.metering_row(applied)),
         ]

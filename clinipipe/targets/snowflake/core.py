@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clinipipe.secrets import environment, scrub_values
 from clinipipe.spec.loader import LoadedSpec
@@ -19,8 +19,14 @@ from clinipipe.sql.dialect import Dialect
 from clinipipe.sql.render import Statement
 from clinipipe.targets.core import TargetCore, TargetError
 
+if TYPE_CHECKING:
+    from sqlglot import exp
+
 BEGIN = "BEGIN TRANSACTION"
 """Not a bare BEGIN, which Snowflake Scripting could read as the start of a block."""
+
+OBJECT_DOES_NOT_EXIST = 2003
+"""Snowflake's error number for "Object/Database/Schema ... does not exist or not authorized"."""
 
 OP, SEQ = "_op", "_seq"
 """The change columns of `TableChanges.to_arrow()`; `<column>__u` flags unchanged TOAST values."""
@@ -31,9 +37,17 @@ class SnowflakeDialect(Dialect):
     spec names case-insensitive for users. Backslash is an escape inside string literals."""
 
     name = "snowflake"
+    sqlglot_name = "snowflake"
 
     def quote_ident(self, name: str) -> str:
         return super().quote_ident(name.upper())
+
+    def rewrite_spec_sql(self, tree: exp.Expression) -> exp.Expression:
+        """DuckDB constructs sqlglot would write with another meaning on Snowflake, rewritten
+        or refused (`targets/snowflake/spec_sql.py`)."""
+        from clinipipe.targets.snowflake.spec_sql import rewrite_for_snowflake
+
+        return rewrite_for_snowflake(tree)
 
     def quote_string(self, text: str) -> str:
         return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
@@ -55,6 +69,13 @@ class SnowflakeCore(TargetCore):
     `load_range` would need a single session but serialise every range, staging and upload
     included.) No connection object is ever used by two threads, so their own thread safety
     is not relied on.
+
+    **Role and warehouse.** Every session logs in with the spec's pipeline `role` (which owns
+    what clinipipe creates) and its incremental warehouse; a target opened `for_deployment()`
+    logs in with the spec's `admin_role` instead (the pipeline role may not exist yet), and
+    the deployment switches roles itself (USE ROLE) where its templates say so. A warehouse
+    that does not exist yet (before the first deploy) leaves the session without one; SHOW
+    commands (`table_exists`) need none.
     """
 
     type = "snowflake"
@@ -70,6 +91,7 @@ class SnowflakeCore(TargetCore):
         self._lock = threading.Lock()
         self._sessions: list[Any] = []
         self._session_sql: tuple[str, ...] = ()  # replayed on every session (USE ...)
+        self._login_role: str = spec.role  # `for_deployment` logs in as spec.admin_role
 
     def describe(self) -> str:
         return f"Snowflake account {self.spec.account!r} as user {self.spec.user!r}"
@@ -101,6 +123,8 @@ class SnowflakeCore(TargetCore):
             return snowflake.connector.connect(
                 account=self.spec.account,
                 user=self.spec.user,
+                role=self._login_role,
+                warehouse=self.loaded.spec.warehouses.incremental.name,
                 login_timeout=30,
                 network_timeout=60,
                 application="clinipipe",
@@ -109,8 +133,10 @@ class SnowflakeCore(TargetCore):
         except snowflake.connector.errors.Error as exc:
             reason = getattr(exc, "raw_msg", None) or str(exc)
             raise TargetError(
-                f"cannot connect to {self.describe()}: {reason}. Check the account identifier "
-                "(orgname-accountname), the user, the credentials in the environment, and that "
+                f"cannot connect to {self.describe()} as role {self._login_role}: {reason}. "
+                "Check the account identifier (orgname-accountname), the user, the credentials "
+                "in the environment, that the role exists and is granted to the user (`clinipipe "
+                "deploy` creates the pipeline role and grants it to the admin role), and that "
                 "this machine can reach Snowflake."
             ) from None
 
@@ -169,17 +195,40 @@ class SnowflakeCore(TargetCore):
         finally:
             cursor.close()
 
-    def table_exists(self, schema: str, table: str) -> bool:
-        q = self.dialect.quote_string
-        database = self.dialect.quote_ident(self.spec.database)
+    def query_records(self, sql: str) -> list[dict[str, Any]]:
+        """Run one statement; its rows as dicts by lower-case column name (SHOW output)."""
+        cursor = self._session().cursor()
         try:
-            rows = self.query(
-                f"SELECT 1 FROM {database}.information_schema.tables "
-                f"WHERE table_schema = {q(schema.upper())} AND table_name = {q(table.upper())}"
+            cursor.execute(sql)
+            names = [str(d[0]).lower() for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=False)) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        """SHOW TABLES (no warehouse needed; lists dynamic and interactive tables too).
+
+        Only "does not exist" (the database or schema is missing: Snowflake error 2003, which
+        it also returns for what the role may not see) means False; any other failure (no
+        warehouse, a lost session, a privilege) raises `TargetError` naming the reason.
+        """
+        import snowflake.connector
+
+        name = table.upper()
+        where = self.dialect.qualify(self.spec.database, schema)
+        try:
+            rows = self.query_records(
+                f"SHOW TABLES LIKE {self.dialect.quote_string(name)} IN SCHEMA {where}"
             )
-        except Exception:  # the database itself does not exist yet
-            return False
-        return bool(rows)
+        except snowflake.connector.errors.Error as exc:
+            missing = getattr(exc, "errno", None) == OBJECT_DOES_NOT_EXIST
+            if missing or "does not exist" in str(exc):
+                return False
+            raise TargetError(
+                f"cannot tell whether {where}.{name} exists on {self.describe()}: "
+                f"{self._reason(exc)}"
+            ) from None
+        return any(str(row.get("name", "")).upper() == name for row in rows)
 
     def control(self, table: str) -> str:
         return self.dialect.qualify(self.spec.database, CONTROL_SCHEMA, table)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from clinipipe.sql.render import Statement
 from clinipipe.targets.capabilities.loading import BatchStream, Loading, RangeWork
 from clinipipe.targets.core import TargetError
+from clinipipe.targets.metering import CpuClock
 from clinipipe.targets.snowflake.staging import SnowflakeStaging
 from clinipipe.targets.snowflake.types import snowflake_cast, snowflake_type
 
@@ -55,6 +56,7 @@ class SnowflakeLoading(SnowflakeStaging, Loading):
         name = f"_stage_{table.name}_{work.range_no}"
         stage = self.stage_name(name)
         started = dt.datetime.now(dt.timezone.utc)
+        cpu = CpuClock()  # this (worker) thread reads, parses and stages the range
         try:
             self._create_stage(stage, [(c.name, "VARCHAR") for c in table.columns])
             rows = 0
@@ -62,7 +64,9 @@ class SnowflakeLoading(SnowflakeStaging, Loading):
                 rows += self._write_stage(name, batch.to_pandas())
             ended = dt.datetime.now(dt.timezone.utc)
             statements = self.load_range_sql(table, work, stage)
-            statements += self.range_done_sql(table, work, rows, stream.bytes_read, started, ended)
+            statements += self.range_done_sql(
+                table, work, rows, stream.bytes_read, started, ended, cpu.seconds()
+            )
             self.execute_atomically(statements)
         except snowflake.connector.errors.Error as exc:
             raise TargetError(

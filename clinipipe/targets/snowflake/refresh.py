@@ -10,6 +10,9 @@ from clinipipe.targets.capabilities.refresh import Refresh, RefreshResult
 from clinipipe.targets.core import TargetError
 from clinipipe.targets.snowflake.core import SnowflakeCore
 
+HISTORY_DAYS = 7
+"""How far back the refresh history reaches: all that INFORMATION_SCHEMA keeps."""
+
 
 class SnowflakeRefresh(SnowflakeCore, Refresh):
     """`Refresh` on Snowflake: native dynamic tables (`ALTER DYNAMIC TABLE ... REFRESH`)."""
@@ -32,8 +35,9 @@ class SnowflakeRefresh(SnowflakeCore, Refresh):
         return f"ALTER DYNAMIC TABLE {self.dynamic_table_name(name)} REFRESH"
 
     def dynamic_table_history_sql(self, name: str, limit: int) -> str:
-        """The refreshes of `name`, newest first, from the Information Schema table function
-        (it keeps 7 days; ACCOUNT_USAGE keeps a year, with up to 3 hours' delay)."""
+        """The refreshes of `name` of the last 7 days, newest first, from the Information Schema
+        table function (it keeps 7 days; ACCOUNT_USAGE keeps a year, with up to 3 hours' delay).
+        DATA_TIMESTAMP_START is given: without it the function returns the last day only."""
         from clinipipe.sql.context import DERIVED_SCHEMA
 
         qualified = ".".join(p.upper() for p in (self.spec.database, DERIVED_SCHEMA, name))
@@ -41,7 +45,9 @@ class SnowflakeRefresh(SnowflakeCore, Refresh):
             "SELECT NAME, STATE, REFRESH_ACTION, STATE_MESSAGE, DATA_TIMESTAMP, "
             "REFRESH_START_TIME, REFRESH_END_TIME, STATISTICS, REFRESH_TRIGGER FROM TABLE("
             f"{self.dialect.quote_ident(self.spec.database)}.INFORMATION_SCHEMA."
-            f"DYNAMIC_TABLE_REFRESH_HISTORY(NAME => {self.dialect.quote_string(qualified)}, "
+            "DYNAMIC_TABLE_REFRESH_HISTORY(DATA_TIMESTAMP_START => "
+            f"DATEADD('day', -{HISTORY_DAYS}, CURRENT_TIMESTAMP()), "
+            f"NAME => {self.dialect.quote_string(qualified)}, "
             f"RESULT_LIMIT => {int(limit)})) ORDER BY REFRESH_START_TIME DESC"
         )
 

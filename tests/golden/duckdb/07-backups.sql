@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."backup_policies" (
     store            VARCHAR NOT NULL
 );
 INSERT OR REPLACE INTO "_clinipipe"."backup_policies" VALUES
-    ('clinipipe_backup_policy', TRUE, '24 HOUR', 2555,
+    ('clinipipe_backup_policy', FALSE, '24 HOUR', 2555,
      ['raw'], 'backups');
 
 CREATE TABLE IF NOT EXISTS "_clinipipe"."audit_log" (

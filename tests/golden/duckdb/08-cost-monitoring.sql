@@ -1,7 +1,8 @@
 -- clinipipe: runs_on=target
 -- 08 · Cost monitoring. Every job clinipipe runs is metered here (which warehouse profile, start,
--- end, rows, bytes); `clinipipe cost report` prices it the way Snowflake bills: credits/hour by
--- size, per second, 60 s minimum at each start or resume, idle time until AUTO_SUSPEND.
+-- end, rows, bytes, clinipipe's CPU seconds); `clinipipe cost report` prices it the way Snowflake
+-- bills: credits/hour by size, per second, 60 s minimum at each start or resume, idle time until
+-- AUTO_SUSPEND.
 -- Price per credit (enterprise edition): 3.0 USD.
 
 CREATE TABLE IF NOT EXISTS "_clinipipe"."metering" (
@@ -15,6 +16,13 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."metering" (
     rows_processed  BIGINT,
     bytes_processed BIGINT
 );
+-- CPU seconds of the clinipipe thread that did the job (its client CPU: reading, decoding,
+-- parsing, stage-2 scanning), not the warehouse's (`ended_at - started_at` is the warehouse's
+-- time). Added here, nullable and without a DEFAULT (DuckDB must replay every catalog entry
+-- from its WAL), so that earlier deployments gain it on their next deploy; their old rows
+-- keep NULL ("not measured").
+ALTER TABLE "_clinipipe"."metering" ADD COLUMN IF NOT EXISTS cpu_seconds DOUBLE;
+COMMENT ON COLUMN "_clinipipe"."metering"."cpu_seconds" IS 'CPU seconds of the clinipipe thread that ran the job (client CPU, not the warehouse''s); NULL: not measured';
 
 -- Busy time per warehouse and day, priced at the warehouse's credits/hour (before the 60 s
 -- minimum and idle time, which the cost report adds from the job timeline).

@@ -2,7 +2,17 @@
 -- 01 · Environment for pipeline 'general_hospital' on Snowflake:
 -- database, schemas, the three warehouses of the dual-warehouse design, roles and grants, and
 -- clinipipe's own control tables. Idempotent (IF NOT EXISTS; grants are no-ops when held).
+--
+-- Two roles run this file (privileges per command: docs/DEPLOYMENT_GUIDE.md, "Snowflake
+-- privileges"; `clinipipe deploy --check` lists what is missing before changing anything):
+--   * the admin role "SYSADMIN" creates the account-level objects (database, schemas,
+--     warehouses, roles) and the grants: it needs CREATE DATABASE, CREATE WAREHOUSE, CREATE ROLE
+--     and MANAGE GRANTS (future grants) on the account;
+--   * the pipeline role "CLINIPIPE_ROLE" creates, and so owns, everything inside the database. It
+--     is granted to the admin role, so nothing it owns is orphaned: "SYSADMIN" and the
+--     roles above it keep control.
 
+USE ROLE "SYSADMIN";
 CREATE DATABASE IF NOT EXISTS "CLINIPIPE";
 USE DATABASE "CLINIPIPE";
 CREATE SCHEMA IF NOT EXISTS "CLINIPIPE"."RAW";
@@ -22,10 +32,13 @@ CREATE WAREHOUSE IF NOT EXISTS "CLINIPIPE_CDC_WH" WITH WAREHOUSE_SIZE = 'XSMALL'
   AUTO_RESUME = TRUE INITIALLY_SUSPENDED = TRUE;
 
 -- Roles: the pipeline writes everything; analysts read the serving layer; researchers read
--- only the de-identified schema.
+-- only the de-identified schema. All three are granted to the admin role.
 CREATE ROLE IF NOT EXISTS "CLINIPIPE_ROLE";
 CREATE ROLE IF NOT EXISTS "CLINIPIPE_ROLE_ANALYST";
 CREATE ROLE IF NOT EXISTS "CLINIPIPE_ROLE_RESEARCHER";
+GRANT ROLE "CLINIPIPE_ROLE" TO ROLE "SYSADMIN";
+GRANT ROLE "CLINIPIPE_ROLE_ANALYST" TO ROLE "SYSADMIN";
+GRANT ROLE "CLINIPIPE_ROLE_RESEARCHER" TO ROLE "SYSADMIN";
 GRANT USAGE ON DATABASE "CLINIPIPE" TO ROLE "CLINIPIPE_ROLE";
 GRANT USAGE ON DATABASE "CLINIPIPE" TO ROLE "CLINIPIPE_ROLE_ANALYST";
 GRANT USAGE ON DATABASE "CLINIPIPE" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
@@ -34,12 +47,30 @@ GRANT ALL ON SCHEMA "CLINIPIPE"."DERIVED" TO ROLE "CLINIPIPE_ROLE";
 GRANT ALL ON SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE";
 GRANT ALL ON SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE";
 GRANT ALL ON SCHEMA "CLINIPIPE"."_CLINIPIPE" TO ROLE "CLINIPIPE_ROLE";
-GRANT USAGE, OPERATE ON WAREHOUSE "CLINIPIPE_INIT_WH" TO ROLE "CLINIPIPE_ROLE";
-GRANT USAGE, OPERATE ON WAREHOUSE "CLINIPIPE_CDC_WH" TO ROLE "CLINIPIPE_ROLE";
+-- MODIFY: `clinipipe deploy` applies a size or auto-suspend change of the spec (ALTER WAREHOUSE).
+GRANT USAGE, OPERATE, MODIFY, MONITOR ON WAREHOUSE "CLINIPIPE_INIT_WH" TO ROLE "CLINIPIPE_ROLE";
+GRANT USAGE, OPERATE, MODIFY, MONITOR ON WAREHOUSE "CLINIPIPE_CDC_WH" TO ROLE "CLINIPIPE_ROLE";
+-- The pipeline role creates (and owns) the interactive warehouse with its tables in 04.
+GRANT CREATE WAREHOUSE ON ACCOUNT TO ROLE "CLINIPIPE_ROLE";
+-- Readers. Future grants on TABLES do not cover dynamic tables: those need their own. Interactive
+-- tables are tables (SHOW TABLES lists them, is_interactive): TABLES covers them. The ALL grants
+-- cover what existed before these future grants did.
 GRANT USAGE ON SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE_ANALYST";
+GRANT SELECT ON ALL TABLES IN SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE_ANALYST";
 GRANT SELECT ON FUTURE TABLES IN SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE_ANALYST";
+GRANT SELECT ON ALL DYNAMIC TABLES IN SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE_ANALYST";
+GRANT SELECT ON FUTURE DYNAMIC TABLES IN SCHEMA "CLINIPIPE"."SERVING" TO ROLE "CLINIPIPE_ROLE_ANALYST";
 GRANT USAGE ON SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
+GRANT SELECT ON ALL TABLES IN SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
 GRANT SELECT ON FUTURE TABLES IN SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
+GRANT SELECT ON ALL DYNAMIC TABLES IN SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
+GRANT SELECT ON FUTURE DYNAMIC TABLES IN SCHEMA "CLINIPIPE"."RESEARCH" TO ROLE "CLINIPIPE_ROLE_RESEARCHER";
+
+-- Everything below is created by, and owned by, the pipeline role, on the incremental warehouse
+-- (the MERGE at the end needs a running warehouse).
+USE ROLE "CLINIPIPE_ROLE";
+USE WAREHOUSE "CLINIPIPE_CDC_WH";
+USE DATABASE "CLINIPIPE";
 
 -- clinipipe's control tables: what was deployed, and the warehouses it meters.
 CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."DEPLOYMENTS" (
@@ -143,6 +174,18 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."SCHEMA_HISTORY" (
     detail            VARCHAR,
     lsn               BIGINT NOT NULL,
     applied_at        TIMESTAMP_TZ NOT NULL
+);
+
+-- What each deployment left on the account, object by object (kind, name, attribute, value):
+-- the "old" side of the next deploy's plan where Snowflake cannot report it (a dynamic
+-- table's query, a backup policy's retention, the tables of the interactive warehouse...).
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."DEPLOYED_OBJECTS" (
+    deployment_id     VARCHAR NOT NULL,
+    object_kind       VARCHAR NOT NULL,
+    object_name       VARCHAR NOT NULL,
+    attribute         VARCHAR NOT NULL,
+    value             VARCHAR,
+    recorded_at       TIMESTAMP_TZ NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."WAREHOUSES" (

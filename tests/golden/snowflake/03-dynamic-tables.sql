@@ -6,6 +6,8 @@
 -- Snowflake's pages disagree on scheduled FULL refreshes (older: initialization warehouse,
 -- newer: WAREHOUSE). REFRESH_MODE is fixed at creation: changing it needs CREATE OR REPLACE.
 -- Runs after `clinipipe backfill` has created the raw tables the queries read.
+-- The queries are the spec's (written in DuckDB SQL), translated to Snowflake SQL by clinipipe
+-- (sqlglot; e.g. FILTER (WHERE ...) becomes COUNT_IF / IFF, which Snowflake documents).
 
 USE DATABASE "CLINIPIPE";
 USE SCHEMA "CLINIPIPE"."DERIVED";
@@ -18,14 +20,18 @@ CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."PATIENT_SUMMARY"
   INITIALIZE = ON_CREATE
   COMMENT = 'Encounters, last admission and abnormal labs per patient'
   AS
-select p.patient_id,
-       count(distinct e.encounter_id) as encounters,
-       max(e.admit_ts) as last_admit,
-       count(l.lab_id) filter (where l.abnormal_flag is not null) as abnormal_labs
-from raw.patients p
-left join raw.encounters e on e.patient_id = p.patient_id
-left join raw.labs l on l.encounter_id = e.encounter_id
-group by p.patient_id;
+SELECT
+  p.patient_id,
+  COUNT(DISTINCT e.encounter_id) AS encounters,
+  MAX(e.admit_ts) AS last_admit,
+  COUNT(IFF(NOT l.abnormal_flag IS NULL, l.lab_id, NULL)) AS abnormal_labs
+FROM raw.patients AS p
+LEFT JOIN raw.encounters AS e
+  ON e.patient_id = p.patient_id
+LEFT JOIN raw.labs AS l
+  ON l.encounter_id = e.encounter_id
+GROUP BY
+  p.patient_id;
 
 CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."DAILY_CENSUS"
   TARGET_LAG = '5 minutes'
@@ -34,9 +40,14 @@ CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."DAILY_CENSUS"
   REFRESH_MODE = FULL
   INITIALIZE = ON_CREATE
   AS
-select cast(admit_ts as date) as census_date, department, count(*) as admissions
-from raw.encounters
-group by cast(admit_ts as date), department;
+SELECT
+  CAST(admit_ts AS DATE) AS census_date,
+  department,
+  COUNT(*) AS admissions
+FROM raw.encounters
+GROUP BY
+  CAST(admit_ts AS DATE),
+  department;
 
 CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."RECENT_LABS"
   TARGET_LAG = '1 minutes'
@@ -46,7 +57,17 @@ CREATE DYNAMIC TABLE IF NOT EXISTS "CLINIPIPE"."DERIVED"."RECENT_LABS"
   INITIALIZE = ON_CREATE
   COMMENT = 'The ten most recent lab results of each patient'
   AS
-select patient_id, lab_id, collected_ts, test_name, value_numeric, unit, abnormal_flag
-from raw.labs
-qualify row_number() over (
-  partition by patient_id order by collected_ts desc, lab_id desc) <= 10;
+SELECT
+  patient_id,
+  lab_id,
+  collected_ts,
+  test_name,
+  value_numeric,
+  unit,
+  abnormal_flag
+FROM raw.labs
+QUALIFY
+  ROW_NUMBER() OVER (
+    PARTITION BY patient_id
+    ORDER BY collected_ts DESC NULLS LAST, lab_id DESC NULLS LAST
+  ) <= 10;

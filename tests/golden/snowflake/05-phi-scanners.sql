@@ -94,7 +94,14 @@ ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS sta
 ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS end_offset NUMBER(19,0);
 ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS found_by VARCHAR;
 
-CREATE OR REPLACE SNOWFLAKE.DATA_PRIVACY.CLASSIFICATION_PROFILE "CLINIPIPE"."_CLINIPIPE"."CLINIPIPE_CLASSIFICATION"({
+-- The profile for Snowflake's automatic classification. Created once and never replaced: CREATE
+-- OR REPLACE would detach it from every database and schema it is set on, turning automatic
+-- classification off there (CREATE CLASSIFICATION_PROFILE, sql-reference/classes/
+-- classification_profile/commands/create-classification-profile). clinipipe does not set it on a
+-- schema itself (automatic classification is billed serverless compute): an admin sets it on the
+-- schemas to classify (user-guide/classify-auto), and a redeploy leaves that as it is. To change
+-- its settings later, call its methods (e.g. <profile>!SET_AUTO_TAG(FALSE)) or drop it first.
+CREATE SNOWFLAKE.DATA_PRIVACY.CLASSIFICATION_PROFILE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CLINIPIPE_CLASSIFICATION"({
   'minimum_object_age_for_classification_days': 0,
   'maximum_classification_validity_days': 30,
   'auto_tag': TRUE

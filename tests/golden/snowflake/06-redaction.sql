@@ -99,4 +99,4 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."AUDIT_LOG" (
     entry_hash   VARCHAR NOT NULL
 );
 
-CREATE SCHEMA IF NOT EXISTS "CLINIPIPE"."RESEARCH";
+-- The research schema itself (and its readers' grants) is created by the admin role in 01.

@@ -1,6 +1,6 @@
 -- clinipipe: runs_on=target
 -- 08 · Cost monitoring. clinipipe meters every job it runs (which warehouse, start, end, rows,
--- bytes) into "_CLINIPIPE"."METERING"; Snowflake's own views say what was billed.
+-- bytes, clinipipe's CPU seconds) into "_CLINIPIPE"."METERING"; Snowflake's own views say what was billed.
 -- Billing: credits/hour by size (XSMALL 1 ... X6LARGE 512), per second, 60 s minimum at each
 -- start or resume, idle time billed until AUTO_SUSPEND. Price per credit (enterprise): 3.0 USD.
 -- ACCOUNT_USAGE views lag up to 3 h (metering) and 8 h (anomalies).
@@ -18,6 +18,10 @@ CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."METERING" (
     rows_processed NUMBER,
     bytes_processed NUMBER
 );
+-- CPU seconds of the clinipipe thread that did the job (its client CPU), not the warehouse's
+-- (Snowflake bills warehouse time: WAREHOUSE_METERING_HISTORY). Added here, nullable and
+-- without a DEFAULT, so that earlier deployments gain it on their next deploy (old rows NULL).
+ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."METERING" ADD COLUMN IF NOT EXISTS cpu_seconds FLOAT COMMENT 'CPU seconds of the clinipipe thread that ran the job (client CPU, not the warehouse''s); NULL: not measured';
 
 -- Daily credits of clinipipe's warehouses, with idle credits
 -- (CREDITS_USED_COMPUTE - CREDITS_ATTRIBUTED_COMPUTE_QUERIES).

@@ -1,0 +1,18 @@
+-- plan
+backup policy "CLINIPIPE"."_CLINIPIPE"."CLINIPIPE_BACKUP_POLICY" | retention_days | 2555 -> 365 | rebuilds on: - | recorded | applied
+-- deploy sends
+USE ROLE "CLINIPIPE_ROLE"
+USE WAREHOUSE "CLINIPIPE_CDC_WH"
+USE DATABASE "CLINIPIPE"
+USE DATABASE "CLINIPIPE"
+CREATE BACKUP POLICY IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."CLINIPIPE_BACKUP_POLICY"
+CREATE BACKUP SET IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."RAW_BACKUPS"
+INSERT INTO "CLINIPIPE"."_CLINIPIPE"."DEPLOYED_TEMPLATES" (deployment_id, template, template_digest, statements, deployed_at)
+ALTER BACKUP POLICY "CLINIPIPE"."_CLINIPIPE"."CLINIPIPE_BACKUP_POLICY" SET EXPIRE_AFTER_DAYS = 365
+INSERT INTO "CLINIPIPE"."_CLINIPIPE"."DEPLOYED_OBJECTS" (deployment_id, object_kind, object_name, attribute, value, recorded_at)
+INSERT INTO "CLINIPIPE"."_CLINIPIPE"."DEPLOYMENTS" (deployment_id, deployed_at, spec_digest, clinipipe_version, target_type, statements_run)
+BEGIN TRANSACTION
+INSERT INTO "CLINIPIPE"."_CLINIPIPE"."AUDIT_LOG" (seq, logged_at, actor, action, object, detail, prev_hash, entry_hash)
+COMMIT
+-- plan statements
+ALTER BACKUP POLICY "CLINIPIPE"."_CLINIPIPE"."CLINIPIPE_BACKUP_POLICY" SET EXPIRE_AFTER_DAYS = 365;
