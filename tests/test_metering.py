@@ -72,6 +72,22 @@ def test_every_kind_of_job_is_metered_with_cpu_seconds(
     cpu = {j["job"].split(":")[0]: j["cpu_seconds"] for j in report["by_job"]}
     assert all(cpu[k] is not None for k in KINDS), cpu
 
+    # The report of this real run (synth, backfill, CDC, refresh, publish...): both warehouses
+    # of the dual setup, the single-warehouse comparison and the daily chart.
+    loaded = load_spec(hospital_project)
+    init, cdc_wh = (loaded.spec.warehouses.initialization, loaded.spec.warehouses.incremental)
+    names = {w["name"] for w in report["warehouses"]}
+    assert {init.name.upper(), cdc_wh.name.upper()} <= names, names
+    kinds = [c["kind"] for c in report["comparison"]]
+    assert kinds == ["always-on", "auto-suspend"], kinds
+    assert report["one_off"]["credits"] > 0 and report["steady"]["credits"] > 0
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, err = cli(capsys, "-c", spec, "cost", "report")
+    assert code in (0, 3), err
+    for shown in ("Per warehouse", init.name.upper(), cdc_wh.name.upper(),
+                  "Against one single warehouse", "Daily spend", "█"):  # fmt: skip
+        assert shown in out, (shown, out)
+
 
 def test_deploy_adds_cpu_seconds_to_an_older_metering_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -59,6 +59,10 @@ DOCUMENTED: list[tuple[str, str, re.Pattern[str]]] = [
      DOCS + "sql-reference/sql/grant-privilege (schemaObjectPrivileges; FUTURE and ALL)",
      re.compile(rf"GRANT [A-Z, ]+ ON (ALL|FUTURE) (DYNAMIC |INTERACTIVE )?TABLES IN SCHEMA {_QID}"
                 rf" TO ROLE {_ID}")),
+    ("GRANT <privilege> ON DYNAMIC TABLE <name>",
+     DOCS + "user-guide/dynamic-tables-privileges (specify the object type as DYNAMIC TABLE); "
+     + DOCS + "sql-reference/sql/grant-privilege",
+     re.compile(rf"GRANT [A-Z, ]+ ON DYNAMIC TABLE {_QID} TO ROLE {_ID}")),
     ("CREATE INTERACTIVE TABLE",
      "snowflake-syntax.md 'Interactive tables and warehouses' (GA 2025-12-11); "
      + DOCS + "sql-reference/sql/create-interactive-table",
@@ -329,6 +333,7 @@ def test_retention_lock_needs_the_spec_and_a_confirmation(
     monkeypatch.setattr(pipeline_deploy, "apply_source_files", lambda dsn, files: 0)
     monkeypatch.setattr(pipeline_deploy, "open_target", lambda loaded: Target())
     monkeypatch.setattr(pipeline_deploy, "bind_dynamic_tables", lambda loaded, target: None)
+    monkeypatch.setattr(pipeline_deploy.audit, "record_deploy", lambda target, **_: None)
     spec = write_spec(tmp_path, text)
     code, _, err = cli(capsys, "-c", str(spec), "deploy")
     assert code == 2 and ran == []

@@ -113,6 +113,18 @@ def open_store(loaded: LoadedSpec) -> Store:
     return LocalStore(loaded.resolve(where))
 
 
+def backup_encryption_key(loaded: LoadedSpec) -> str | None:
+    """The key of an encrypted DuckDB warehouse (whose backups are encrypted with a key derived
+    from it), or None: no encryption asked, or its variable not set (`verify` then says which
+    objects it could not read). Never printed."""
+    from clinipipe.secrets import environment
+
+    variable = getattr(loaded.spec.target, "encryption_key_env", None)
+    if not variable:
+        return None
+    return environment(loaded.directory).get(variable) or None
+
+
 def hash_file(path: Path) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:

@@ -9,7 +9,9 @@ Checks, each problem naming the key (or audit entry) at fault:
   fork;
 * every object a manifest names: present, of the recorded size, and (``read_data``) its bytes
   hash to its name; the Parquet footer's row count equals the manifest's (read from the local
-  file, or from the bytes read with ``read_data``);
+  file, or from the bytes read with ``read_data``); an encrypted object (an encrypted DuckDB
+  warehouse's backup) is counted by decrypting it with the warehouse key: without the key,
+  ``read_data`` reports it as a problem and a plain verify notes it as not counted;
 * against the audit log (when its entries are given): the entry each manifest recorded as the
   audit head still has that hash (a rewritten log no longer matches the backups), and every
   ``backup create`` entry's manifest is in the store or was pruned (the newest manifest cannot
@@ -31,6 +33,8 @@ from typing import Any
 from clinipipe.backup.audit import AuditEntry
 from clinipipe.backup.manifest import GENESIS, Chain, Stored, load_chain, manifest_key
 from clinipipe.backup.store import CHUNK, OBJECTS, Store, StoreError, object_key
+from clinipipe.targets.core import TargetError
+from clinipipe.targets.duckdb.backup import encrypted_parquet_rows, key_id_of
 
 Progress = Callable[[str, str, int, int], None]
 
@@ -152,7 +156,11 @@ def check_chain(chain: Chain) -> list[Problem]:
     return problems
 
 
-def _rows_in_parquet(path: Path) -> int:
+def _rows_in_parquet(path: Path, method: str = "", key: str | None = None) -> int:
+    """Rows of the object at `path` (fingerprint method `method`; an encrypted one is read
+    with the warehouse key `key`, `TargetError` naming the key id it needs without it)."""
+    if key_id_of(method) is not None:
+        return encrypted_parquet_rows(path, key, method)
     import pyarrow.parquet as pq
 
     return int(pq.ParquetFile(path).metadata.num_rows)
@@ -165,8 +173,10 @@ def verify_store(
     read_data: bool = False,
     audit_entries: Sequence[AuditEntry] | None = None,
     progress: Progress | None = None,
+    encryption_key: str | None = None,
 ) -> VerifyReport:
-    """Check the store (every backup, or `backup_id` and its link) and return what is wrong."""
+    """Check the store (every backup, or `backup_id` and its link) and return what is wrong.
+    `encryption_key`: the warehouse key, to count the rows of encrypted objects."""
     progress = progress or _noop
     started = time.monotonic()
     report = VerifyReport(read_data=read_data)
@@ -179,19 +189,20 @@ def verify_store(
         problems = [p for p in problems if one.id in p.backups or p.key == one.key]
     report.backups = len(chosen)
     # objects: each checked once, problems name every backup that uses it
-    uses: dict[str, list[tuple[str, int, int, str]]] = defaultdict(list)
+    uses: dict[str, list[tuple[str, int, int, str, str]]] = defaultdict(list)
     for m in chosen:
         if m.manifest is None or not m.intact:
             continue
         for t in m.manifest.tables:
-            uses[t.object].append((m.id, t.bytes, t.rows, t.name))
+            uses[t.object].append((m.id, t.bytes, t.rows, t.name, t.fingerprint_method))
     listing = store.list(OBJECTS)
+    skipped_encrypted = 0
     total = len(uses)
     for i, (digest, users) in enumerate(sorted(uses.items())):
         key = object_key(digest)
         backups = tuple(sorted({u[0] for u in users}))
         tables = ", ".join(sorted({u[3] for u in users}))
-        size, rows = users[0][1], users[0][2]
+        size, rows, method = users[0][1], users[0][2], users[0][4]
         progress("verify", tables, i, total)
         found = listing.get(key)
         if found is None:
@@ -206,13 +217,20 @@ def verify_store(
             continue
         local = store.local_path(key)
         if read_data:
-            problem, read = _check_bytes(store, key, digest, rows, tables, backups, local)
+            problem, read = _check_bytes(store, key, digest, rows, tables, backups, local,
+                                         method, encryption_key)  # fmt: skip
             report.bytes_read += read
             if problem is not None:
                 problems.append(problem)
+        elif local is not None and key_id_of(method) is not None and encryption_key is None:
+            skipped_encrypted += 1
         elif local is not None:
             try:
-                n = _rows_in_parquet(local)
+                n = _rows_in_parquet(local, method, encryption_key)
+            except TargetError as exc:
+                problems.append(Problem("object_unreadable", key, f"object {key} ({tables}): "
+                                        f"{exc}", backups))  # fmt: skip
+                continue
             except Exception:
                 problems.append(Problem("object_unreadable", key,
                                         f"object {key} ({tables}) is not a readable Parquet "
@@ -224,6 +242,9 @@ def verify_store(
                                         f"says {rows:,}", backups))  # fmt: skip
     progress("verify", "", total, total)
     report.objects = total
+    if skipped_encrypted:
+        report.notes.append(f"{skipped_encrypted} encrypted object(s) not row-counted: no key "
+                            "(set the spec's target.encryption_key_env variable)")  # fmt: skip
     if not read_data and store.local_path(OBJECTS) is None:
         report.notes.append("objects checked for presence and size only: --read-data rehashes "
                             "them and checks their row counts")  # fmt: skip
@@ -238,8 +259,8 @@ def verify_store(
 
 
 def _check_bytes(store: Store, key: str, digest: str, rows: int, tables: str,
-                 backups: tuple[str, ...], local: Path | None
-                 ) -> tuple[Problem | None, int]:  # fmt: skip
+                 backups: tuple[str, ...], local: Path | None, method: str = "",
+                 encryption_key: str | None = None) -> tuple[Problem | None, int]:  # fmt: skip
     """Rehash `key` and count its Parquet rows (S3: through a temporary copy)."""
     h = hashlib.sha256()
     read = 0
@@ -261,7 +282,10 @@ def _check_bytes(store: Store, key: str, digest: str, rows: int, tables: str,
                            f"object {key} ({tables}) is damaged: its bytes no longer hash to "
                            "its name", backups), read  # fmt: skip
         try:
-            n = _rows_in_parquet(local if local is not None else copy)
+            n = _rows_in_parquet(local if local is not None else copy, method, encryption_key)
+        except TargetError as exc:
+            return Problem("object_unreadable", key, f"object {key} ({tables}): {exc}",
+                           backups), read  # fmt: skip
         except Exception:
             return Problem("object_unreadable", key,
                            f"object {key} ({tables}) is not a readable Parquet file",

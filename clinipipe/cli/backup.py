@@ -226,7 +226,7 @@ def verify(
 
     Checks every manifest's chain link, every object's presence and size (--read-data: its
     SHA-256 and row count) and the backups against the audit log. Exit 3 naming each problem."""
-    from clinipipe.backup.service import open_store
+    from clinipipe.backup.service import backup_encryption_key, open_store
     from clinipipe.backup.verify import verify_store
 
     state: State = ctx.obj
@@ -237,7 +237,8 @@ def verify(
     with _errors(), _bar(not as_json) as progress:
         report = verify_store(open_store(state.spec()), backup_id=backup_id,
                               read_data=read_data, audit_entries=entries,
-                              progress=progress)  # fmt: skip
+                              progress=progress,
+                              encryption_key=backup_encryption_key(state.spec()))  # fmt: skip
     if why is not None:
         report.notes.append(f"not checked against the audit log: {why}")
     if as_json:

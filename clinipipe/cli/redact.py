@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -66,6 +67,16 @@ def redact(
             "--ai-redact", help="Snowflake: redact notes with AI_REDACT in the warehouse."
         ),
     ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="DuckDB: after a clean final scan, also write the research schema alone to "
+            "this new .duckdb file (no raw, derived, serving or control table): the file to "
+            "give a researcher.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build the research dataset: every table de-identified column by column, by policy.
@@ -80,7 +91,7 @@ def redact(
     values. The HMAC key comes from the variable named by phi.hmac_key_env, never printed.
     """
     from clinipipe.pipeline.operations import redact_now
-    from clinipipe.pipeline.redact import RedactError, RedactOptions
+    from clinipipe.pipeline.redact import RedactError, RedactOptions, export_research
 
     state: State = ctx.obj
     options = RedactOptions(
@@ -92,13 +103,29 @@ def redact(
         ai_redact=ai_redact,
     )
     loaded = state.spec()
+    if export is not None and loaded.spec.target.type != "duckdb":
+        err.print(
+            "error: --export writes a DuckDB file and needs a DuckDB target; on Snowflake give "
+            "researchers a role that reads only the research schema (access.roles)",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(ExitCode.USAGE)
     try:
         result = redact_now(loaded, options, notify=state.notify)
+        exported = (
+            export_research(loaded, result.schema, export)
+            if export is not None and result.clean
+            else None
+        )
     except RedactError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
     if as_json:
-        print_json(result.as_dict())
+        data = result.as_dict()
+        if export is not None:
+            data["export"] = {"file": str(export), "tables": exported}
+        print_json(data)
         if not result.clean:
             raise typer.Exit(ExitCode.FOUND)
         return
@@ -154,9 +181,15 @@ def redact(
         )
         info(f"Manifest and scan recorded in the audit log (entries {result.audit_seq}, "
              f"{scan.audit_seq}).")  # fmt: skip
+        if export is not None:
+            err.print(f"Not exported to {export}.", style="red", markup=False)
         raise typer.Exit(ExitCode.FOUND)
     extra = f" ({scan.ignored} findings the policy allows)" if scan.ignored else ""
     info(f"Final PHI scan of {result.schema} ({scanned}): clean{extra}.")
     info(result.label)
     info(f"Manifest and scan recorded in the audit log (entries {result.audit_seq}, "
          f"{scan.audit_seq}).")  # fmt: skip
+    if exported is not None:
+        info(f"Exported schema {result.schema} alone ({len(exported)} tables, "
+             f"{sum(exported.values()):,} rows) to {export}: a file with no raw, derived, "
+             "serving or control table.")  # fmt: skip

@@ -122,11 +122,14 @@ def status(
     else:
         # 80 columns: the state goes under the lag, the warehouse under the last refresh.
         table = Table(title="Dynamic tables", box=box.SIMPLE_HEAD, pad_edge=False)
+        # The name and the last refresh (action, time, warehouse: short lines) never wrap; the
+        # others wrap between words, so the table always fits 80 columns (with every column
+        # unwrappable, Rich prints "..." once their sum passes the width).
         table.add_column("table", no_wrap=True)
         table.add_column("lag / target")
-        table.add_column("last refresh", no_wrap=True)
-        table.add_column("changes", no_wrap=True)
-        table.add_column("metered 24 h", no_wrap=True)
+        table.add_column("last refresh", no_wrap=True)  # a warehouse name stays whole
+        table.add_column("changes")
+        table.add_column("metered 24 h")
         for s in statuses:
             last = s.last
             flag = "ok"
@@ -163,7 +166,7 @@ def status(
             serving.add_column("table", no_wrap=True)
             serving.add_column("source", no_wrap=True)
             serving.add_column("lag / target")
-            serving.add_column("published", no_wrap=True)
+            serving.add_column("published")
             serving.add_column("rows", justify="right", no_wrap=True)
             for i in served:
                 last_publish = i.last

@@ -21,6 +21,7 @@ from typing import Any
 from clinipipe.spec.checks import dashboard_table
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import Dashboard, DuckDBTarget
+from clinipipe.targets.duckdb.core import encryption_key_of
 from clinipipe.targets.serving_files import ServingReader
 
 __all__ = ["DashboardError", "DashboardResult", "DashboardRunner", "typed_params"]
@@ -107,7 +108,11 @@ class DashboardRunner:
             )
         self.spec = loaded.spec
         self.boards = {d.name: d for d in loaded.spec.dashboards}
-        self.reader = ServingReader(loaded.resolve(target.path), recheck_seconds=recheck_seconds)
+        self.reader = ServingReader(
+            loaded.resolve(target.path),
+            recheck_seconds=recheck_seconds,
+            encryption_key=encryption_key_of(loaded),  # encrypted warehouse: encrypted copies
+        )
 
     def __enter__(self) -> DashboardRunner:
         return self

@@ -53,6 +53,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clinipipe import __version__
@@ -93,6 +94,7 @@ __all__ = [
     "RedactOptions",
     "RedactResult",
     "TableResult",
+    "export_research",
     "final_scan",
     "redact",
 ]
@@ -239,6 +241,37 @@ def redact(
         with open_target(loaded) as opened:
             return _redact(loaded, opened, options, schema, tables, key, as_of)
     return _redact(loaded, target, options, schema, tables, key, as_of)
+
+
+def export_research(loaded: LoadedSpec, schema: str, path: Path) -> dict[str, int]:
+    """`redact --export FILE`: copy the research schema `schema`, and nothing else, into a new
+    DuckDB file at `path` (atomically replaced), so a researcher can be given a file with no
+    PHI in it: DuckDB has no roles, its access boundary is the file. The CLI calls this only
+    after a clean final scan. DuckDB targets only (on Snowflake, grant the research schema to
+    a role: `access.roles`); the warehouse must not be held by a running `cdc start`.
+    Returns rows per exported table."""
+    if loaded.spec.target.type != "duckdb":
+        raise RedactError(
+            "--export writes a DuckDB file and needs a DuckDB target; on Snowflake give "
+            "researchers a role that reads only the research schema (access.roles)",
+            usage=True,
+        )
+    if path.suffix != ".duckdb":
+        raise RedactError(f"--export {path}: the file name must end in .duckdb", usage=True)
+    warehouse = loaded.resolve(loaded.spec.target.path)  # type: ignore[union-attr]
+    if path.resolve() == warehouse.resolve():
+        raise RedactError("--export must name a new file, not the warehouse itself", usage=True)
+    if not path.parent.is_dir():
+        raise RedactError(f"--export {path}: folder {path.parent} does not exist", usage=True)
+    from clinipipe.targets.duckdb.redact import DuckDBRedaction
+
+    try:
+        # read-write: DuckDB attaches the new file with the warehouse's access mode
+        with open_target(loaded) as target:
+            assert isinstance(target, DuckDBRedaction)
+            return target.export_schema(schema, path)
+    except TargetError as exc:
+        raise RedactError(str(exc)) from None
 
 
 def _selected_tables(loaded: LoadedSpec, wanted: Sequence[str] | None) -> list[str]:

@@ -420,6 +420,10 @@ class EmbeddedPostgres:
         stop_timeout: seconds to wait for a fast shutdown before SIGKILL.
         settings: extra ``postgresql.conf`` settings (they override the defaults, except
             ``listen_addresses``, ``port`` and ``unix_socket_directories``).
+        files: files to write into the data directory before the server starts (name ->
+            content), owned by the server's user with mode 0600; e.g. ``server.crt`` and
+            ``server.key`` for ``settings={"ssl": True, "ssl_cert_file": "server.crt", ...}``
+            (relative paths in settings are relative to the data directory).
     """
 
     host: str = _LOOPBACK
@@ -433,12 +437,14 @@ class EmbeddedPostgres:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         settings: Mapping[str, str | int | bool] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> None:
         self._requested_bin_dir = Path(bin_dir) if bin_dir is not None else None
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._extra_settings = dict(settings or {})
+        self._extra_files = dict(files or {})
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner_handle: IO[str] | None = None
@@ -594,6 +600,7 @@ class EmbeddedPostgres:
             os.chown(data_dir, run_as.uid, run_as.gid)
         self._initdb(bin_dir, data_dir, run_as)
         self._write_config(data_dir)
+        self._write_files(data_dir, run_as)
 
         last_error: EmbeddedPostgresError | None = None
         for _attempt in range(_PORT_ATTEMPTS):
@@ -685,6 +692,14 @@ class EmbeddedPostgres:
             "host    all          all  127.0.0.1/32   trust\n"
             "host    replication  all  127.0.0.1/32   trust\n"
         )
+
+    def _write_files(self, data_dir: Path, run_as: _RunAs | None) -> None:
+        for name, content in self._extra_files.items():
+            path = data_dir / Path(name).name
+            path.write_bytes(content)
+            path.chmod(0o600)
+            if run_as is not None:
+                os.chown(path, run_as.uid, run_as.gid)
 
     def _launch(self, bin_dir: Path, data_dir: Path, port: int, run_as: _RunAs | None) -> None:
         log_path = data_dir / _LOG_FILE

@@ -60,12 +60,40 @@ def connect(dsn: str, *, application_name: str = "clinipipe") -> psycopg2.extens
     except psycopg2.Error as exc:
         reason = mask_dsn(first_line(exc))
         raise SourceError(
-            f"cannot connect to the source PostgreSQL ({mask_dsn(dsn)}): {reason}. Check "
-            "source.dsn (CLINIPIPE_SOURCE_DSN), that the server runs and accepts connections "
-            "from this machine, and the credentials.",
+            f"cannot connect to the source PostgreSQL ({mask_dsn(dsn)}): {reason}. "
+            + (
+                tls_hint(reason)
+                or "Check source.dsn (CLINIPIPE_SOURCE_DSN), that the server runs and accepts "
+                "connections from this machine, and the credentials."
+            ),
             transient=is_transient(exc),
             sqlstate=exc.pgcode,
         ) from None
+
+
+_TLS_PHRASES = (
+    "certificate",
+    "ssl error",
+    "server does not support ssl",
+    "sslmode",
+    "sslrootcert",
+    "ssl is not enabled",
+    "tlsv1 alert",
+)
+
+
+def tls_hint(reason: str) -> str | None:
+    """What to check when a connection failure `reason` is about TLS (None when it is not).
+
+    Names the DSN parameters (sslmode, sslrootcert) and never their values."""
+    text = reason.lower()
+    if "ssl syscall error" in text or not any(p in text for p in _TLS_PHRASES):
+        return None
+    return (
+        "The TLS connection to the source failed: check sslmode and sslrootcert (the CA file "
+        "that signed the server's certificate; verify-full also checks the host name) in "
+        "source.dsn, and that the server has ssl = on."
+    )
 
 
 def apply_source_files(dsn: str, files: Sequence[RenderedFile]) -> int:
@@ -126,6 +154,12 @@ _PERMANENT_PHRASES = (
     "invalid dsn",
     "invalid connection option",
     "invalid uri",
+    # TLS: a certificate that does not verify, a missing CA file, a server without TLS.
+    "certificate verify failed",
+    "root certificate file",
+    "server does not support ssl",
+    "does not match host name",
+    "invalid sslmode value",
 )
 _TRANSIENT_PHRASES = (
     "shutting down",

@@ -15,7 +15,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from clinipipe.secrets import first_line, mask_dsn
-from clinipipe.source.postgres import SourceError, connect
+from clinipipe.source.postgres import SourceError, connect, tls_hint
 from clinipipe.sql.dialect import POSTGRES
 
 
@@ -64,8 +64,12 @@ def create_slot_exporting_snapshot(dsn: str, slot: str) -> SnapshotHolder:
     except psycopg2.Error as exc:
         raise SourceError(
             f"cannot open a replication connection to {mask_dsn(dsn)}: "
-            f"{mask_dsn(first_line(exc))}. The role needs the REPLICATION attribute "
-            "(ALTER ROLE ... WITH REPLICATION) and pg_hba.conf must allow it."
+            f"{mask_dsn(first_line(exc))}. "
+            + (
+                tls_hint(first_line(exc))
+                or "The role needs the REPLICATION attribute "
+                "(ALTER ROLE ... WITH REPLICATION) and pg_hba.conf must allow it."
+            ),
         ) from None
     option = "(SNAPSHOT 'export')" if con.server_version >= 150000 else "EXPORT_SNAPSHOT"
     try:

@@ -19,7 +19,13 @@ import psycopg2.extras
 
 from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.source.pgoutput import lsn_to_str
-from clinipipe.source.postgres import RetryPolicy, SourceError, connect, is_transient
+from clinipipe.source.postgres import (
+    RetryPolicy,
+    SourceError,
+    connect,
+    is_transient,
+    tls_hint,
+)
 from clinipipe.source.stream_settings import STREAM_SESSION_OPTIONS, verify_stream_settings
 
 HEARTBEAT_PREFIX = "clinipipe.heartbeat"
@@ -79,8 +85,10 @@ class ReplicationStream:
         except psycopg2.Error as exc:
             self.close()
             reason = mask_dsn(first_line(exc))
+            hint = tls_hint(reason)
             raise SourceError(
-                f"cannot stream from replication slot {self.slot!r}: {reason}",
+                f"cannot stream from replication slot {self.slot!r}: {reason}"
+                + (f". {hint}" if hint else ""),
                 transient=is_transient(exc),
                 sqlstate=exc.pgcode,
             ) from None

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from clinipipe.spec.errors import Problem, format_path
 from clinipipe.spec.model import Spec
-from clinipipe.spec.schemas import schema_names
+from clinipipe.spec.schemas import schema_names, snowflake_settings
 from clinipipe.spec.types import WAREHOUSE_CREDITS_PER_HOUR, did_you_mean
 from clinipipe.spec.yaml_positions import Path, Positions
 
@@ -83,6 +83,7 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
     yield from _dynamic_table_references(spec)
     yield from _dashboard_references(spec)
     yield from release_problems(spec)
+    yield from access_problems(spec)
 
 
 def _raw_name_clashes(spec: Spec) -> Iterator[tuple[Path, str]]:
@@ -324,6 +325,92 @@ def release_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
                     f"column '{column}' is a join key (the primary key of table "
                     f"'{keys[column]}'): research extracts pseudonymize it in every policy, so it "
                     "cannot be released as it is",
+                )
+
+
+# --- access control (spec `access:`) ------------------------------------------------------------
+
+
+def access_role_names(spec: Spec) -> dict[str, str]:
+    """Persona -> Snowflake role name (`role`, else the pipeline role + `_` + the persona)."""
+    if spec.access is None:
+        return {}
+    pipeline = snowflake_settings(spec).role
+    return {
+        persona: r.role or f"{pipeline}_{persona}".upper()
+        for persona, r in spec.access.roles.items()
+    }
+
+
+def access_tables(spec: Spec) -> dict[str, set[str]]:
+    """Schema role -> the tables of that schema a role may be granted one by one."""
+    sources = {t.name for t in spec.source.tables}
+    return {
+        "raw": sources,
+        "research": sources,
+        "derived": {d.name for d in spec.dynamic_tables},
+        "serving": {t.name for t in spec.interactive_tables},
+    }
+
+
+def access_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
+    """Roles name distinct Snowflake roles (not the pipeline's own), tables of this spec and PHI
+    classes some column has; a role reading derived or serving tables (which carry no masking
+    policy) says it sees PHI (`phi_visible: all`)."""
+    if spec.access is None:
+        return
+    settings = snowflake_settings(spec)
+    reserved = {
+        settings.role.upper(): "the pipeline role",
+        settings.admin_role.upper(): "the admin role",
+    }
+    used: dict[str, str] = {}
+    classes = {c for t in spec.source.tables for c in t.columns.values() if c != "none"}
+    tables = access_tables(spec)
+    for persona, name in access_role_names(spec).items():
+        role = spec.access.roles[persona]
+        where: Path = ("access", "roles", persona)
+        at_role: Path = (*where, "role") if role.role else where
+        if name.upper() in reserved:
+            yield (
+                at_role,
+                f"role {name} is {reserved[name.upper()]}; give persona '{persona}' its own role",
+            )
+        elif name.upper() in used:
+            yield at_role, f"role {name} is also the role of persona '{used[name.upper()]}'"
+        used.setdefault(name.upper(), persona)
+        for j, ref in enumerate(role.tables):
+            schema, _, table = ref.partition(".")
+            if schema not in tables:
+                yield (
+                    (*where, "tables", j),
+                    f"'{ref}' is not <schema>.<table> with schema one of "
+                    f"{', '.join(sorted(tables))}",
+                )
+            elif table not in tables[schema]:
+                known = sorted(tables[schema])
+                yield (
+                    (*where, "tables", j),
+                    f"'{table}' is not a {schema} table of this spec"
+                    f"{did_you_mean(table, known)}; {schema} tables: "
+                    f"{', '.join(known) or '(none)'}",
+                )
+        if role.phi_visible != "all":
+            for j, _ in enumerate(role.phi_visible):
+                yield (
+                    (*where, "phi_visible", j),
+                    "per-class PHI visibility needs masking policies, which clinipipe does not "
+                    "render yet: write `phi_visible: all` or leave it out",
+                )
+            unmasked = {"raw", "derived", "serving"} & (
+                set(role.read) | set(role.write) | {t.partition(".")[0] for t in role.tables}
+            )
+            if unmasked and classes:
+                yield (
+                    (*where, "phi_visible") if role.phi_visible else where,
+                    f"persona '{persona}' reads {' and '.join(sorted(unmasked))} tables, which "
+                    "carry no masking policy: it sees their PHI. Say so with `phi_visible: all`, "
+                    "or give it the research schema instead",
                 )
 
 

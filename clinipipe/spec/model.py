@@ -131,6 +131,10 @@ class SourceSpec(Model):
 class DuckDBTarget(Model):
     type: Literal["duckdb"]
     path: str
+    encryption_key_env: Identifier | None = None
+    """Name of the environment variable (or `.env` entry) holding the key that encrypts the
+    warehouse file, its serving files and its backups at rest (never the key itself). Unset:
+    nothing is encrypted."""
 
 
 class SnowflakeTarget(Model):
@@ -149,6 +153,10 @@ class SnowflakeTarget(Model):
     password_env: Identifier = "SNOWFLAKE_PASSWORD"
     """Name of the environment variable holding the password (never the password itself)."""
     private_key_file_env: Identifier = "SNOWFLAKE_PRIVATE_KEY_FILE"
+    """`authenticator: snowflake_jwt`: the variable holding the path of the PEM private key."""
+    private_key_passphrase_env: Identifier = "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"
+    """Name of the variable holding the passphrase of an encrypted private key (unset: the key
+    is not encrypted). Never the passphrase itself."""
 
 
 Target = Annotated[DuckDBTarget | SnowflakeTarget, Field(discriminator="type")]
@@ -344,6 +352,46 @@ class Dashboard(Model):
     description: str | None = None
 
 
+# --- access control (issue 16: roles from the spec) ---------------------------------------------
+
+SchemaRole = Literal["raw", "derived", "serving", "research", "control"]
+"""A warehouse schema by its role (`clinipipe.spec.schemas.schema_names`)."""
+
+
+class AccessRole(Model):
+    """One persona's privileges. Snowflake renders them (templates/snowflake/10-access-control);
+    DuckDB has no roles: there the access boundary is the file (docs/COMPLIANCE_MAPPING.md)."""
+
+    role: Identifier | None = None
+    """The Snowflake role name (default: the pipeline role + `_` + the persona, upper case)."""
+    read: list[SchemaRole] = Field(default_factory=list)
+    """Schemas whose tables and dynamic tables (present and future) the role may SELECT."""
+    write: list[SchemaRole] = Field(default_factory=list)
+    """Schemas whose tables the role may change (INSERT, UPDATE, DELETE, TRUNCATE) and whose
+    dynamic tables it may operate (refresh, suspend, resume)."""
+    tables: list[str] = Field(default_factory=list)
+    """Single tables the role may SELECT, written `<schema role>.<table>` (e.g.
+    `serving.census_dashboard`), besides whole schemas in `read`."""
+    warehouses: list[Literal["initialization", "incremental", "interactive"]] = Field(
+        default_factory=list
+    )
+    phi_visible: Literal["all"] | list[PhiClass] = Field(default_factory=list)
+    """The role sees PHI: `all` is required for a role reading raw, derived or serving tables
+    (they carry no masking policy yet; a list of classes is refused until they do)."""
+    deploy: bool = False
+    """Granted the pipeline role itself (it owns every object: deploy, alter, drop)."""
+
+
+class AccessSpec(Model):
+    """`access:` (absent: only the pipeline role and 01's reader roles, as before)."""
+
+    roles: dict[Identifier, AccessRole] = Field(default_factory=dict)
+    """Persona -> privileges, e.g. clinician, researcher, auditor."""
+
+
+# --- end access control -------------------------------------------------------------------------
+
+
 class Spec(Model):
     """A whole pipeline: where data comes from, where it goes, and what runs on the way."""
 
@@ -358,3 +406,5 @@ class Spec(Model):
     backup: BackupSpec = BackupSpec()
     cost: CostSpec = CostSpec()
     dashboards: list[Dashboard] = Field(default_factory=list)
+    access: AccessSpec | None = None
+    """Roles per persona, grants and masking policies (none when absent)."""

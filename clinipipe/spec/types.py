@@ -24,12 +24,13 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 def _check_identifier(value: Any) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("identifier", "expected an identifier (a string)")
-    if not _IDENTIFIER.match(value) or len(value) > IDENTIFIER_MAX:
+    # fullmatch: `$` would also match before a trailing newline ("patients\n").
+    if not _IDENTIFIER.fullmatch(value) or len(value) > IDENTIFIER_MAX:
         raise PydanticCustomError(
             "identifier",
             "'{value}' is not a plain SQL identifier: use letters, digits and underscores, "
             "starting with a letter or underscore, at most 63 characters",
-            {"value": value[:80]},
+            {"value": value[:80].encode("unicode_escape").decode("ascii")},
         )
     return value
 

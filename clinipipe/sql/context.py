@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clinipipe.spec.checks import access_role_names
 from clinipipe.spec.model import Spec
 from clinipipe.spec.schemas import (
     CONTROL_SCHEMA,
@@ -60,7 +61,42 @@ def template_context(spec: Spec, dialect: str) -> dict[str, Any]:
         "cost": spec.cost,
         "dashboards": spec.dashboards,
         "credit_rates": WAREHOUSE_CREDITS_PER_HOUR,
+        "access": _access(spec, dialect),
     }
+
+
+def _access(spec: Spec, dialect: str) -> list[dict[str, Any]] | None:
+    """Per persona: its role name, the schema names it reads and writes, single tables as
+    (schema name, table, object kind) and warehouse names. None when the spec has no access."""
+    if spec.access is None:
+        return None
+    schemas = schema_names(spec, dialect)
+    names = access_role_names(spec)
+    whs = {
+        "initialization": spec.warehouses.initialization.name,
+        "incremental": spec.warehouses.incremental.name,
+        "interactive": spec.warehouses.interactive.name,
+    }
+    out = []
+    for persona, r in spec.access.roles.items():
+        tables = []
+        for ref in r.tables:
+            schema, _, table = ref.partition(".")
+            kind = "DYNAMIC TABLE" if schema == "derived" else "TABLE"
+            tables.append((schemas[schema], table, kind))
+        out.append(
+            {
+                "persona": persona,
+                "role": names[persona],
+                "read": [schemas[s] for s in dict.fromkeys(r.read)],
+                "write": [schemas[s] for s in dict.fromkeys(r.write)],
+                "tables": tables,
+                "usage": sorted({schemas[s] for s in [*r.read, *r.write]} | {t[0] for t in tables}),
+                "warehouses": [whs[w] for w in dict.fromkeys(r.warehouses)],
+                "deploy": r.deploy,
+            }
+        )
+    return out
 
 
 __all__ = [

@@ -22,6 +22,10 @@ under a reader) are stated in :mod:`clinipipe.pipeline.publish`; the reader's:
   meanwhile), and releases the old one once no query of any thread still runs on it.
 * **Thread-safe.** Queries of different threads run concurrently, each on its own cursor of
   the generation's connection.
+* **Encrypted like the warehouse.** Interactive tables hold PHI, so when the warehouse is
+  encrypted (`target.encryption_key_env`) every generation file is written with the same key
+  (DuckDB database encryption), and a reader needs it (`encryption_key`); CURRENT holds only a
+  file name.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.context import SERVING_SCHEMA
 from clinipipe.targets.base import Target, TargetError
 from clinipipe.targets.duckdb import DuckDBTarget
+from clinipipe.targets.duckdb.core import open_encrypted
 
 CURRENT = "CURRENT"
 """Name of the pointer file in each interactive table's folder."""
@@ -185,10 +190,12 @@ def write_generation(
     assert isinstance(target, DuckDBTarget)
     q = target.dialect.quote_ident
     order = ", ".join(q(c) for c in cluster_by)
-    cur = target.con.cursor()
+    key = target.encryption_key()
+    options = "" if key is None else f" (ENCRYPTION_KEY {target.dialect.quote_literal(key)})"
+    cur = target.cursor()
     try:
         target.use_warehouse("interactive")
-        cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}")
+        cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}{options}")
         served = f"{q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(name)}"
         try:
             cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
@@ -217,12 +224,24 @@ class ServingError(Exception):
 
 
 class _Generation:
-    """One open generation file: its shared flock, its read-only connection, its users."""
+    """One open generation file: its shared flock, its read-only connection, its users, and
+    the statements each new cursor runs first (search path; the catalog when encrypted)."""
 
-    def __init__(self, path: Path, fd: int, threads: int) -> None:
+    def __init__(self, path: Path, fd: int, threads: int, key: str | None = None) -> None:
         self.path = path
         self.fd = fd
-        self.con = duckdb.connect(str(path), read_only=True, config={"threads": threads})
+        self.setup = [_SEARCH_PATH]
+        if key is None:
+            self.con = duckdb.connect(str(path), read_only=True, config={"threads": threads})
+        else:
+            try:
+                self.con, use = open_encrypted(path, key, read_only=True, alias=_ALIAS)
+            except duckdb.Error as exc:
+                raise ServingError(
+                    f"cannot open {path.name} (encrypted): {scrub_values(first_line(exc))}"
+                ) from None
+            self.con.execute(f"SET threads = {int(threads)}")
+            self.setup = [use, f"SET search_path = '{_ALIAS}.{SERVING_SCHEMA},{_ALIAS}.main'"]
         self.users = 0
         self.retired = False
 
@@ -277,11 +296,17 @@ class ServingReader:
     """
 
     def __init__(
-        self, warehouse: Path | str, *, recheck_seconds: float = 0.1, threads: int = 1
+        self,
+        warehouse: Path | str,
+        *,
+        recheck_seconds: float = 0.1,
+        threads: int = 1,
+        encryption_key: str | None = None,
     ) -> None:
         self.root = serving_root(Path(warehouse))
         self.recheck_seconds = recheck_seconds
         self.threads = threads
+        self._key = encryption_key
         self._lock = threading.Lock()
         self._tables: dict[str, _Table] = {}
         self._closed = False
@@ -318,7 +343,8 @@ class ServingReader:
             try:
                 # Queries name `serving.<table>`; bare names resolve there too (the setting
                 # belongs to the cursor's own connection).
-                cur.execute(_SEARCH_PATH)
+                for statement in gen.setup:
+                    cur.execute(statement)
                 cur.execute(sql, params if params is not None else [])
                 columns = [d[0] for d in cur.description or []]
                 return columns, cur.fetchall(), gen.path.name
@@ -347,7 +373,9 @@ class ServingReader:
                 table = self._tables[name] = _Table(self.root / name)
             now = time.monotonic()
             if table.current is None:  # first use: nothing to serve meanwhile, open it here
-                self._install(table, self._find_newer(table.folder, None, None, self.threads))
+                self._install(
+                    table, self._find_newer(table.folder, None, None, self.threads, self._key)
+                )
                 table.checked = now
             elif now - table.checked < self.recheck_seconds or table.checking:
                 return self._use(table)
@@ -357,7 +385,7 @@ class ServingReader:
         # Look for (and open) a newer generation without the lock: queries of other threads
         # keep running on the current one meanwhile.
         try:
-            found = self._find_newer(table.folder, current, stamp, self.threads)
+            found = self._find_newer(table.folder, current, stamp, self.threads, self._key)
         except BaseException:
             with self._lock:
                 table.checking = False
@@ -399,7 +427,11 @@ class ServingReader:
 
     @staticmethod
     def _find_newer(
-        folder: Path, current: _Generation | None, stamp: tuple[int, int] | None, threads: int
+        folder: Path,
+        current: _Generation | None,
+        stamp: tuple[int, int] | None,
+        threads: int,
+        key: str | None = None,
     ) -> tuple[_Generation | None, tuple[int, int]]:
         """The generation CURRENT names in `folder`, opened, if it is not `current`
         ((None, stamp) when unchanged). Touches no reader state, so it runs without the lock."""
@@ -425,7 +457,7 @@ class ServingReader:
             if fd is None:
                 continue  # superseded and deleted meanwhile: read CURRENT again
             try:
-                return _Generation(path, fd, threads), new_stamp
+                return _Generation(path, fd, threads, key), new_stamp
             except BaseException:
                 os.close(fd)
                 raise

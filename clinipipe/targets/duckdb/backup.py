@@ -16,11 +16,19 @@ docstring states the guarantees; DuckDB has no native backups: `cannot.py`). How
   each column is cast to its backed-up type, so the restored table has exactly the backed-up
   columns and types. Primary keys, defaults and other constraints are not in a backup: a
   restored table has none (a `replace` keeps the live table's).
+* Encrypted at rest: when the warehouse is encrypted (`target.encryption_key_env`), every
+  object is Parquet modular encryption (AES-GCM, footer and columns) under a 256-bit key
+  derived from the warehouse key (PBKDF2-SHA256, its own salt). Only a key id (a hash of the
+  derived key) is recorded: in the fingerprint method of each manifest entry
+  (``...+parquet-aes-gcm:<key id>``), so unchanged tables are reused only under the same key
+  and a restore names the key a backup needs. The key is never written beside the objects.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -44,6 +52,66 @@ from clinipipe.targets.core import TargetError
 from clinipipe.targets.duckdb.core import DuckDBCore
 
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd"
+PARQUET_KEY_NAME = "clinipipe_backup"
+"""The session name of the derived Parquet key (``PRAGMA add_parquet_key``)."""
+ENCRYPTED_TAG = "+parquet-aes-gcm:"
+"""Appended (with the key id) to the fingerprint method of encrypted backups."""
+_ENCRYPTION = f"ENCRYPTION_CONFIG {{footer_key: '{PARQUET_KEY_NAME}'}}"
+
+
+@functools.lru_cache(maxsize=4)
+def parquet_key(key: str) -> tuple[str, str]:
+    """(base64 256-bit Parquet key, key id) derived from the warehouse key `key`. The id is a
+    hash of the derived key: it names the key in manifests and messages, and reveals nothing
+    usable to decrypt."""
+    derived = hashlib.pbkdf2_hmac("sha256", key.encode(), b"clinipipe-backup-parquet-v1", 200_000)
+    key_id = hashlib.sha256(b"clinipipe-backup-key-id-v1" + derived).hexdigest()[:16]
+    return base64.b64encode(derived).decode(), key_id
+
+
+def key_id_of(method: str) -> str | None:
+    """The key id an object of fingerprint method `method` is encrypted with (None: plain)."""
+    return method.split(ENCRYPTED_TAG, 1)[1] if ENCRYPTED_TAG in method else None
+
+
+def encrypted_parquet_rows(path: Path, key: str | None, method: str) -> int:
+    """The rows of backup object `path` written with fingerprint method `method`, read with
+    the warehouse key `key` (None: no key at hand). Raises `TargetError` naming the key id
+    the object needs when `key` is missing or another key; reads every row group (the check
+    of ``backup verify --read-data``)."""
+    need = key_id_of(method)
+    con = duckdb.connect(":memory:")
+    try:
+        reader = _reader(con, key, need, "read")
+        row = con.execute(f"SELECT count(*) FROM {reader(path)}").fetchone()
+        assert row is not None
+        return int(row[0])
+    except duckdb.Error as exc:
+        raise _failure(f"cannot read backup object {path.name}", exc) from None
+    finally:
+        con.close()
+
+
+def _reader(con: duckdb.DuckDBPyConnection, key: str | None, need: str | None, doing: str
+            ) -> Any:  # fmt: skip
+    """A function giving the ``read_parquet(...)`` of a path on `con`, with the Parquet key of
+    `key` registered when the objects are encrypted (key id `need`)."""
+    if need is None:
+        return lambda path: f"read_parquet({_literal(str(path))})"
+    if key is None:
+        raise TargetError(
+            f"cannot {doing} the backup: it is encrypted (key id {need}) and this spec names no "
+            "key; set target.encryption_key_env and that variable to the warehouse key"
+        )
+    b64, key_id = parquet_key(key)
+    if key_id != need:
+        raise TargetError(
+            f"cannot {doing} the backup: it is encrypted with key id {need}, and the key in "
+            f"the spec's target.encryption_key_env variable has key id {key_id}"
+        )
+    con.execute(f"PRAGMA add_parquet_key('{PARQUET_KEY_NAME}', '{b64}')")
+    return lambda path: f"read_parquet({_literal(str(path))}, encryption_config = " \
+                        f"{{footer_key: '{PARQUET_KEY_NAME}'}})"  # fmt: skip
 
 
 def _q(name: str) -> str:
@@ -91,7 +159,9 @@ class DuckDBBackup(DuckDBCore, Backup):
     """`Backup` on DuckDB: table export to Parquet and restore (see the module docstring)."""
 
     def backup_fingerprint_method(self) -> str:
-        return f"duckdb-{duckdb.__version__}-rowhash-v1"
+        method = f"duckdb-{duckdb.__version__}-rowhash-v1"
+        key = self.encryption_key()
+        return method if key is None else method + ENCRYPTED_TAG + parquet_key(key)[1]
 
     def exportable_tables(self, schemas: Sequence[str]) -> list[TableRef]:
         if not schemas:
@@ -116,10 +186,17 @@ class DuckDBBackup(DuckDBCore, Backup):
     ) -> Snapshot:
         """File names are ``<n>-<schema>.<table>.parquet`` in `folder`."""
         reuse = reuse or {}
-        cur = self.con.cursor()
+        key = self.encryption_key()
+        options = PARQUET_OPTIONS
+        cur = self.cursor()
         exported: list[ExportedTable] = []
         answers: list[list[tuple[Any, ...]]] = []
         try:
+            if key is not None:  # the session's Parquet key, before the snapshot begins
+                cur.execute(
+                    f"PRAGMA add_parquet_key('{PARQUET_KEY_NAME}', '{parquet_key(key)[0]}')"
+                )
+                options = f"{PARQUET_OPTIONS}, {_ENCRYPTION}"
             cur.execute("BEGIN TRANSACTION")
             try:
                 for sql in reads:
@@ -137,7 +214,7 @@ class DuckDBBackup(DuckDBCore, Backup):
                         cols = ", ".join(_q(c) for c, _ in columns)
                         cur.execute(
                             f"COPY (SELECT {cols} FROM {relation}) TO {_literal(str(path))} "
-                            f"({PARQUET_OPTIONS})"
+                            f"({options})"
                         )
                     exported.append(ExportedTable(ref, rows, columns, fingerprint, path))
                     if on_table is not None:
@@ -160,13 +237,17 @@ class DuckDBBackup(DuckDBCore, Backup):
         on_table: TableProgress | None = None,
     ) -> list[RestoredTable]:
         method = self.backup_fingerprint_method()
-        cur = self.con.cursor()
+        key = self.encryption_key()
+        cur = self.cursor()
         restored: list[RestoredTable] = []
         try:
+            for need in sorted({n for f in files if (n := key_id_of(f.fingerprint_method))}):
+                _reader(cur, key, need, "restore")  # every key needed, before anything is written
             cur.execute("BEGIN TRANSACTION")
             try:
                 for i, f in enumerate(files):
-                    restored.append(_restore_one(cur, f, schema, replace, method))
+                    reader = _reader(cur, key, key_id_of(f.fingerprint_method), "restore")
+                    restored.append(_restore_one(cur, f, schema, replace, method, reader))
                     if on_table is not None:
                         on_table(f"{restored[-1].schema}.{restored[-1].table}", i + 1,
                                  len(files))  # fmt: skip
@@ -183,14 +264,19 @@ class DuckDBBackup(DuckDBCore, Backup):
 
 
 def _restore_one(
-    cur: duckdb.DuckDBPyConnection, f: RestoreFile, schema: str | None, replace: bool, method: str
+    cur: duckdb.DuckDBPyConnection,
+    f: RestoreFile,
+    schema: str | None,
+    replace: bool,
+    method: str,
+    reader: Any,
 ) -> RestoredTable:
     """Load `f` on `cur` (inside the restore's transaction) and check it against its backup."""
     into = TableRef(schema or f.ref.schema, f.ref.table)
     relation = f"{_q(into.schema)}.{_q(into.table)}"
     names = [c for c, _ in f.columns]
     casts = ", ".join(f"CAST({_q(c)} AS {t}) AS {_q(c)}" for c, t in f.columns)
-    source = f"(SELECT {casts} FROM read_parquet({_literal(str(f.path))}))"
+    source = f"(SELECT {casts} FROM {reader(f.path)})"
     exists = bool(_columns(cur, into))
     if exists and not replace:
         raise BackupRefused(
@@ -205,7 +291,8 @@ def _restore_one(
     else:
         cur.execute(f"CREATE TABLE {relation} AS SELECT * FROM {source}")
     rows, fingerprint = _fingerprint(cur, relation, f.columns)
-    checked = f.fingerprint_method == method
+    # Encryption does not change the row hashes: compare the methods without the key id.
+    checked = f.fingerprint_method.split(ENCRYPTED_TAG)[0] == method.split(ENCRYPTED_TAG)[0]
     if rows != f.rows or (checked and fingerprint != f.fingerprint):
         what = "row count" if rows != f.rows else "content fingerprint"
         raise BackupRefused(

@@ -43,7 +43,7 @@ class DuckDBChangeApply(DuckDBCore, ChangeApply):
     def _cdc_transaction(self) -> duckdb.DuckDBPyConnection:
         """The cursor of the open CDC transaction (begun on first use)."""
         if self._cdc_cursor is None:
-            cur = self.con.cursor()
+            cur = self.cursor()
             cur.execute("BEGIN TRANSACTION")
             self._cdc_cursor = cur
         return self._cdc_cursor
@@ -228,7 +228,7 @@ class DuckDBChangeApply(DuckDBCore, ChangeApply):
             f"FROM _clinipipe_fill b WHERE {match}"
         )
         return load_batches(
-            self.con, stream, "_clinipipe_fill", [update], lambda _rows: [forget],
+            self, stream, "_clinipipe_fill", [update], lambda _rows: [forget],
             f"copying column {table.name}.{column} into {self.describe()} failed",
         )  # fmt: skip
 

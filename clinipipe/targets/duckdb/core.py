@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from clinipipe.secrets import first_line, scrub_values
+from clinipipe.secrets import environment, first_line, scrub_values
+from clinipipe.spec.errors import Problem, SpecError
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import DuckDBTarget as DuckDBTargetSpec
 from clinipipe.spec.types import WAREHOUSE_CREDITS_PER_HOUR
@@ -52,9 +54,16 @@ def compute_profile(size: str) -> tuple[int, int]:
 class DuckDBCore(TargetCore):
     """A DuckDB database file. One process may open it read-write at a time.
 
-    Every transaction runs on its own cursor of the one connection; `execute_atomically` is
-    BEGIN ... COMMIT (ROLLBACK on any failure), and DuckDB's WAL makes a commit durable: a
-    kill -9 leaves every committed transaction and none of an uncommitted one.
+    Every transaction runs on its own cursor of the one connection (`cursor`);
+    `execute_atomically` is BEGIN ... COMMIT (ROLLBACK on any failure), and DuckDB's WAL makes
+    a commit durable: a kill -9 leaves every committed transaction and none of an uncommitted
+    one.
+
+    Encrypted at rest when the spec names `target.encryption_key_env`: the file (and its WAL)
+    is DuckDB's AES-GCM database encryption, attached with the key from that variable under
+    the catalog name an unencrypted file would have, and made the default (``USE``) of the
+    connection and of every cursor from `cursor`. Spilled temporary files are encrypted too.
+    The key is never printed; opening without it fails naming the variable only.
     """
 
     type = "duckdb"
@@ -66,6 +75,8 @@ class DuckDBCore(TargetCore):
         assert isinstance(spec, DuckDBTargetSpec)
         self.path = loaded.resolve(spec.path)
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._use: str | None = None
+        """``USE <catalog>`` for new cursors when the file is attached (encrypted)."""
 
     def describe(self) -> str:
         return f"DuckDB file {self.path}"
@@ -81,19 +92,50 @@ class DuckDBCore(TargetCore):
             # creating the file (a dry run must change nothing).
             self._con = duckdb.connect(":memory:")
             return
+        key = self.encryption_key()
         try:
-            self._con = duckdb.connect(str(self.path), read_only=self.read_only)
+            if key is None:
+                self._con = duckdb.connect(str(self.path), read_only=self.read_only)
+            else:
+                self._con, self._use = open_encrypted(self.path, key, read_only=self.read_only)
         except duckdb.Error as exc:
-            reason = first_line(exc)
+            reason = scrub_values(first_line(exc))
             hint = ""
             if "lock" in reason.lower():
                 hint = " Another clinipipe process (or a DuckDB client) has it open; stop it first."
+            elif "without a key" in reason or "encrypted database" in reason:
+                hint = (" The file is encrypted: set target.encryption_key_env in the spec and "
+                        "that variable to its key.")  # fmt: skip
+            elif "is not encrypted" in reason:
+                hint = (f" The spec names ${self._key_variable()} but this file is not "
+                        "encrypted: migrate it (docs/DEPLOYMENT_GUIDE.md, Encryption at rest) "
+                        "or remove target.encryption_key_env.")  # fmt: skip
+            elif "wrong encryption key" in reason.lower():
+                hint = f" Check the key in ${self._key_variable()}."
             raise TargetError(f"cannot open {self.describe()}: {reason}.{hint}") from None
+
+    def _key_variable(self) -> str | None:
+        spec = self.loaded.spec.target
+        assert isinstance(spec, DuckDBTargetSpec)
+        return spec.encryption_key_env
+
+    def encryption_key(self) -> str | None:
+        """The key encrypting this warehouse: `encryption_key_of` the spec."""
+        return encryption_key_of(self.loaded)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor of the connection, reading and writing this warehouse by default (also
+        when it is an attached, encrypted file). The caller closes it."""
+        cur = self.con.cursor()
+        if self._use is not None:
+            cur.execute(self._use)
+        return cur
 
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
+            self._use = None
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -110,7 +152,7 @@ class DuckDBCore(TargetCore):
         return f"{warehouse.name} ({warehouse.size}: {threads} threads, {memory // GIB} GiB)"
 
     def execute_atomically(self, statements: Sequence[str]) -> None:
-        cur = self.con.cursor()
+        cur = self.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
             try:
@@ -140,6 +182,77 @@ class DuckDBCore(TargetCore):
 
 # --- helpers shared by the DuckDB mixins ----------------------------------------------------------
 
+_RESERVED_CATALOGS = {"memory", "system", "temp", "main"}
+
+
+def encryption_key_of(loaded: LoadedSpec) -> str | None:
+    """The key encrypting the spec's DuckDB warehouse (from `target.encryption_key_env`, the
+    environment or `.env`), or None when the spec asks for no encryption. Raises `SpecError`
+    (exit 2) naming the variable when it is not set or empty; the key itself is never part
+    of a message."""
+    spec = loaded.spec.target
+    variable = spec.encryption_key_env if isinstance(spec, DuckDBTargetSpec) else None
+    if variable is None:
+        return None
+    key = environment(loaded.directory).get(variable, "")
+    if not key:
+        line, col = loaded.positions.of_value(("target", "encryption_key_env"))
+        raise SpecError([Problem(
+            loaded.filename or str(loaded.path), line, col,
+            f"target.encryption_key_env: environment variable {variable} is not set (or "
+            "empty): set it (or a .env entry) to the warehouse's encryption key",
+        )])  # fmt: skip
+    return key
+
+
+def httpfs_extension() -> Path | None:
+    """The httpfs extension file of the `duckdb-extension-httpfs` wheel, or None. DuckDB needs
+    it (its OpenSSL crypto) to *write* encrypted files; reading works without it. Loaded by
+    path: DuckDB checks its signature, nothing is downloaded."""
+    try:
+        import duckdb_extension_httpfs  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    base = Path(duckdb_extension_httpfs.__file__).parent / "extensions"
+    found = sorted(base.glob(f"v{duckdb.__version__}/httpfs.duckdb_extension"))
+    return found[0] if found else None
+
+
+def open_encrypted(
+    path: Path, key: str, *, read_only: bool, alias: str | None = None
+) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A connection with the encrypted DuckDB file `path` attached (created when missing and
+    not `read_only`) as catalog `alias` (default: the file's stem, as DuckDB names an
+    unencrypted file) and made the default; returns it and the ``USE`` statement new cursors
+    must run. Temporary files it spills are encrypted. Raises `duckdb.Error` (the key is in no
+    message) or `TargetError` when writing is asked and the crypto extension is missing."""
+    name = alias or path.stem
+    if name.lower() in _RESERVED_CATALOGS:
+        name = "warehouse"
+    ident = '"' + name.replace('"', '""') + '"'
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
+    try:
+        ext = httpfs_extension()
+        if ext is not None:
+            con.execute("LOAD '" + str(ext).replace("'", "''") + "'")
+        elif not read_only:
+            raise TargetError(
+                f"cannot write the encrypted DuckDB file {path}: DuckDB needs its httpfs "
+                "extension for secure encryption; install the duckdb-extension-httpfs "
+                f"=={duckdb.__version__} package"
+            )
+        con.execute("SET temp_file_encryption = true")
+        options = "ENCRYPTION_KEY '" + key.replace("'", "''") + "'"
+        if read_only:
+            options += ", READ_ONLY"
+        con.execute("ATTACH '" + str(path).replace("'", "''") + f"' AS {ident} ({options})")
+        use = f"USE {ident}"
+        con.execute(use)
+    except BaseException:
+        con.close()
+        raise
+    return con, use
+
 
 def rollback(cur: duckdb.DuckDBPyConnection) -> None:
     """Roll back `cur`'s transaction, if one is still open: a COMMIT that failed has already
@@ -160,19 +273,19 @@ def columns_of(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[
 
 
 def load_batches(
-    con: duckdb.DuckDBPyConnection,
+    core: DuckDBCore,
     stream: BatchStream,
     view: str,
     per_batch: Sequence[str],
     finish: Callable[[int], Sequence[str]],
     failure: str,
 ) -> int:
-    """In one transaction: each Arrow batch of `stream` registered as `view` and
-    `per_batch` run over it, then `finish(rows read)`; committed, or on any error rolled
+    """In one transaction (a cursor of `core`): each Arrow batch of `stream` registered as
+    `view` and `per_batch` run over it, then `finish(rows read)`; committed, or on any error rolled
     back whole (a DuckDB error becomes `TargetError` "`failure`: reason"). Returns the rows
     read."""
     rows = 0
-    cur = con.cursor()
+    cur = core.cursor()
     try:
         cur.execute("BEGIN TRANSACTION")
         try:

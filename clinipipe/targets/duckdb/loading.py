@@ -66,7 +66,7 @@ class DuckDBLoading(DuckDBCore, Loading):
             )
 
         return load_batches(
-            self.con, stream, "_clinipipe_batch",
+            self, stream, "_clinipipe_batch",
             [s for s in (delete, insert) if s is not None], done,
             f"loading {table.name} range {work.range_no} into {self.describe()} failed",
         )  # fmt: skip

@@ -4,7 +4,9 @@ transaction (`build_duckdb_tables`); the SQL is the generic `RedactSql`."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import duckdb
 
@@ -36,11 +38,64 @@ class DuckDBRedaction(DuckDBCore, Redaction):
     ) -> dict[str, int]:
         """One transaction for every table, its state row and `finish`'s statements (see
         `build_duckdb_tables`)."""
-        return build_duckdb_tables(self.con, self.dialect, builds, key, finish)
+        return build_duckdb_tables(self.cursor, self.dialect, builds, key, finish)
+
+    def export_schema(self, schema: str, path: Path) -> dict[str, int]:
+        """Copy every table of `schema` into a NEW DuckDB file at `path` (same schema name
+        inside), and nothing else: no raw, derived, serving or control table, no key, no
+        state. Returns rows per table.
+
+        Atomic: the file is written beside `path` under a temporary name, checkpointed, closed
+        and renamed over `path`; a crash or error leaves `path` as it was (and at most the
+        temporary file, removed on error). Reads the warehouse only; the warehouse's own
+        encryption (if any) does not carry over: only de-identified data belongs in `schema`.
+        """
+        quote = self.dialect.quote_ident
+        cur = self.cursor()  # reads this warehouse by default (also when it is encrypted)
+        tables = [
+            str(r[0])
+            for r in cur.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                "AND schema_name = ? ORDER BY table_name",
+                [schema],
+            ).fetchall()
+        ]
+        if not tables:
+            cur.close()
+            raise TargetError(f"schema {schema} has no tables to export: run `clinipipe redact`")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        alias = "__clinipipe_export"
+        counts: dict[str, int] = {}
+        try:
+            cur.execute(f"ATTACH {self.dialect.quote_literal(str(tmp))} AS {alias}")
+            try:
+                cur.execute(f"CREATE SCHEMA {alias}.{quote(schema)}")
+                for table in tables:
+                    source = self.dialect.qualify(schema, table)
+                    cur.execute(
+                        f"CREATE TABLE {alias}.{quote(schema)}.{quote(table)} AS "
+                        f"SELECT * FROM {source}"
+                    )
+                    row = cur.execute(f"SELECT count(*) FROM {source}").fetchone()
+                    counts[table] = int(row[0]) if row else 0
+                cur.execute(f"CHECKPOINT {alias}")
+            finally:
+                cur.execute(f"DETACH {alias}")
+            tmp.replace(path)
+        except (duckdb.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise TargetError(
+                f"exporting schema {schema} to {path} failed, nothing was written: "
+                f"{scrub_values(first_line(exc))}"
+            ) from None
+        finally:
+            cur.close()
+        return counts
 
 
 def build_duckdb_tables(
-    con: duckdb.DuckDBPyConnection,
+    new_cursor: Callable[[], duckdb.DuckDBPyConnection],
     dialect: Dialect,
     builds: Sequence[ResearchBuild],
     key: RedactionKey | None,
@@ -64,7 +119,7 @@ def build_duckdb_tables(
         ipad, opad = key.pads()
         params = {"ipad": ipad, "opad": opad}
     counts: dict[str, int] = {}
-    cur = con.cursor()
+    cur = new_cursor()
     readers: list[duckdb.DuckDBPyConnection] = []
     try:
         if params is not None:
@@ -77,7 +132,7 @@ def build_duckdb_tables(
                 if build.transform is None:
                     cur.execute(f"CREATE OR REPLACE TABLE {new} AS {build.sql}")
                 else:
-                    reader = con.cursor()
+                    reader = new_cursor()
                     readers.append(reader)
                     if params is not None:
                         reader.execute(builder.key_table_sql(), params)

@@ -53,7 +53,7 @@ class DuckDBRefresh(DuckDBCore, Refresh):
         with the columns they will have), so each query binds against what a refresh sees."""
         quote = self.dialect.quote_ident
         found: dict[str, list[tuple[str, str]]] = {}
-        cur = self.con.cursor()
+        cur = self.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
             try:
@@ -212,7 +212,7 @@ class DuckDBRefresh(DuckDBCore, Refresh):
         started = dt.datetime.now(dt.timezone.utc)
         cpu = CpuClock()  # the calling thread runs the refresh
         counts: dict[str, int | None] = {"inserted": None, "deleted": None}
-        cur = self.con.cursor()
+        cur = self.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
             try:

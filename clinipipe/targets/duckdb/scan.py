@@ -117,7 +117,7 @@ class DuckDBPhiScan(DuckDBCore, PhiScan):
         columns = {c: [r[fields.get(c, c)] for r in rows]
                    for c in FINDING_COLUMNS if c not in ("first_seen", "last_seen")}  # fmt: skip
         table = pa.table({**columns, "first_seen": ts, "last_seen": ts})
-        cur = self.con.cursor()
+        cur = self.cursor()
         try:
             cur.register("_clinipipe_phi_findings_in", table)
             cur.execute("BEGIN TRANSACTION")

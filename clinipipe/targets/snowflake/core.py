@@ -107,7 +107,11 @@ class SnowflakeCore(TargetCore):
                     f"set {self.spec.private_key_file_env} to the path of the private key file "
                     "(in the environment or .env) for key-pair authentication"
                 )
-            return {"authenticator": "SNOWFLAKE_JWT", "private_key_file": key_file}
+            args: dict[str, Any] = {"authenticator": "SNOWFLAKE_JWT", "private_key_file": key_file}
+            passphrase = env.get(self.spec.private_key_passphrase_env)
+            if passphrase:
+                args["private_key_file_pwd"] = passphrase
+            return args
         password = env.get(self.spec.password_env)
         if not password:
             raise TargetError(

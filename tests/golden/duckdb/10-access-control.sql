@@ -1,0 +1,10 @@
+-- clinipipe: runs_on=none
+-- 10 · Access control on DuckDB: DuckDB has no roles or grants. The access boundary is the file:
+-- whoever can read a DuckDB file reads all of it. The spec's `access.roles` are rendered for
+-- Snowflake only (templates/snowflake/10-access-control.sql.j2).
+--   * the warehouse file of pipeline 'general_hospital' holds raw PHI: keep it readable by the
+--     pipeline's OS user only;
+--   * interactive tables are published as separate files (`<warehouse>.serving/`), so a dashboard
+--     host can be given those without the raw tables;
+--   * the research schema lives in the warehouse file: a researcher must not be given that file.
+-- Nothing here runs.

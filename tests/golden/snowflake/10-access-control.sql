@@ -1,0 +1,12 @@
+-- clinipipe: runs_on=none
+-- 10 · Access control: one role per persona of the spec's `access.roles`, with its grants.
+-- Runs after 04 (it grants USAGE on the interactive warehouse 04 creates), as the admin role
+-- "SYSADMIN", which needs CREATE ROLE and MANAGE GRANTS (future grants).
+-- Idempotent: CREATE ROLE IF NOT EXISTS; a grant already held is a no-op. A privilege removed
+-- from the spec is NOT revoked by deploy: revoke it by hand (docs/COMPLIANCE_MAPPING.md).
+-- Future grants on TABLES do not cover dynamic tables: those get their own. Interactive tables
+-- are tables: TABLES covers them. The ALL grants cover what existed before.
+-- Not rendered (yet): masking policies by PHI class and row access policies. Until they are,
+-- `clinipipe validate` requires `phi_visible: all` for any role reading raw, derived or serving
+-- tables; a role without PHI reads the research schema only.
+-- (no `access` section in the spec: only the pipeline role and 01's reader roles exist)
