@@ -162,7 +162,6 @@ class _Service:
         """Exit 1 when another `cdc start` runs for this warehouse or the metrics port is
         taken; a socket that cannot be created is only a warning (CDC runs without it)."""
         from clinipipe.pipeline.control import ControlError, ControlRequests, ControlServer
-        from clinipipe.pipeline.metrics import MetricsServer
         from clinipipe.pipeline.operations import HANDLERS
 
         server = ControlServer(self.loaded)
@@ -184,6 +183,8 @@ class _Service:
             info(f"Control socket {server.path}: status, refresh, publish, scan and redact are "
                  "answered between batches")  # fmt: skip
         if metrics_port is not None:
+            from clinipipe.pipeline.metrics import MetricsServer  # prometheus: only when asked
+
             scanner = self.scanner
             metrics = MetricsServer(
                 metrics_port, metrics_host, phi_findings=lambda: scanner.stats.findings

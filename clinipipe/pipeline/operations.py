@@ -25,12 +25,11 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clinipipe.backup import audit
 from clinipipe.backup.service import REQUESTS as BACKUP_REQUESTS
 from clinipipe.backup.service import Request as BackupRequest
-from clinipipe.cost.inputs import CostInputs, gather_cost_inputs
 from clinipipe.pipeline import control
 from clinipipe.pipeline.control import Call, ControlError, Handler
 from clinipipe.pipeline.publish import (
@@ -55,6 +54,9 @@ from clinipipe.pipeline.scan import ScanError, ScanOptions, ScanReport, run_scan
 from clinipipe.pipeline.scan import TableResult as ScanTable
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.targets.base import RefreshResult, Target, TargetError
+
+if TYPE_CHECKING:
+    from clinipipe.cost.inputs import CostInputs
 
 Notify = Callable[[str, bool], None]
 """Called with (message, is_warning): how the CLI hears where a request ran."""
@@ -166,6 +168,8 @@ def _handle_redact(call: Call) -> dict[str, Any]:
 
 
 def _handle_cost_inputs(call: Call) -> dict[str, Any]:
+    from clinipipe.cost.inputs import gather_cost_inputs  # numpy billing: only when asked
+
     now = dt.datetime.fromisoformat(str(call.params["now"]))
     return gather_cost_inputs(call.loaded, call.target, int(call.params["days"]), now).as_dict()
 
@@ -501,6 +505,7 @@ def cost_inputs(
 ) -> CostInputs:
     """What `cost report` / `cost anomalies` read (`clinipipe.cost.inputs`), asked of the
     running `cdc start` when it owns the warehouse, else read from it opened read-only."""
+    from clinipipe.cost.inputs import CostInputs, gather_cost_inputs
     from clinipipe.targets import open_target
 
     params = {"days": days, "now": now.isoformat()}
