@@ -121,6 +121,26 @@ def test_primary_key_and_release_names_are_checked_too(
     assert "has no column 'sate' (did you mean 'state'?)" in flat
 
 
+def test_a_primary_key_other_than_the_sources_is_refused(
+    source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Existing columns, but not the table's key: CDC follows the source's key, so scans and the
+    research extract would link rows by the wrong columns."""
+    text = example_text(**{"primary_key: [lab_id]": "primary_key: [encounter_id]"})
+    spec = write_spec(source, text)
+    labs = text.index("name: labs")
+    line, col = position(text[labs:], "[encounter_id]")
+    line += text[:labs].count("\n")
+    for args in (["deploy", "--dry-run"], ["validate"]):
+        code, out, err = cli(capsys, "-c", str(spec), *args)
+        flat = " ".join(err.split())
+        assert code == 2 and "Traceback" not in out + err, (args, out, err)
+        assert (
+            f":{line}:{col}: source.tables[3].primary_key: source table public.labs has primary "
+            "key (lab_id), not (encounter_id): write primary_key: [lab_id]"
+        ) in flat, (args, flat)
+
+
 def test_validate_checks_names_when_it_can_and_says_so_when_it_cannot(
     source: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -166,7 +166,7 @@ def check_source_columns(loaded: LoadedSpec, *, required: bool = True) -> Column
         if required:
             raise
         return ColumnCheck(False, reason=str(exc))
-    check_spec_columns(loaded, found.columns)
+    check_spec_columns(loaded, found.columns, found.primary_keys)
     names = sum(
         len(t.columns) + len(t.primary_key) + len(t.release)
         for t in spec.source.tables

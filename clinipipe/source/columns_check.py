@@ -23,10 +23,12 @@ from clinipipe.source.postgres import connect
 
 @dataclass(frozen=True)
 class SourceColumns:
-    """`columns`: (schema, table) -> column names in table order; `skipped`: (schema, table)
-    -> why the table's columns could not be read."""
+    """`columns`: (schema, table) -> column names in table order; `primary_keys`: (schema,
+    table) -> its primary key columns in key order (empty for an append-only table without
+    one); `skipped`: (schema, table) -> why the table's columns could not be read."""
 
     columns: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    primary_keys: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
@@ -56,6 +58,7 @@ def source_columns(
                 con.rollback()
                 continue
             result.columns[(schema, table)] = described.column_names
+            result.primary_keys[(schema, table)] = described.primary_key
         con.rollback()
     finally:
         con.close()

@@ -419,15 +419,34 @@ SourceColumns = Mapping[tuple[str, str], Sequence[str]]
 mapping are not checked)."""
 
 
-def source_column_problems(spec: Spec, catalog: SourceColumns) -> Iterator[tuple[Path, bool, str]]:
+def source_column_problems(
+    spec: Spec, catalog: SourceColumns, keys: SourceColumns | None = None
+) -> Iterator[tuple[Path, bool, str]]:
     """(path, is_key, message) for each spec column name that `catalog` does not have: a key of
     `columns` (`is_key`: report the key's position), an entry of `primary_key` or of `release`.
     Names are compared exactly (PostgreSQL's catalog is case-sensitive); the message suggests
-    the closest catalog name."""
+    the closest catalog name. With `keys` ((schema, table) -> the source's primary key), a
+    `primary_key` that names existing columns but not the table's primary key is a problem too:
+    backfill ranges and CDC's updates and deletes follow the source's key, so a different spec
+    key would make scans and the research extract link rows by the wrong columns."""
     for i, table in enumerate(spec.source.tables):
         known = catalog.get((table.schema_, table.name))
         if known is None:
             continue
+        source_key = list((keys or {}).get((table.schema_, table.name), ()))
+        if (
+            source_key
+            and table.primary_key
+            and set(table.primary_key) <= set(known)
+            and sorted(table.primary_key) != sorted(source_key)
+        ):
+            yield (
+                ("source", "tables", i, "primary_key"),
+                False,
+                f"source table {table.qualified} has primary key ({', '.join(source_key)}), "
+                f"not ({', '.join(table.primary_key)}): write primary_key: "
+                f"[{', '.join(source_key)}]",
+            )
         names = set(known)
         listed: list[tuple[Path, bool, str]] = [
             (("source", "tables", i, "columns", c), True, c) for c in table.columns

@@ -116,14 +116,17 @@ def parse_spec(text: str, filename: str, path: FsPath | None = None) -> LoadedSp
     return LoadedSpec(spec=spec, path=path, digest=digest, positions=positions, filename=filename)
 
 
-def check_source_columns(loaded: LoadedSpec, catalog: SourceColumns) -> None:
+def check_source_columns(
+    loaded: LoadedSpec, catalog: SourceColumns, keys: SourceColumns | None = None
+) -> None:
     """Raise `SpecError` (one problem per name, at the spec key's file:line:col, with a
     did-you-mean) when a column name of the spec (`source.tables[].columns` keys,
-    `primary_key`, `release`) is not a column of its source table in `catalog`. Tables missing
-    from `catalog` are not checked."""
+    `primary_key`, `release`) is not a column of its source table in `catalog`, or when a
+    `primary_key` is not the source table's primary key in `keys`. Tables missing from
+    `catalog` are not checked."""
     filename = loaded.filename or str(loaded.path)
     problems = []
-    for where, is_key, message in source_column_problems(loaded.spec, catalog):
+    for where, is_key, message in source_column_problems(loaded.spec, catalog, keys):
         if is_key:
             line, col = loaded.positions.of_key(where)
             shown = format_path(where[:-1])
