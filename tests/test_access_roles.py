@@ -1,22 +1,26 @@
 """Roles from the spec (issue 16, item 1): `access.roles` validated with file:line:col errors, and
-rendered for Snowflake as roles and grants (templates/snowflake/10-access-control.sql.j2).
+rendered for Snowflake as roles, grants and masking policies by PHI class
+(templates/snowflake/10-access-control.sql.j2).
 
 The rendered SQL is golden-tested (CLINIPIPE_UPDATE_GOLDEN=1 rewrites tests/golden/
-snowflake-access/). No fakesnow run: every statement of 10 is CREATE ROLE or GRANT, which fakesnow
-cannot execute (test_snowflake_fakesnow.FAKESNOW_CANNOT skips them), so the golden file and the
-grammar check below are the test. Masking and row access policies are not rendered yet:
-validation refuses a spec that would need them (a role reading PHI tables without saying
-`phi_visible: all`, or a per-class visibility list).
+snowflake-access/). No fakesnow run: fakesnow can execute none of CREATE ROLE, GRANT, CREATE TAG or
+MASKING POLICY (test_snowflake_fakesnow.FAKESNOW_CANNOT skips them), so the golden file, the
+grammar check and the evaluation of every masking policy body below are the test: each body is
+parsed with sqlglot's Snowflake grammar and evaluated in DuckDB for each role and tag value, with
+IS_ROLE_IN_SESSION and SYSTEM$GET_TAG_ON_CURRENT_COLUMN replaced by what a session would return.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import duckdb
 import pytest
+import sqlglot
+from sqlglot import exp
 
 from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
 from clinipipe.spec import load_spec, parse_spec
@@ -24,7 +28,7 @@ from clinipipe.spec.errors import SpecError
 from clinipipe.sql import render
 from clinipipe.targets import dialect_of
 from tests.helpers import cli, example_text, execute, snowflake_text
-from tests.test_snowflake_sql import DOCUMENTED, _code, _unparsed
+from tests.test_snowflake_sql import DOCS, DOCUMENTED, _code, _unparsed
 
 GOLDEN = Path(__file__).parent / "golden" / "snowflake-access"
 UPDATE = os.environ.get("CLINIPIPE_UPDATE_GOLDEN") == "1"
@@ -35,6 +39,7 @@ access:
     pipeline_admin:
       deploy: true
       warehouses: [incremental]
+      phi_visible: all
     ingest:
       write: [raw]
       warehouses: [incremental]
@@ -56,6 +61,15 @@ access:
       warehouses: [incremental]
     auditor:
       read: [control]
+      warehouses: [incremental]
+    billing:
+      role: BILLING
+      read: [raw]
+      warehouses: [incremental]
+      phi_visible: [health_plan_id, account_number]
+    analyst:
+      role: ANALYST
+      read: [raw]
       warehouses: [incremental]
 """
 
@@ -120,13 +134,170 @@ def test_absent_access_renders_nothing_to_run() -> None:
     assert duck.runs_on == "none" and duck.statements == []
 
 
+_ID = r'"[A-Z0-9_]+"'
+_QID = rf"{_ID}(\.{_ID})*"
+_STR = r"'(?:[^']|'')*'"
+MASKING_DOCUMENTED: list[tuple[str, str, re.Pattern[str]]] = [
+    # (what, where it is documented, the documented grammar as a regex); sqlglot reads these
+    # as Commands. The policy bodies are parsed and evaluated on their own (below).
+    ("CREATE MASKING POLICY", DOCS + "sql-reference/sql/create-masking-policy",
+     re.compile(rf"CREATE MASKING POLICY IF NOT EXISTS {_QID} AS \(val (?P<t>[A-Z_]+)\) "
+                r"RETURNS (?P=t) -> CAST\(NULL AS (?P=t)\)")),
+    ("ALTER MASKING POLICY ... SET BODY", DOCS + "sql-reference/sql/alter-masking-policy",
+     re.compile(rf"ALTER MASKING POLICY {_QID} SET BODY ->\s+(?P<body>CASE\s.+\sEND)", re.S)),
+    ("ALTER TAG ... SET MASKING POLICY ... FORCE",
+     DOCS + "sql-reference/sql/alter-tag; " + DOCS + "user-guide/tag-based-masking-policies",
+     re.compile(rf"ALTER TAG {_QID} SET(\s+MASKING POLICY {_QID},)*\s+MASKING POLICY {_QID}"
+                r"\s+FORCE")),
+    ("ALTER SCHEMA ... SET TAG", DOCS + "sql-reference/sql/alter-schema",
+     re.compile(rf"ALTER SCHEMA {_QID} SET TAG {_QID} = {_STR}")),
+    ("ALTER TABLE ... MODIFY COLUMN ... SET TAG", DOCS + "sql-reference/sql/alter-table-column",
+     re.compile(rf"ALTER TABLE {_QID} MODIFY COLUMN {_ID} SET TAG {_QID} = {_STR}")),
+]  # fmt: skip
+
+
+def _access_file(text: str):  # type: ignore[no-untyped-def]
+    return next(f for f in _render(text) if f.name.startswith("10-"))
+
+
 def test_every_access_statement_parses_or_is_documented() -> None:
-    access = next(f for f in _render(snowflake_text() + ACCESS) if f.name.startswith("10-"))
-    statements = [_code(st.sql) for st in access.statements]
+    statements = [_code(st.sql) for st in _access_file(snowflake_text() + ACCESS).statements]
     assert len(statements) > 50
+    forms = [form for _, _, form in DOCUMENTED + MASKING_DOCUMENTED]
     for sql in statements:
         if _unparsed(sql):
-            assert any(form.fullmatch(sql) for _, _, form in DOCUMENTED), sql
+            assert any(form.fullmatch(sql) for form in forms), sql
+        if sql.startswith("CREATE TAG"):  # sqlglot reads this one
+            assert not _unparsed(sql)
+    bodies = [m["body"] for sql in statements if (m := MASKING_DOCUMENTED[1][2].fullmatch(sql))]
+    assert len(bodies) == len(MASKING_TYPES)
+    for body in bodies:
+        assert not _unparsed(f"SELECT {body}"), body
+
+
+# --- masking policies: what each role sees -------------------------------------------------------
+
+MASKING_TYPES = (
+    "VARCHAR", "NUMBER", "FLOAT", "BOOLEAN", "DATE", "TIME", "TIMESTAMP_NTZ", "TIMESTAMP_TZ",
+    "TIMESTAMP_LTZ", "BINARY", "VARIANT", "OBJECT", "ARRAY",
+)  # fmt: skip
+UNTAGGED = None  # SYSTEM$GET_TAG_ON_CURRENT_COLUMN returns NULL for a column without the tag
+
+
+def _policies(text: str) -> dict[str, str]:
+    """Data type -> the body (a CASE expression) of its masking policy in 10."""
+    out = {}
+    for st in _access_file(text).statements:
+        sql = _code(st.sql)
+        if m := MASKING_DOCUMENTED[1][2].fullmatch(sql):
+            out[sql.split('"PHI_MASK_')[1].split('"')[0]] = m["body"]
+    return out
+
+
+def _sees(body: str, session: set[str], tag: str | None) -> bool:
+    """Whether a session holding `session` roles sees a value of a column whose PHI_CLASS tag is
+    `tag`: the body parsed with the Snowflake grammar, the two context functions replaced by what
+    they return in that session, evaluated by DuckDB."""
+    tree = sqlglot.parse_one(f"SELECT {body}", read="snowflake")
+
+    def replace(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Anonymous) and node.name.upper() == "IS_ROLE_IN_SESSION":
+            return exp.Boolean(this=node.expressions[0].this in session)
+        if (
+            isinstance(node, exp.Anonymous)
+            and node.name.upper() == "SYSTEM$GET_TAG_ON_CURRENT_COLUMN"
+        ):
+            assert node.expressions[0].this == '"CLINIPIPE"."_CLINIPIPE"."PHI_CLASS"'
+            return exp.Null() if tag is None else exp.Literal.string(tag)
+        if isinstance(node, exp.Column) and node.name == "val":
+            return exp.Literal.string("the value")
+        if isinstance(node, exp.Cast) and isinstance(node.this, exp.Null):
+            return exp.Null()
+        return node
+
+    sql = tree.transform(replace).sql("duckdb")
+    assert "IS_ROLE_IN_SESSION" not in sql.upper() and "SYSTEM$" not in sql.upper(), sql
+    result = duckdb.sql(sql).fetchone()
+    assert result is not None and result[0] in ("the value", None), result
+    return result[0] == "the value"
+
+
+def test_masking_policies_show_phi_by_class_and_mask_it_for_everyone_else() -> None:
+    policies = _policies(snowflake_text() + ACCESS)
+    assert sorted(policies) == sorted(MASKING_TYPES)
+    cases = [
+        # (roles in the session, tag value, sees the value)
+        ({"CLINIPIPE_ROLE"}, "ssn", True),  # the pipeline role replicates, refreshes, redacts
+        ({"CLINIPIPE_ROLE"}, "unclassified", True),
+        ({"CLINICIAN"}, "name", True),  # phi_visible: all
+        ({"CLINICIAN"}, UNTAGGED, True),
+        ({"CLINIPIPE_ROLE_TRANSFORM"}, "free_text", True),
+        ({"BILLING"}, "health_plan_id", True),  # its classes
+        ({"BILLING"}, "account_number", True),
+        ({"BILLING"}, "name", False),  # not its classes: the mask
+        ({"BILLING"}, "unclassified", False),  # a raw column the spec does not list
+        ({"BILLING"}, UNTAGGED, False),  # a column that lost its tag (table recreated)
+        ({"BILLING"}, "none", True),  # classified none or released
+        ({"ANALYST"}, "name", False),  # no phi_visible: only 'none' columns
+        ({"ANALYST"}, "date", False),
+        ({"ANALYST"}, "none", True),
+        ({"RESEARCHER"}, "mrn", False),
+        ({"CLINIPIPE_ROLE_AUDITOR"}, "ssn", False),
+        ({"PUBLIC"}, "name", False),  # any role the spec does not name
+        (set(), "health_plan_id", False),
+        ({"ANALYST", "BILLING"}, "account_number", True),  # secondary roles add up
+        ({"BILLING"}, "HEALTH_PLAN_ID", False),  # tag values are compared exactly
+        ({"billing"}, "health_plan_id", False),  # role names as Snowflake stores them
+    ]
+    for data_type, body in policies.items():
+        for session, tag, sees in cases:
+            assert _sees(body, session, tag) is sees, (data_type, session, tag)
+
+
+def test_every_column_type_clinipipe_creates_has_a_policy() -> None:
+    """Tag-based masking matches a policy by the column's data type: a type without one would
+    leave its PHI columns unmasked, so every type `snowflake_type` can return has one."""
+    from clinipipe.source.catalog import ColumnType
+    from clinipipe.targets.snowflake import types
+
+    produced = set(types._SIMPLE.values()) | {
+        types.snowflake_type(ColumnType("decimal", "numeric(10,2)", precision=10, scale=2))
+    }
+    bases = {t.split("(")[0] for t in produced}
+    assert {"NUMBER", "VARCHAR", "TIMESTAMP_TZ", "OBJECT"} <= bases
+    assert bases <= set(MASKING_TYPES), bases - set(MASKING_TYPES)
+
+
+def test_raw_columns_are_tagged_with_their_class_and_the_schema_fails_closed() -> None:
+    text = _access_file(snowflake_text() + ACCESS).text
+    tag = '"CLINIPIPE"."_CLINIPIPE"."PHI_CLASS"'
+    raw = '"CLINIPIPE"."RAW"'
+    assert f"ALTER SCHEMA {raw} SET TAG {tag} = 'unclassified';" in text
+    assert f'ALTER TABLE {raw}."PATIENTS" MODIFY COLUMN "SSN" SET TAG {tag} = \'ssn\';' in text
+    # Released columns are not PHI: tagged none (visible to every role reading raw).
+    assert f'ALTER TABLE {raw}."LABS" MODIFY COLUMN "TEST_NAME" SET TAG {tag} = \'none\';' in text
+    tagged = re.findall(
+        r'ALTER TABLE "CLINIPIPE"\."RAW"\."(\w+)" MODIFY COLUMN "(\w+)" SET TAG', text
+    )
+    loaded = parse_spec(snowflake_text(), "clinipipe.yaml", Path("/x/clinipipe.yaml"))
+    expected = {
+        (t.name.upper(), c.upper()) for t in loaded.spec.source.tables
+        for c in [*t.columns, *t.release]
+    }  # fmt: skip
+    assert set(tagged) == expected and len(tagged) == len(expected)
+    for data_type in MASKING_TYPES:
+        assert f'MASKING POLICY "CLINIPIPE"."_CLINIPIPE"."PHI_MASK_{data_type}"' in text
+    # Derived and serving tables carry no tag: validate keeps non-`all` roles out of them.
+    assert '"DERIVED"' not in text.split("-- Masking of PHI")[1]
+    assert '"SERVING"' not in text.split("-- Masking of PHI")[1]
+
+
+def test_a_role_reading_raw_without_phi_visible_is_now_valid() -> None:
+    """Masked by class: reading raw no longer needs `phi_visible: all` (it did before masking)."""
+    text = snowflake_text() + ACCESS.replace("read: [research]", "read: [research, raw]")
+    policies = _policies(text)
+    assert not _sees(policies["VARCHAR"], {"RESEARCHER"}, "name")
+    assert _sees(policies["VARCHAR"], {"RESEARCHER"}, "none")
 
 
 @pytest.mark.parametrize(
@@ -155,9 +326,33 @@ def test_every_access_statement_parses_or_is_documented() -> None:
         ("read: [research]", "read: [serving]", "role: RESEARCHER", "carry no masking policy"),
         (
             "read: [research]",
-            "read: [research]\n      phi_visible: [name]",
+            "read: [research, derived]\n      phi_visible: [name]",
             "[name]",
-            "per-class PHI visibility needs masking policies",
+            "persona 'researcher' reads derived tables, which carry no masking policy",
+        ),
+        (
+            "read: [research]",
+            "read: [research]\n      phi_visible: [ip_address]",
+            "[ip_address]",
+            "no column of this spec has PHI class 'ip_address'",
+        ),
+        (
+            "read: [research]",
+            "read: [research]\n      phi_visible: [none]",
+            "[none]",
+            "'none' is not a PHI class",
+        ),
+        (
+            "      deploy: true\n      warehouses: [incremental]\n      phi_visible: all\n",
+            "      deploy: true\n      warehouses: [incremental]\n",
+            "deploy: true",
+            "is granted the pipeline role (`deploy: true`), which sees every PHI column",
+        ),
+        (
+            "read: [research]",
+            'read: [research]\n      phi_visible: ["name\') OR TRUE --"]',
+            "OR TRUE",
+            "unknown PHI class",
         ),
         ("read: [control]", "read: [audit]", "[audit]", "control"),
         (

@@ -61,7 +61,13 @@ def register(app: typer.Typer) -> None:
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
 ) -> None:
-    """Scaffold a project: clinipipe.yaml (the example hospital), .env.example, .gitignore."""
+    """Scaffold a project: clinipipe.yaml (the example hospital), .env.example, .gitignore.
+
+    Examples:
+
+      clinipipe init my-hospital
+
+      clinipipe init my-hospital && cd my-hospital && cp .env.example .env"""
     spec_path = directory / "clinipipe.yaml"
     if spec_path.exists():
         err.print(f"{spec_path} already exists; nothing was changed.", style="red", markup=False)
@@ -102,7 +108,13 @@ def validate(ctx: typer.Context, as_json: JsonOption = False) -> None:
     catalog (unknown names are problems); when it is not, the summary says that check was
     skipped (`deploy` always makes it). The spec's queries are translated to the target's SQL
     (an untranslatable construct is a problem); costs the spec implies but does not show (a
-    warehouse that never suspends) are warnings, with estimates."""
+    warehouse that never suspends) are warnings, with estimates.
+
+    Examples:
+
+      clinipipe validate
+
+      clinipipe -c hospital.yaml validate --json"""
     state: State = ctx.obj
     try:
         loaded = state.spec()
@@ -174,7 +186,13 @@ def render_command(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Render the numbered SQL templates for a target (to stdout, or files with --out)."""
+    """Render the numbered SQL templates for a target (to stdout, or files with --out).
+
+    Examples:
+
+      clinipipe render --target snowflake --out sql/
+
+      clinipipe render --target duckdb"""
     state: State = ctx.obj
     if target is not None and target not in available_dialects():
         raise typer.BadParameter(
@@ -235,6 +253,7 @@ def _plan_json(plan: DeployPlan) -> dict[str, object]:
         "statements": plan.statements,
         "source_repairs": [{"problem": r.problem, "fix": r.fix} for r in plan.source_repairs],
         "source_problems": plan.source_problems,
+        "source_warnings": plan.source_warnings,
         "changes": [c.as_dict() for c in plan.changes],
     }
 
@@ -309,6 +328,8 @@ def _print_source_checks(plan: DeployPlan, *, done: bool) -> None:
             out.print(f"[yellow]Source repaired:[/yellow] {r.problem}; {r.fixed}.")
         else:
             out.print(f"[yellow]Source:[/yellow] {r.problem}; deploy will {r.fix}.")
+    for warning in plan.source_warnings:
+        err.print(f"warning: {warning}", style="yellow", markup=False)
     for problem in plan.source_problems:
         err.print(f"error: {problem}", style="red", markup=False)
 
@@ -336,7 +357,15 @@ def deploy_command(
         ),
     ] = False,
 ) -> None:
-    """Apply the rendered templates in order; a second run of the same spec changes nothing."""
+    """Apply the rendered templates in order; a second run of the same spec changes nothing.
+
+    Examples:
+
+      clinipipe deploy --dry-run
+
+      clinipipe deploy
+
+      clinipipe deploy --check   # Snowflake: missing privileges"""
     state: State = ctx.obj
     loaded = state.spec()
     if check:

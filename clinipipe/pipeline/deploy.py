@@ -49,6 +49,7 @@ from clinipipe.source.catalog import (
 from clinipipe.source.columns_check import SourceColumns, source_columns
 from clinipipe.source.objects import inspect_source_objects
 from clinipipe.source.postgres import SourceError, apply_source_files, connect
+from clinipipe.source.privileges import inspect_source_privileges
 from clinipipe.spec.checks import dynamic_table_order
 from clinipipe.spec.errors import Problem, SpecError
 from clinipipe.spec.loader import LoadedSpec
@@ -82,7 +83,10 @@ class DeployPlan:
     source_repairs: list[SourceRepair] = field(default_factory=list)
     """Missing source objects the source templates recreate (they are in `to_run`)."""
     source_problems: list[str] = field(default_factory=list)
-    """Missing source objects deploy must not recreate (a lost slot), each with the fix."""
+    """Missing source objects deploy must not recreate (a lost slot), each with the fix, and
+    privileges the source user lacks (`source.privileges`)."""
+    source_warnings: list[str] = field(default_factory=list)
+    """Privileges the source user holds beyond need (one line; `source.privileges`)."""
     changes: list[ObjectChange] = field(default_factory=list)
     """Objects that exist and differ from the spec, with what applies each (after `to_run`)."""
 
@@ -205,6 +209,11 @@ def plan_deployment(loaded: LoadedSpec) -> DeployPlan:
     if any(f.runs_on == "source" and f.name in deployed for f in files):
         plan.source_repairs = repairs
     plan.source_problems = problems
+    privileges = inspect_source_privileges(
+        loaded.spec.source.dsn, [(t.schema_, t.name) for t in loaded.spec.source.tables]
+    )
+    plan.source_problems += privileges.errors()
+    plan.source_warnings = [w for w in [privileges.warning()] if w]
     if plan.source_repairs:  # the source templates are idempotent: running them again recreates
         redo = [f for f in plan.up_to_date if f.runs_on == "source"]
         plan.up_to_date = [f for f in plan.up_to_date if f not in redo]

@@ -354,9 +354,12 @@ def access_tables(spec: Spec) -> dict[str, set[str]]:
 
 
 def access_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
-    """Roles name distinct Snowflake roles (not the pipeline's own), tables of this spec and PHI
-    classes some column has; a role reading derived or serving tables (which carry no masking
-    policy) says it sees PHI (`phi_visible: all`)."""
+    """Roles name distinct Snowflake roles (not the pipeline's own) and tables of this spec.
+    When some column is PHI: a per-class `phi_visible` lists classes some column has (raw
+    columns are masked by class: templates/snowflake/10-access-control); a role reading derived
+    or serving tables (no masking policy: built from unmasked PHI) or holding the pipeline role
+    (`deploy`) must say it sees all PHI (`phi_visible: all`). Fail closed: what is refused here
+    would show PHI to a role the spec says must not see it."""
     if spec.access is None:
         return
     settings = snowflake_settings(spec)
@@ -395,23 +398,38 @@ def access_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
                     f"{did_you_mean(table, known)}; {schema} tables: "
                     f"{', '.join(known) or '(none)'}",
                 )
-        if role.phi_visible != "all":
-            for j, _ in enumerate(role.phi_visible):
+        if role.phi_visible == "all" or not classes:
+            continue
+        for j, phi_class in enumerate(role.phi_visible):
+            if phi_class == "none":
                 yield (
                     (*where, "phi_visible", j),
-                    "per-class PHI visibility needs masking policies, which clinipipe does not "
-                    "render yet: write `phi_visible: all` or leave it out",
+                    "'none' is not a PHI class: columns classified none are visible to every "
+                    "role that reads them; remove it",
                 )
-            unmasked = {"raw", "derived", "serving"} & (
-                set(role.read) | set(role.write) | {t.partition(".")[0] for t in role.tables}
-            )
-            if unmasked and classes:
+            elif phi_class not in classes:
                 yield (
-                    (*where, "phi_visible") if role.phi_visible else where,
-                    f"persona '{persona}' reads {' and '.join(sorted(unmasked))} tables, which "
-                    "carry no masking policy: it sees their PHI. Say so with `phi_visible: all`, "
-                    "or give it the research schema instead",
+                    (*where, "phi_visible", j),
+                    f"no column of this spec has PHI class '{phi_class}'; classes in use: "
+                    f"{', '.join(sorted(classes))}",
                 )
+        unmasked = {"derived", "serving"} & (
+            set(role.read) | set(role.write) | {t.partition(".")[0] for t in role.tables}
+        )
+        if unmasked:
+            yield (
+                (*where, "phi_visible") if role.phi_visible else where,
+                f"persona '{persona}' reads {' and '.join(sorted(unmasked))} tables, which "
+                "carry no masking policy (the pipeline role builds them from unmasked PHI): it "
+                "would see all their PHI. Say so with `phi_visible: all`, or give it the raw "
+                "schema (masked by PHI class) or the research schema instead",
+            )
+        if role.deploy:
+            yield (
+                (*where, "deploy"),
+                f"persona '{persona}' is granted the pipeline role (`deploy: true`), which sees "
+                "every PHI column unmasked: say so with `phi_visible: all`",
+            )
 
 
 SourceColumns = Mapping[tuple[str, str], Sequence[str]]

@@ -376,8 +376,10 @@ class AccessRole(Model):
         default_factory=list
     )
     phi_visible: Literal["all"] | list[PhiClass] = Field(default_factory=list)
-    """The role sees PHI: `all` is required for a role reading raw, derived or serving tables
-    (they carry no masking policy yet; a list of classes is refused until they do)."""
+    """Which PHI the role sees unmasked: `all`, or a list of PHI classes. Raw columns are masked
+    by class for every other role (NULL; templates/snowflake/10-access-control); columns the spec
+    does not classify are masked too unless classified `none` or released. `all` is required for
+    a role reading derived or serving tables (no masking policy there) or with `deploy`."""
     deploy: bool = False
     """Granted the pipeline role itself (it owns every object: deploy, alter, drop)."""
 

@@ -94,6 +94,7 @@ def _access(spec: Spec, dialect: str) -> list[dict[str, Any]] | None:
                 "usage": sorted({schemas[s] for s in [*r.read, *r.write]} | {t[0] for t in tables}),
                 "warehouses": [whs[w] for w in dict.fromkeys(r.warehouses)],
                 "deploy": r.deploy,
+                "phi_visible": r.phi_visible,
             }
         )
     return out

@@ -72,7 +72,8 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'clinipip
 SELECT 'max_wal_senders = ' || current_setting('max_wal_senders') AS problem
 WHERE current_setting('max_wal_senders')::int < 1;
 
--- The publication clinipipe streams from; tables missing from it are added.
+-- The publication clinipipe streams from (tables missing from it are added), and the dedicated
+-- replication user clinipipe should connect as, "general_hospital_replication" (see inside).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'clinipipe_pub') THEN
@@ -127,6 +128,52 @@ BEGIN
     ) THEN
         ALTER PUBLICATION "clinipipe_pub" ADD TABLE "public"."clinical_notes";
     END IF;
+    -- The dedicated replication user "general_hospital_replication" for source.dsn (least
+    -- privilege): LOGIN and REPLICATION only (NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS),
+    -- USAGE on the published tables' schemas and SELECT on those tables; it owns nothing. No
+    -- password is set here (never in SQL): as a superuser, run psql's
+    --   \password "general_hospital_replication"
+    -- (or use certificate authentication), then write that user in source.dsn. An existing role
+    -- of that name is left as it is (`clinipipe deploy` warns about what it holds beyond need).
+    -- Creating the role needs CREATEROLE and REPLICATION, granting needs the tables' owner: when
+    -- the user running this file cannot (the replication user itself, on later deploys), this
+    -- inner block changes nothing and says so in a NOTICE. Once all is granted it is a no-op.
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'general_hospital_replication') THEN
+            BEGIN
+                CREATE ROLE "general_hospital_replication" WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- a concurrent deploy created it
+            END;
+        END IF;
+        IF NOT has_schema_privilege('general_hospital_replication', 'public', 'USAGE') THEN
+            GRANT USAGE ON SCHEMA "public" TO "general_hospital_replication";
+        END IF;
+        IF NOT has_table_privilege('general_hospital_replication', '"public"."patients"', 'SELECT') THEN
+            GRANT SELECT ON TABLE "public"."patients" TO "general_hospital_replication";
+        END IF;
+        IF NOT has_table_privilege('general_hospital_replication', '"public"."providers"', 'SELECT') THEN
+            GRANT SELECT ON TABLE "public"."providers" TO "general_hospital_replication";
+        END IF;
+        IF NOT has_table_privilege('general_hospital_replication', '"public"."encounters"', 'SELECT') THEN
+            GRANT SELECT ON TABLE "public"."encounters" TO "general_hospital_replication";
+        END IF;
+        IF NOT has_table_privilege('general_hospital_replication', '"public"."labs"', 'SELECT') THEN
+            GRANT SELECT ON TABLE "public"."labs" TO "general_hospital_replication";
+        END IF;
+        IF NOT has_table_privilege('general_hospital_replication', '"public"."medications"', 'SELECT') THEN
+            GRANT SELECT ON TABLE "public"."medications" TO "general_hospital_replication";
+        END IF;
+        IF NOT has_table_privilege('general_hospital_replication', '"public"."claims"', 'SELECT') THEN
+            GRANT SELECT ON TABLE "public"."claims" TO "general_hospital_replication";
+        END IF;
+        IF NOT has_table_privilege('general_hospital_replication', '"public"."clinical_notes"', 'SELECT') THEN
+            GRANT SELECT ON TABLE "public"."clinical_notes" TO "general_hospital_replication";
+        END IF;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'clinipipe: % cannot create or grant to the replication user % (%): run this file as a superuser or the tables'' owner',
+            current_user, 'general_hospital_replication', SQLERRM;
+    END;
 END
 $$;
 

@@ -6,7 +6,22 @@
 -- from the spec is NOT revoked by deploy: revoke it by hand (docs/COMPLIANCE_MAPPING.md).
 -- Future grants on TABLES do not cover dynamic tables: those get their own. Interactive tables
 -- are tables: TABLES covers them. The ALL grants cover what existed before.
--- Not rendered (yet): masking policies by PHI class and row access policies. Until they are,
--- `clinipipe validate` requires `phi_visible: all` for any role reading raw, derived or serving
--- tables; a role without PHI reads the research schema only.
+-- Masking (raw tables): one tag, PHI_CLASS, whose value on a raw column is its PHI class from
+-- the spec's `source.tables[].columns` ('none' for a column classified none or released), and
+-- one masking policy per Snowflake data type set on that tag, so every column type clinipipe
+-- creates (clinipipe/targets/snowflake/types.py) is matched without knowing each column's type
+-- here (rendering does not read the source catalog). The raw schema carries the tag too, value
+-- 'unclassified': a raw column without its own tag (one the spec does not list, or any column
+-- of a raw table recreated by `backfill --force`, until this file is applied again by hand:
+-- deploy sees no change in it) inherits it and is masked for every role without
+-- `phi_visible: all`: fail closed. The mask is NULL, for every type. The pipeline role (it replicates, refreshes and redacts) and roles with
+-- `phi_visible: all` see every value; a role with a list of classes sees columns of those
+-- classes and columns tagged 'none'; every other role sees NULL. Roles above these in the
+-- hierarchy (the admin role holds every persona role) see what the roles they hold see.
+-- Policies are created IF NOT EXISTS (fail closed: NULL for everyone until their body is set)
+-- and their body is set each time this file runs: a changed `access` changes this file, so the
+-- next deploy runs it again.
+-- Derived (dynamic) and serving (interactive) tables carry no policy: the pipeline role builds
+-- them from unmasked values, so `clinipipe validate` requires `phi_visible: all` for a role
+-- reading them. Row access policies are not rendered.
 -- (no `access` section in the spec: only the pipeline role and 01's reader roles exist)
