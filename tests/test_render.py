@@ -28,7 +28,7 @@ def test_golden(dialect: str) -> None:
     """The rendered SQL of examples/hospital.yaml is pinned (CLINIPIPE_UPDATE_GOLDEN=1 rewrites)."""
     loaded = parse_spec(example_text(), "clinipipe.yaml", Path("/x/clinipipe.yaml"))
     files = render(loaded, dialect_of(dialect))
-    assert [f.name[:3] for f in files] == [f"{n:02d}-" for n in range(1, 11)]
+    assert [f.name[:3] for f in files] == [f"{n:02d}-" for n in range(1, 12)]
     folder = GOLDEN / dialect
     if UPDATE:
         folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def test_render_cli_out_and_invalid_spec_writes_nothing(
     )
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "sql").iterdir())[0] == "01-setup-environment.sql"
-    assert len(list((tmp_path / "sql").iterdir())) == 10
+    assert len(list((tmp_path / "sql").iterdir())) == 11
 
     write_spec(tmp_path, example_text(**{"size: X6LARGE": "size: XXL"}))
     code, _, err = cli(capsys, "-c", str(spec), "render", "--out", str(tmp_path / "bad"))

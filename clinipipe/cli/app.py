@@ -16,6 +16,7 @@ from clinipipe.cli import cost as cost_cli
 from clinipipe.cli import redact as redact_cli
 from clinipipe.cli import refresh as refresh_cli
 from clinipipe.cli import scan as scan_cli
+from clinipipe.cli import verify as verify_cli
 from clinipipe.cli.output import ExitCode, Verbosity, err
 from clinipipe.cli.state import State
 from clinipipe.secrets import mask_dsn, scrub_values
@@ -95,6 +96,7 @@ scan_cli.register(app)
 serve.register(app)
 backup_cli.register(app)
 cost_cli.register(app)
+verify_cli.register(app)
 later.register(app)
 
 

@@ -66,7 +66,15 @@ def start(
     While it runs it owns the warehouse and answers the other commands (status, refresh,
     publish, scan, redact) over a control socket next to it (mode 0600). SIGTERM or Ctrl-C:
     the current batch is finished, what is due is refreshed and published, exit 0 (3 when a
-    table is paused)."""
+    table is paused).
+
+    Examples:
+
+      clinipipe cdc start
+
+      clinipipe cdc start --until-caught-up --json
+
+      clinipipe cdc start --metrics-port 9187"""
     from clinipipe.pipeline.cdc import CdcError, CdcLoop, CdcOptions
     from clinipipe.source.pgoutput import lsn_to_str
 
@@ -157,6 +165,7 @@ class _Service:
         self.server: Any = None
         self.metrics: Any = None
         self.cost_sender: Any = None
+        self.verify_sender: Any = None
 
     def start(self, metrics_port: int | None, metrics_host: str) -> None:
         """Exit 1 when another `cdc start` runs for this warehouse or the metrics port is
@@ -199,6 +208,47 @@ class _Service:
             self.jobs.append(metrics.job)
             info(f"Metrics at {metrics.url}")
         self._watch_cost()
+        self._schedule_verify()
+
+    def _schedule_verify(self) -> None:
+        """With `verify.every` in the spec, a `VerifyJob` runs a sampled verify that often;
+        differences are alerted to `verify.alerts` (exit 2 when a variable it names is unset)."""
+        from clinipipe.notify import AlertConfigError
+        from clinipipe.pipeline.cdc.after_batch import VerifyJob
+        from clinipipe.pipeline.verify import VerifyAlert, VerifyReport, verify_sender
+
+        settings = self.loaded.spec.verify
+        if settings.every is None or settings.every.seconds is None:
+            return
+        try:
+            sender = verify_sender(
+                self.loaded, on_event=lambda m: err.print(f"warning: {m}", markup=False)
+            )
+        except AlertConfigError as exc:
+            err.print(f"error: {exc}", style="red", markup=False)
+            raise typer.Exit(ExitCode.USAGE) from None
+        self.verify_sender = sender
+        pipeline = self.loaded.spec.name
+
+        def on_report(report: VerifyReport) -> None:
+            counts = report.counts()
+            if report.outcome == "differences":
+                err.print(f"verify {report.run_id[:12]}: {report.differences} difference(s) "
+                          "between the source and the warehouse, see _clinipipe.verify_runs",
+                          style="red", markup=False)  # fmt: skip
+                if sender is not None:
+                    sender.send(VerifyAlert(pipeline, report))
+            elif report.outcome == "cdc_behind":
+                err.print(f"verify {report.run_id[:12]}: not verified ({report.message})",
+                          style="yellow", markup=False)  # fmt: skip
+            else:
+                info(f"verify {report.run_id[:12]}: equal ({counts['rows']:,} rows sampled, "
+                     f"{counts['keys_not_checked']} changed keys not checked)")  # fmt: skip
+
+        self.jobs.append(VerifyJob(settings.every.seconds, settings.sample, on_report))
+        alerts = f"alerts to {sender.endpoint}" if sender is not None else "no alerts"
+        info(f"Verify of {settings.sample:g}% of the key ranges every {settings.every.text}; "
+             f"{alerts}")  # fmt: skip
 
     def _watch_cost(self) -> None:
         """With `cost.alerts` in the spec, a `CostWatch` job checks spend anomalies and runaway
@@ -228,6 +278,9 @@ class _Service:
         if self.cost_sender is not None:
             self.cost_sender.close()
             self.cost_sender = None
+        if self.verify_sender is not None:
+            self.verify_sender.close()
+            self.verify_sender = None
 
 
 # --- PHI scanners on every batch (clinipipe.pipeline.scan) -------------------------------------
@@ -285,7 +338,13 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
     While `cdc start` runs it answers (with its live counters under `running`); otherwise the
     warehouse is opened read-only. The JSON has the same keys either way. Exit 3 when the slot
     holds back more WAL than source.lag_warning_mb or a table is paused; 1 when the slot is
-    missing or invalidated."""
+    missing or invalidated.
+
+    Examples:
+
+      clinipipe cdc status
+
+      clinipipe cdc status --json"""
     from clinipipe.pipeline.operations import cdc_status
 
     state: State = ctx.obj
@@ -392,7 +451,11 @@ def reset(
     ] = False,
 ) -> None:
     """Drop the replication slot, the CDC checkpoints and the backfill's record (before a
-    fresh backfill). Refused while `cdc start` runs. Recorded in the audit log."""
+    fresh backfill). Refused while `cdc start` runs. Recorded in the audit log.
+
+    Examples:
+
+      clinipipe cdc reset --yes && clinipipe backfill"""
     from clinipipe.pipeline import control
     from clinipipe.pipeline.operations import cdc_reset
 

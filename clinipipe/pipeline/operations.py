@@ -50,6 +50,7 @@ from clinipipe.pipeline.refresh import (
     dynamic_table_status,
 )
 from clinipipe.pipeline.refresh import refresh as run_refresh
+from clinipipe.pipeline.verify import HANDLERS as VERIFY_HANDLERS
 from clinipipe.pipeline.scan import ScanError, ScanOptions, ScanReport, run_scan
 from clinipipe.pipeline.scan import TableResult as ScanTable
 from clinipipe.spec.loader import LoadedSpec
@@ -187,6 +188,7 @@ HANDLERS: dict[str, Handler] = {
     "redact": _handle_redact,
     "cost_inputs": _handle_cost_inputs,
     **{op: _backup_handler(request) for op, request in BACKUP_REQUESTS.items()},
+    **VERIFY_HANDLERS,
 }
 """What a running `cdc start` answers on its control socket (besides `hello`)."""
 

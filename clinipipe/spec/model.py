@@ -343,6 +343,37 @@ class CostSpec(Model):
     """Webhook alerts for open cost anomalies (none when absent)."""
 
 
+# --- verify (issue 19) ---------------------------------------------------------------------------
+
+
+class VerifyAlertsSpec(CostAlertsSpec):
+    """Where a scheduled verify that found differences is reported (the same webhook mechanism
+    as `phi.alerts` and `cost.alerts`; names and counts only, never values)."""
+
+    webhook_url_env: Identifier = "CLINIPIPE_VERIFY_WEBHOOK_URL"
+
+
+class VerifySpec(Model):
+    """`verify:` (absent: `clinipipe verify` only runs when asked)."""
+
+    every: DurationField | None = None
+    """`cdc start` runs a sampled verify this often (e.g. `1 hour`); none when absent."""
+    sample: Annotated[float, Field(gt=0, le=100)] = 10.0
+    """Percent of each table's key ranges a scheduled run checks."""
+    alerts: VerifyAlertsSpec | None = None
+    """Webhook alert when a scheduled run finds differences (none when absent)."""
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: Duration | None) -> Duration | None:
+        if value is not None and value.seconds is None:
+            raise PydanticCustomError("duration", "verify.every needs a duration, not downstream")
+        return value
+
+
+# --- end verify ----------------------------------------------------------------------------------
+
+
 class Dashboard(Model):
     name: Identifier
     sql: str
@@ -407,6 +438,7 @@ class Spec(Model):
     phi: PhiSpec = PhiSpec()
     backup: BackupSpec = BackupSpec()
     cost: CostSpec = CostSpec()
+    verify: VerifySpec = VerifySpec()
     dashboards: list[Dashboard] = Field(default_factory=list)
     access: AccessSpec | None = None
     """Roles per persona, grants and masking policies (none when absent)."""

@@ -14,6 +14,7 @@ Refresh         dynamic tables: state, history, refresh (clinipipe's engine or t
 Redaction       research (de-identified) tables
 PhiScan         stage 1 of the PHI scan in the warehouse, the findings store
 Backup          table export to Parquet and restore, or the warehouse's native backups
+Verify          checksums of raw tables for `clinipipe verify`, and its run records
 ==============  ===========================================================================
 
 Code that needs only some capabilities should say so in its annotations (`target: Refresh`);
@@ -46,10 +47,13 @@ from clinipipe.targets.capabilities.refresh import (
     changed_keys_source,
 )
 from clinipipe.targets.capabilities.state import BackfillRun, PipelineState, RecordedColumn
+from clinipipe.targets.capabilities.verify import Verify
 from clinipipe.targets.core import TargetCore, TargetError
 
 
-class Target(Deployment, Loading, ChangeApply, PipelineState, Refresh, Redaction, PhiScan, Backup):
+class Target(
+    Deployment, Loading, ChangeApply, PipelineState, Refresh, Redaction, PhiScan, Backup, Verify
+):
     """A warehouse clinipipe deploys to and loads into: the core and every capability.
 
     Defines nothing of its own. A dialect is a core class plus one mixin per capability

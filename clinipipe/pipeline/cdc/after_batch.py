@@ -33,6 +33,7 @@ from clinipipe.targets.base import CdcBatch, Target
 
 if TYPE_CHECKING:
     from clinipipe.pipeline.cdc.model import CdcStats, CdcSummary
+    from clinipipe.pipeline.verify import ScheduledVerify, VerifyReport
 
 IDLE_SECONDS = 0.5
 """Jobs run at least this often while CDC is idle."""
@@ -157,3 +158,47 @@ class PublishJob:
         self.summary.publish_failures += [f"{n}: {why}" for n, why in failures]
         if published:
             self._published([p.name for p in published])
+
+
+class VerifyJob:
+    """`verify.every` (issue 19): every `every_seconds` a sampled verify (`sample` percent of
+    each table's key ranges) on the loop's target, with `clinipipe verify`'s consistency
+    guarantee (`clinipipe.pipeline.verify.ScheduledVerify`). A run never holds CDC back: while
+    the warehouse has not reached the run's snapshot, batches go on and the run resumes at a
+    later round. Each finished run (recorded in ``_clinipipe.verify_runs``) goes to
+    `on_report`, which alerts on differences. A failing run raises (the loop reports it and
+    goes on) and the next one starts `every_seconds` later; a clean stop abandons an
+    unfinished run (its temporary slot is dropped)."""
+
+    name = "verify"
+
+    def __init__(self, every_seconds: float, sample: float,
+                 on_report: Callable[[VerifyReport], None]) -> None:  # fmt: skip
+        self.every = every_seconds
+        self.sample = sample
+        self._on_report = on_report
+        self._next = time.monotonic() + every_seconds
+        self._run: ScheduledVerify | None = None
+
+    def run(self, context: BatchContext) -> None:
+        from clinipipe.pipeline.verify import ScheduledVerify
+
+        if context.stopping:
+            if self._run is not None:
+                self._run.close()
+                self._run = None
+            return
+        if self._run is None and time.monotonic() < self._next:
+            return
+        try:
+            if self._run is None:
+                self._run = ScheduledVerify(context.loaded, self.sample)
+            report = self._run.step(context.target, context.stats)
+        except BaseException:
+            if self._run is not None:
+                self._run.close()
+            self._run, self._next = None, time.monotonic() + self.every
+            raise
+        if report is not None:
+            self._run, self._next = None, time.monotonic() + self.every
+            self._on_report(report)

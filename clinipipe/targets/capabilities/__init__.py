@@ -18,6 +18,7 @@ from clinipipe.targets.capabilities.phi_scan import PhiScan
 from clinipipe.targets.capabilities.redaction import Redaction
 from clinipipe.targets.capabilities.refresh import Refresh
 from clinipipe.targets.capabilities.state import PipelineState
+from clinipipe.targets.capabilities.verify import Verify
 
 CAPABILITIES = (
     Deployment,
@@ -28,6 +29,7 @@ CAPABILITIES = (
     Redaction,
     PhiScan,
     Backup,
+    Verify,
 )
 """Every capability interface, in the order `Target` composes them."""
 
@@ -41,4 +43,5 @@ __all__ = [
     "PipelineState",
     "Redaction",
     "Refresh",
+    "Verify",
 ]

@@ -17,6 +17,7 @@ from clinipipe.targets.duckdb.loading import DuckDBLoading
 from clinipipe.targets.duckdb.redact import DuckDBRedaction
 from clinipipe.targets.duckdb.refresh import DuckDBRefresh
 from clinipipe.targets.duckdb.scan import DuckDBPhiScan
+from clinipipe.targets.duckdb.verify import DuckDBVerify
 
 
 class DuckDBTarget(
@@ -28,6 +29,7 @@ class DuckDBTarget(
     DuckDBRedaction,
     DuckDBPhiScan,
     DuckDBBackup,
+    DuckDBVerify,
     DuckDBCore,
     Target,
 ):

@@ -33,6 +33,7 @@ from clinipipe.targets.snowflake.redact import SnowflakeRedaction
 from clinipipe.targets.snowflake.refresh import SnowflakeRefresh
 from clinipipe.targets.snowflake.scan import SnowflakePhiScan
 from clinipipe.targets.snowflake.staging import SnowflakeStaging
+from clinipipe.targets.snowflake.verify import SnowflakeVerify
 
 
 class SnowflakeTarget(
@@ -45,6 +46,7 @@ class SnowflakeTarget(
     SnowflakePhiScan,
     SnowflakeBackup,
     SnowflakeStaging,
+    SnowflakeVerify,
     SnowflakeCore,
     Target,
 ):

@@ -17,6 +17,9 @@
 * **Restore a native backup** (`Backup.restore_native_backups`): the restore syntax was not
   confirmed in the documentation clinipipe follows, so it does not guess it; restoring is done
   in Snowflake.
+* **Verify tables with json/jsonb, timetz or array columns** (`Verify.verify_refusal`): their
+  Snowflake values cannot give PostgreSQL's canonical text (`NOT_VERIFIABLE`), so such a table
+  is reported skipped ("not verifiable here"), never compared into false differences.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from clinipipe.source.catalog import TableSchema
+    from clinipipe.source.checksum import ChecksumTable
     from clinipipe.targets.capabilities.backup import (
         NativeBackup,
         RestoredTable,
@@ -42,6 +46,14 @@ if TYPE_CHECKING:
     from clinipipe.targets.capabilities.changes import SchemaChange, TableBatch
     from clinipipe.targets.capabilities.loading import BatchStream
     from clinipipe.targets.capabilities.refresh import PendingChanges, RefreshResult, RefreshWork
+
+
+NOT_VERIFIABLE: dict[str, str] = {
+    "json": "json/jsonb land as VARIANT, which keeps neither key order nor spacing",
+    "timetz": "timetz lands as PostgreSQL's text, whose offset form Snowflake cannot normalize",
+    "array": "arrays land as VARIANT elements, whose text is not PostgreSQL's element text",
+}
+"""Logical types whose Snowflake value cannot give PostgreSQL's canonical text, and why."""
 
 
 class SnowflakeCannot(SnowflakeCore):
@@ -94,6 +106,21 @@ class SnowflakeCannot(SnowflakeCore):
 
     def phi_scan_primary_key(self, schema: str, table: str) -> list[str]:
         return []
+
+    # --- verify ---------------------------------------------------------------------------------
+
+    def verify_refusal(self, table: ChecksumTable) -> str | None:
+        refused = [c for c in table.columns if c.type.logical in NOT_VERIFIABLE]
+        if not refused:
+            return None
+        reasons = sorted({NOT_VERIFIABLE[c.type.logical] for c in refused})
+        return (
+            "Snowflake verify cannot checksum column(s) "
+            + ", ".join(f"{c.name} ({c.type.pg_type})" for c in refused)
+            + ": "
+            + "; ".join(reasons)
+            + " (verify this table on a DuckDB warehouse, or leave it out with --tables)"
+        )
 
     # --- backup ---------------------------------------------------------------------------------
 
