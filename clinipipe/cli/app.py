@@ -11,8 +11,10 @@ from typer.core import TyperOption
 
 from clinipipe import __version__
 from clinipipe.cli import backup as backup_cli
+from clinipipe.cli import bench as bench_cli
 from clinipipe.cli import cdc, later, load, project, serve, source
 from clinipipe.cli import cost as cost_cli
+from clinipipe.cli import demo as demo_cli
 from clinipipe.cli import redact as redact_cli
 from clinipipe.cli import refresh as refresh_cli
 from clinipipe.cli import scan as scan_cli
@@ -97,6 +99,8 @@ serve.register(app)
 backup_cli.register(app)
 cost_cli.register(app)
 verify_cli.register(app)
+bench_cli.register(app)
+demo_cli.register(app)
 later.register(app)
 
 

@@ -122,7 +122,13 @@ def create(
     One consistent snapshot of the tables, as Parquet (zstd) objects named by their SHA-256
     in the store of backup.store, and a manifest chained to the previous one. Unchanged
     tables are not written again. Retained for backup.retention_days (locked with
-    backup.retention_lock); recorded in the audit log."""
+    backup.retention_lock); recorded in the audit log.
+
+    Examples:
+
+      clinipipe backup create
+
+      clinipipe backup create --schemas raw,research --json"""
     from clinipipe.backup.service import BackupOptions, BackupResult, create_backup
 
     state: State = ctx.obj
@@ -157,7 +163,13 @@ def _mb(n: int) -> str:
 
 @backup_app.command("list")
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List the backups in the store, oldest first, with retention and legal holds."""
+    """List the backups in the store, oldest first, with retention and legal holds.
+
+    Examples:
+
+      clinipipe backup list
+
+      clinipipe backup list --json"""
     from clinipipe.backup.service import list_backups
 
     state: State = ctx.obj
@@ -225,7 +237,13 @@ def verify(
     """Verify the backups: chain, objects, row counts, audit log. Exit 3 on any problem.
 
     Checks every manifest's chain link, every object's presence and size (--read-data: its
-    SHA-256 and row count) and the backups against the audit log. Exit 3 naming each problem."""
+    SHA-256 and row count) and the backups against the audit log. Exit 3 naming each problem.
+
+    Examples:
+
+      clinipipe backup verify
+
+      clinipipe backup verify 000001 --read-data"""
     from clinipipe.backup.service import backup_encryption_key, open_store
     from clinipipe.backup.verify import verify_store
 
@@ -275,7 +293,11 @@ def restore(
 
     Into a new schema (all tables in one transaction, each checked against
     its row count and fingerprint) or a Parquet folder (each file's hash checked). Never writes
-    over an existing table unless --replace --yes."""
+    over an existing table unless --replace --yes.
+
+    Examples:
+
+      clinipipe backup restore 000001 --to ./restored"""
     from clinipipe.backup.service import RestoreResult, is_folder, restore_backup
 
     state: State = ctx.obj
@@ -308,7 +330,13 @@ def prune_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Delete the backups that retention and legal holds allow to go.
 
     Deletes the backups whose retention has passed and that no legal hold holds, then the
-    objects no remaining backup needs. Deletes nothing retention does not allow."""
+    objects no remaining backup needs. Deletes nothing retention does not allow.
+
+    Examples:
+
+      clinipipe backup prune
+
+      clinipipe backup prune --json"""
     from clinipipe.backup.service import PruneResult, prune
 
     state: State = ctx.obj
@@ -340,7 +368,11 @@ def delete(
     """Delete one backup, if its retention and legal holds allow.
 
     Refused under a legal hold, and before its retain_until when it was
-    taken with the retention lock (without the lock, --force deletes it early)."""
+    taken with the retention lock (without the lock, --force deletes it early).
+
+    Examples:
+
+      clinipipe backup delete 000001"""
     from clinipipe.backup.service import delete_backup
 
     state: State = ctx.obj
@@ -381,13 +413,21 @@ def hold_add(ctx: typer.Context, backup_id: IdArg, reason: ReasonOpt) -> None:
     """Place a legal hold on a backup.
 
     The backup is kept, whatever its retention, until the hold is
-    removed (S3: Object Lock legal hold on its manifest and objects)."""
+    removed (S3: Object Lock legal hold on its manifest and objects).
+
+    Examples:
+
+      clinipipe backup hold add 000001 --reason 'litigation hold 2026-17'"""
     _hold(ctx, backup_id, reason, True)
 
 
 @hold_app.command("remove")
 def hold_remove(ctx: typer.Context, backup_id: IdArg, reason: ReasonOpt) -> None:
-    """Remove a legal hold (its retention still applies)."""
+    """Remove a legal hold (its retention still applies).
+
+    Examples:
+
+      clinipipe backup hold remove 000001 --reason 'hold released'"""
     _hold(ctx, backup_id, reason, False)
 
 
@@ -415,7 +455,13 @@ def audit_log(
         show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:  # fmt: skip
-    """Show the audit log: who ran what, when, on which objects, with what outcome."""
+    """Show the audit log: who ran what, when, on which objects, with what outcome.
+
+    Examples:
+
+      clinipipe audit log
+
+      clinipipe audit log --since 7d --json"""
     state: State = ctx.obj
     after, at = _since(since)
     entries, why = _audit_entries(state)
@@ -442,7 +488,11 @@ def audit_verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     Recomputes the chain, and checks it against the audit heads the backups
     recorded (a rewritten or cut log no longer matches them). Exit 3 naming the first bad
-    entry."""
+    entry.
+
+    Examples:
+
+      clinipipe audit verify"""
     from clinipipe.backup import audit
     from clinipipe.backup.manifest import load_chain
     from clinipipe.backup.service import open_store

@@ -70,7 +70,13 @@ def report(
     """Credits and dollars per warehouse and day, one-off vs steady, projected month and year,
     the comparison with a single warehouse, idle share, top jobs, spend anomalies and sizing
     advice. Every figure comes from metering (on Snowflake, billed credits from
-    ACCOUNT_USAGE.WAREHOUSE_METERING_HISTORY)."""
+    ACCOUNT_USAGE.WAREHOUSE_METERING_HISTORY).
+
+    Examples:
+
+      clinipipe cost report --days 30
+
+      clinipipe cost report --by job --compare single:LARGE --json"""
     from clinipipe.cost.anomalies import find_anomalies
     from clinipipe.cost.report import build_report
     from clinipipe.cost.sizing import advise
@@ -276,7 +282,13 @@ def anomalies(
     """Spend anomalies: daily and hourly spend per warehouse against its seasonal baseline
     (spikes, level shifts, drifts), the month's forecast against cost.monthly_budget_credits,
     and running jobs over cost.max_job_credits. Open anomalies go to the cost.alerts webhook
-    when set. Exit 3 when an anomaly is open."""
+    when set. Exit 3 when an anomaly is open.
+
+    Examples:
+
+      clinipipe cost anomalies
+
+      clinipipe cost anomalies --json"""
     from clinipipe.cost.anomalies import AlertConfigError, CostAlert, find_anomalies, sender_for
     from clinipipe.pipeline.operations import cost_inputs
 

@@ -31,11 +31,7 @@ def _stub(parent: typer.Typer, name: str, full_name: str, what: str, help_text: 
 
 def register(app: typer.Typer) -> None:
     """Add every command of the tree that later work fills in."""
-    top = [
-        ("bench", "dashboard load benchmark", "Open-loop load test of the dashboards."),
-        ("demo", "the one-command demo",
-         "Run every part of the pipeline on an embedded PostgreSQL and DuckDB."),
-    ]  # fmt: skip
+    top: list[tuple[str, str, str]] = []
     for name, what, help_text in top:
         _stub(app, name, name, what, help_text)
 

@@ -49,7 +49,15 @@ def backfill(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Load history from PostgreSQL under the replication slot's exported snapshot."""
+    """Load history from PostgreSQL under the replication slot's exported snapshot.
+
+    Examples:
+
+      clinipipe backfill
+
+      clinipipe backfill --workers 8 --json
+
+      clinipipe backfill --resume"""
     from clinipipe.pipeline.backfill import (
         BackfillError,
         BackfillInterrupted,

@@ -89,7 +89,12 @@ def redact(
     finds PHI (the dataset is then not called de-identified). Each run appends a manifest
     (policy, columns, treatments, row counts) and the scan's counts to the audit log, never
     values. The HMAC key comes from the variable named by phi.hmac_key_env, never printed.
-    """
+
+    Examples:
+
+      clinipipe redact --policy safe_harbor
+
+      clinipipe redact --policy limited_dataset --tables patients,encounters"""
     from clinipipe.pipeline.operations import redact_now
     from clinipipe.pipeline.redact import RedactError, RedactOptions, export_research
 

@@ -50,7 +50,12 @@ def refresh(
     The tables it reads are refreshed first. On DuckDB each table's refresh is one transaction:
     a failed one changes nothing and is recorded as FAILED in
     _clinipipe.dynamic_table_refresh_history.
-    """
+
+    Examples:
+
+      clinipipe refresh
+
+      clinipipe refresh patient_summary --full"""
     from clinipipe.pipeline.operations import refresh_now
     from clinipipe.pipeline.refresh import RefreshError
 
@@ -109,7 +114,12 @@ def status(
     or its last refresh failed (`cdc start` keeps tables within their lag; `clinipipe refresh`
     and `clinipipe publish` catch up by hand). While `cdc start` runs it answers; otherwise
     the warehouse is opened read-only.
-    """
+
+    Examples:
+
+      clinipipe status
+
+      clinipipe status --json"""
     from clinipipe.pipeline.operations import pipeline_status
     from clinipipe.sql.context import DERIVED_SCHEMA
 

@@ -68,7 +68,12 @@ def scan(
     (a re-scan updates last_seen) with masked excerpts only: the PHI itself is never stored or
     printed. On Snowflake, SYSTEM$CLASSIFY's column classification is merged in. Exit 3 when a
     finding reaches --fail-on.
-    """
+
+    Examples:
+
+      clinipipe scan --fail-on medium
+
+      clinipipe scan --schema research --full --json"""
     from clinipipe.phi.categories import SEVERITIES
     from clinipipe.pipeline.operations import scan_now
     from clinipipe.pipeline.scan import DEFAULT_SAMPLE, ScanError, ScanOptions

@@ -31,7 +31,12 @@ def publish(
     atomically: dashboard processes never block and never see a half-written table. `cdc start`
     publishes on its own schedule; this command publishes now (while `cdc start` runs, it asks
     it to). Snowflake keeps its interactive tables fresh itself.
-    """
+
+    Examples:
+
+      clinipipe publish
+
+      clinipipe publish patient_dashboard"""
     from clinipipe.pipeline.operations import publish_now
     from clinipipe.pipeline.publish import PublishError
 
@@ -75,7 +80,12 @@ def dashboard(
 
     Reads only the published serving files, never the warehouse: it works while `cdc start`
     runs. Without a name, lists the dashboards and their parameters.
-    """
+
+    Examples:
+
+      clinipipe dashboard patient_overview -p patient_id=42
+
+      clinipipe dashboard census_by_department -p day=2026-11-27 --json"""
     from clinipipe.pipeline.dashboards import DashboardError, DashboardRunner
     from clinipipe.targets.serving_files import ServingError
 

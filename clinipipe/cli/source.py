@@ -32,7 +32,13 @@ def synth(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Create the example hospital's tables in the source PostgreSQL and fill them (COPY)."""
+    """Create the example hospital's tables in the source PostgreSQL and fill them (COPY).
+
+    Examples:
+
+      clinipipe synth --patients 10000 --seed 7
+
+      clinipipe synth --patients 200000 --replace"""
     from clinipipe.synth import SynthError, run_synth
 
     state: State = ctx.obj
