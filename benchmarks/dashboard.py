@@ -9,25 +9,37 @@ backfills and builds it with the real pipeline, then:
 1. **Anchor** (same run): with nothing else running, a separate client process offers
    ``--rate`` dashboard queries per second, open loop (``clinipipe.bench.loadgen``), for
    ``--anchor-seconds``, against the published interactive tables.
-2. **Under CDC**: ``clinipipe cdc start`` runs in a subprocess (it applies changes, refreshes
+2. **Publish cost** (same build, before CDC): for lab_dashboard (2 M rows) and
+   patient_dashboard, ``--cost-rounds`` interleaved rounds of a full publish, then
+   ``--changed`` patients changed in the dynamic table (their rows altered and their keys
+   recorded as CDC records them) and an incremental publish, then the change undone the same
+   way; prints each round's seconds, the median and best, the incremental/full ratio and the
+   load average.
+3. **Under CDC**: ``clinipipe cdc start`` runs in a subprocess (it applies changes, refreshes
    the dynamic tables when their lag is due and publishes new generations of the interactive
-   tables), while a writer thread commits ``--events`` changes per second on the source (every
-   100 ms one transaction: 30 % new labs for random patients, 70 % updates of random labs and
-   encounters), and the client process offers the same load for ``--seconds``.
+   tables, incrementally when it can), while ``--writers`` connections commit ``--events``
+   changes per second on the source in all (each a transaction every 100 ms: 30 % new labs of
+   random encounters, 70 % updates of random labs and encounters), and the client process offers
+   the same query load for ``--runs`` consecutive windows of ``--seconds``. Each window prints
+   its latencies, the query rate and the source rate *achieved* beside the offered ones, the
+   publishes in it and the load average; a window whose source writers could not commit 95 %
+   of the offered events says so (the load was lighter than offered).
 
 The client (a separate process, as a dashboard server would be) uses
 ``clinipipe.dashboards.DashboardRunner``: each query runs on the current published generation
 of its table, which it follows as publishes happen. Latency is measured from each request's
 due time (open loop), so queueing counts. Reported: p50/p95/p99/max per dashboard and overall,
 errors, the publishes that happened during the window and the generations the client saw,
-the events CDC applied. Targets (issue 5): p99 <= 20 ms at 200 queries/s and zero errors during
-publishes. A verdict is "met" or "missed" only when the client offered 200 queries/s and
+the events CDC applied. Targets (issue 21): p99 <= 20 ms and max <= 100 ms at 200 queries/s
+during CDC with 1,000 events/s committed, zero errors during publishes. A verdict is "met" or
+"missed" only when the client offered 200 queries/s and
 delivered them (every due request sent and completed, the rate reached), no query failed (the
 warm-up included) and, for the publish target, publishes did happen in the window and the
 client read a new generation; otherwise it says NOT JUDGED and why. A script, never a test::
 
-    python benchmarks/dashboard.py [--patients 200000] [--rate 200] [--seconds 60]
-        [--events 1000] [--lag "10 seconds"] [--anchor-seconds 15]
+    python benchmarks/dashboard.py [--patients 200000] [--rate 200] [--seconds 60] [--runs 5]
+        [--events 1000] [--writers 4] [--lag "10 seconds"] [--anchor-seconds 15]
+        [--cost-rounds 3] [--changed 1000] [--cdc-nice 0] [--publish-nice 10]
 """
 
 from __future__ import annotations
@@ -35,8 +47,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,10 +132,13 @@ def run_client(spec: Path, rate: float, seconds: float, patients: int, days: lis
 
 
 class Writer(threading.Thread):
-    """Commits `events` changes per second on the source, 1/10 of them every 100 ms, on its own
-    connection; writer `index` inserts lab ids of its own range."""
+    """Commits `events` changes per second on the source (a float: writers share the offered
+    rate), one transaction every 100 ms on its own connection, with the statements prepared
+    once; writer `index` inserts lab ids of its own range. A tick that ends late is followed
+    at once by the next (the schedule is kept, never silently stretched), so `committed`
+    tells what the source really took."""
 
-    def __init__(self, dsn: str, events: int, patients: int, labs: int, index: int) -> None:
+    def __init__(self, dsn: str, events: float, patients: int, labs: int, index: int) -> None:
         super().__init__(daemon=True)
         self.dsn, self.events, self.patients, self.labs = dsn, events, patients, labs
         self.index = index
@@ -130,35 +147,47 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         rng = random.Random(9 + self.index)
-        per_tick = max(1, self.events // 10)
-        inserts = per_tick * 3 // 10
-        updates = per_tick - inserts
         next_id = self.labs + 1 + self.index * 1_000_000_000
         con = psycopg2.connect(self.dsn)
         try:
             with con.cursor() as cur:
                 cur.execute("SET synchronous_commit = on")
+                # The patient of encounter e is known (_hospital.PATIENT_OF): no lookup (the
+                # source has no index on encounters.patient_id; a lookup per new lab was a scan
+                # and kept the source from taking the offered load).
+                cur.execute(
+                    "PREPARE new_labs(bigint[], bigint[], bigint[]) AS INSERT INTO labs SELECT "
+                    "n.id, n.e, n.pid, '2345-7', 'Glucose', 99, 'mg/dL', 70, 110, 'H', now() "
+                    "FROM unnest($1, $2, $3) n(id, e, pid)"
+                )
+                cur.execute("PREPARE lab_updates(bigint[]) AS UPDATE labs SET value_numeric = "
+                            "value_numeric + 1 WHERE lab_id = ANY($1)")  # fmt: skip
+                cur.execute("PREPARE encounter_updates(bigint[]) AS UPDATE encounters SET "
+                            "department = 'ICU' WHERE encounter_id = ANY($1)")  # fmt: skip
             con.commit()
             tick = time.perf_counter()
+            owed = 0.0
             while not self.stop.is_set():
-                new = [(next_id + k, rng.randint(1, self.patients)) for k in range(inserts)]
+                owed += self.events / 10
+                per_tick = int(owed)
+                owed -= per_tick
+                inserts = per_tick * 3 // 10
+                updates = per_tick - inserts
+                visits = [rng.randint(1, self.patients * 10) for _ in range(inserts)]
+                new = [(next_id + k, e, 1 + (e * 7919) % self.patients)
+                       for k, e in enumerate(visits)]  # fmt: skip
                 next_id += inserts
                 changed = [rng.randint(1, self.labs) for _ in range(updates // 2)]
-                encounters = [rng.randint(1, self.patients * 10) for _ in range(updates // 2)]
+                encounters = [rng.randint(1, self.patients * 10)
+                              for _ in range(updates - updates // 2)]  # fmt: skip
                 with con.cursor() as cur:
-                    cur.execute(
-                        "INSERT INTO labs SELECT n.id, e.encounter_id, e.patient_id, '2345-7', "
-                        "'Glucose', 99, 'mg/dL', 70, 110, 'H', now() FROM unnest(%s::bigint[], "
-                        "%s::bigint[]) n(id, pid) JOIN LATERAL (SELECT encounter_id, patient_id "
-                        "FROM encounters WHERE patient_id = n.pid LIMIT 1) e ON true",
-                        ([i for i, _ in new], [p for _, p in new]),
-                    )
-                    inserted = cur.rowcount
-                    cur.execute("UPDATE labs SET value_numeric = value_numeric + 1 "
-                                "WHERE lab_id = ANY(%s)", (changed,))  # fmt: skip
-                    done = inserted + cur.rowcount
-                    cur.execute("UPDATE encounters SET department = 'ICU' "
-                                "WHERE encounter_id = ANY(%s)", (encounters,))  # fmt: skip
+                    cur.execute("EXECUTE new_labs(%s::bigint[], %s::bigint[], %s::bigint[])",
+                                ([n[0] for n in new], [n[1] for n in new],
+                                 [n[2] for n in new]))  # fmt: skip
+                    done = cur.rowcount
+                    cur.execute("EXECUTE lab_updates(%s::bigint[])", (changed,))
+                    done += cur.rowcount
+                    cur.execute("EXECUTE encounter_updates(%s::bigint[])", (encounters,))
                     done += cur.rowcount
                 con.commit()
                 self.committed += done
@@ -192,15 +221,181 @@ def summarize(run: dict) -> dict[str, dict[str, float] | None]:
     return summary
 
 
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return (
+        f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
+    )
+
+
+def generations_read(run: dict) -> dict[str, int]:
+    return {k: len(v) for k, v in run["generations"].items()}
+
+
+def _change_patients(target: Any, table: str, column: str, patients: list[int], sign: int,
+                     source: str) -> None:  # fmt: skip
+    """Alter `column` of `patients`' rows of derived.`table` by `sign` and record their keys as
+    changed at the table's high-water mark plus one (what CDC and a refresh leave behind)."""
+    [(lsn,)] = target.query("SELECT high_water_lsn + 1 FROM _clinipipe.dynamic_table_state "
+                            f"WHERE name = '{table}'")  # fmt: skip
+    ids = ", ".join(str(p) for p in patients)
+    statements = [
+        f"UPDATE _clinipipe.dynamic_table_state SET high_water_lsn = {lsn} WHERE name = '{table}'"
+    ]
+    if patients:
+        statements += [
+            f"UPDATE derived.{table} SET {column} = {column} + ({sign}) "
+            f"WHERE patient_id IN ({ids})",
+            "INSERT INTO _clinipipe.changed_keys (table_name, key_column, key_value, lsn) "
+            f"SELECT '{source}', 'patient_id', CAST(p AS VARCHAR), {lsn} FROM unnest([{ids}]) t(p)",
+        ]
+    target.execute_atomically(statements)
+
+
+def publish_cost(loaded: Any, target: Any, patients: int, changed: int, rounds: int,
+                 console: Console) -> list[str]:  # fmt: skip
+    """Full vs incremental publish after `changed` patients, interleaved; returns summary lines."""
+    from clinipipe.pipeline.publish import publish_table
+
+    tables = {t.name: t for t in loaded.spec.interactive_tables}
+    lines = []
+    rng = random.Random(21)
+    for name, source_table, column in (
+        ("lab_dashboard", "recent_labs", "value_numeric"),
+        ("patient_dashboard", "patient_summary", "abnormal_labs"),
+    ):
+        full, incremental, full_cpu, incremental_cpu = [], [], [], []
+        for _ in range(rounds):
+            # a refresh that found nothing moves the mark on: the full publish starts there, so
+            # the incremental one sees exactly the patients changed after it
+            _change_patients(target, source_table, column, [], 0, "labs")
+            f = publish_table(loaded, target, tables[name], full=True)
+            chosen = rng.sample(range(1, patients + 1), changed)
+            _change_patients(target, source_table, column, chosen, +1, "labs")
+            i = publish_table(loaded, target, tables[name])
+            assert i.incremental, i.why_full
+            _change_patients(target, source_table, column, chosen, -1, "labs")
+            full.append(f.seconds)
+            incremental.append(i.seconds)
+            full_cpu.append(f.cpu_seconds or 0.0)
+            incremental_cpu.append(i.cpu_seconds or 0.0)
+            console.print(
+                f"  {name}: full {f.seconds:.3f} s, CPU {f.cpu_seconds:.3f} s ({f.rows:,} rows, "
+                f"{f.partitions} partitions) | incremental after {changed:,} patients "
+                f"{i.seconds:.3f} s, CPU {i.cpu_seconds:.3f} s (delta {i.delta_rows:,} rows, "
+                f"partitions rewritten {list(i.rewritten)}) | {load_average()}"
+            )
+        # leave the served table equal to its source again
+        publish_table(loaded, target, tables[name])
+        median = statistics.median
+        ratio = median(incremental) / median(full)
+        cpu_ratio = median(incremental_cpu) / max(1e-9, median(full_cpu))
+        lines.append(
+            f"Publish cost {name}: full median {median(full):.3f} s (best {min(full):.3f}, CPU "
+            f"{median(full_cpu):.3f} s), incremental after {changed:,} changed patients median "
+            f"{median(incremental):.3f} s (best {min(incremental):.3f}, CPU "
+            f"{median(incremental_cpu):.3f} s): {100 * ratio:.1f} % of full by wall time, "
+            f"{100 * cpu_ratio:.1f} % by CPU time (target <= 5 %: "
+            f"{'met' if ratio <= 0.05 else 'missed'} by wall time)"
+        )
+    return lines
+
+
+def start_client(spec: Path, rate: float, seconds: float, patients: int,
+                 days: list[str]) -> subprocess.Popen[str]:  # fmt: skip
+    cmd = [sys.executable, __file__, "--client", str(spec), "--rate", str(rate),
+           "--seconds", str(seconds), "--patients", str(patients), "--days", *days]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def set_publish_priority(nice: int, threads: int) -> None:
+    """This process's publishing thread: `nice` and DuckDB `threads` (a new thread)."""
+    from clinipipe.pipeline import publish as publish_module
+
+    with publish_module._worker_lock:
+        if publish_module._worker is not None:
+            publish_module._worker.shutdown(wait=True)
+            publish_module._worker = None
+        publish_module.PUBLISH_NICE = nice
+        publish_module.PUBLISH_THREADS = threads
+
+
+def priority_effect(loaded: Any, target: Any, spec: Path, args: Any, days: list[str],
+                    console: Console) -> list[str]:  # fmt: skip
+    """Readers first, measured: the client offers the query load while this process publishes
+    lab_dashboard in full back to back, alternately (a) as clinipipe does (publishing thread
+    nice +10, 1 DuckDB thread) and (b) as before (nice 0, the interactive profile's threads).
+    Returns one line per setting: the client's p50/p99/max over its windows."""
+    from clinipipe.pipeline.publish import publish_table
+    from clinipipe.targets.duckdb.core import compute_profile
+
+    table = next(t for t in loaded.spec.interactive_tables if t.name == "lab_dashboard")
+    profile_threads = compute_profile(loaded.spec.warehouses.interactive.size)[0]
+    settings = {"nice +10, 1 thread": (10, 1),
+                f"nice 0, {profile_threads} threads": (0, profile_threads)}  # fmt: skip
+    measured: dict[str, list[float]] = {k: [] for k in settings}
+    publishes: dict[str, list[float]] = {k: [] for k in settings}
+    errors: dict[str, int] = {k: 0 for k in settings}
+    for _ in range(args.priority_rounds):
+        for label, (nice, threads) in settings.items():
+            set_publish_priority(nice, threads)
+            proc = start_client(spec, args.rate, args.priority_seconds, args.patients, days)
+            while proc.poll() is None:
+                publishes[label].append(publish_table(loaded, target, table, full=True).seconds)
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"client failed:\n{err[-3000:]}")
+            run = json.loads(out.strip().splitlines()[-1])
+            latencies = [v for values in run["latencies_ms"].values() for v in values]
+            measured[label] += latencies
+            errors[label] += sum(run["errors"].values()) + run["warmup_errors"]
+            p = percentiles(latencies) or {"p50": 0.0, "p99": 0.0, "max": 0.0}
+            took = statistics.median(publishes[label])
+            console.print(f"  {label}: p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms, max "
+                          f"{p['max']:.2f} ms; full publish {took:.2f} s (median of "
+                          f"{len(publishes[label])}); {load_average()}")  # fmt: skip
+    set_publish_priority(10, 1)
+    lines = []
+    for label in settings:
+        p = percentiles(measured[label]) or {"p50": 0.0, "p99": 0.0, "max": 0.0}
+        lines.append(f"Readers while lab_dashboard is published in full back to back, "
+                     f"publishing thread {label}: p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms, "
+                     f"max {p['max']:.2f} ms, {errors[label]} errors; a full publish took "
+                     f"{statistics.median(publishes[label]):.2f} s (median)")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--runs", type=int, default=5, help="consecutive measured windows")
     parser.add_argument("--anchor-seconds", type=float, default=15.0)
     parser.add_argument("--events", type=int, default=1_000)
-    parser.add_argument("--writers", type=int, default=1, help="source writer threads")
+    parser.add_argument("--writers", type=int, default=4, help="source writer connections")
     parser.add_argument("--lag", default="10 seconds")
+    parser.add_argument("--cost-rounds", type=int, default=3)
+    parser.add_argument(
+        "--priority-rounds",
+        type=int,
+        default=0,
+        help="rounds of the publish-priority comparison (0: skip it)",
+    )
+    parser.add_argument("--priority-seconds", type=float, default=15.0)
+    parser.add_argument("--changed", type=int, default=1_000)
+    parser.add_argument(
+        "--cdc-nice",
+        type=int,
+        default=0,
+        help="run `cdc start` this much nicer (the whole process)",
+    )
+    parser.add_argument(
+        "--publish-nice",
+        type=int,
+        default=None,
+        help="CLINIPIPE_PUBLISH_NICE for cdc start (default: its own, 10)",
+    )
     parser.add_argument("--client", metavar="SPEC")
     parser.add_argument("--days", nargs="*", default=[])
     args = parser.parse_args()
@@ -209,6 +404,7 @@ def main() -> None:
         return
 
     console = Console()
+    console.print(f"start: {load_average()}")
     with EmbeddedPostgres() as pg, tempfile.TemporaryDirectory() as tmp:
         dsn = pg.dsn
         console.print(f"Building {args.patients:,} patients ...")
@@ -224,28 +420,64 @@ def main() -> None:
             publish(loaded, target)
             recent = "SELECT DISTINCT census_date FROM derived.daily_census ORDER BY 1 DESC"
             days = [str(r[0]) for r in target.query(recent)[:30]]
+            cost_lines = []
+            if args.cost_rounds:
+                console.print(f"publish cost ({args.cost_rounds} interleaved rounds) ...")
+                cost_lines = publish_cost(loaded, target, args.patients, args.changed,
+                                          args.cost_rounds, console)  # fmt: skip
+            priority_lines = []
+            if args.priority_rounds:
+                console.print("publish priority: readers while publishing back to back ...")
+                priority_lines = priority_effect(loaded, target, spec, args, days, console)
+        for line in priority_lines:
+            console.print(line)
         console.print(f"built: {built.seconds}; anchor run ({args.anchor_seconds:.0f} s) ...")
         anchor = run_client(spec, args.rate, args.anchor_seconds, args.patients, days)
+        anchor["load"] = load_average()
+        if args.runs == 0:
+            a = summarize(anchor)["all"]
+            console.print(f"anchor: {a}; {anchor['load']}")
+            for line in cost_lines + priority_lines:
+                console.print(line)
+            return
 
         before = {n: read_current(serving_root(warehouse) / n) for n in names}
+        env = dict(os.environ)
+        if args.publish_nice is not None:
+            env["CLINIPIPE_PUBLISH_NICE"] = str(args.publish_nice)
+        nice = ["nice", "-n", str(args.cdc_nice)] if args.cdc_nice else []
         cdc = subprocess.Popen(
-            [sys.executable, "-m", "clinipipe", "-q", "-c", str(spec), "cdc", "start", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
+            [*nice, sys.executable, "-m", "clinipipe", "-q", "-c", str(spec), "cdc", "start",
+             "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp, env=env,
         )  # fmt: skip
-        share = args.events // args.writers
+        share = args.events / args.writers
         writers = [Writer(dsn, share, args.patients, built.rows["labs"], i)
                    for i in range(args.writers)]  # fmt: skip
         for writer in writers:
             writer.start()
         started = dt.datetime.now(dt.UTC)
-        console.print(f"CDC + {args.events:,} events/s running; waiting for a first publish ...")
+        console.print(f"CDC + {args.events:,} events/s offered by {args.writers} writers; "
+                      "waiting for a first publish ...")  # fmt: skip
         wait_published(warehouse, names, before, 120 + 10 * float(args.lag.split()[0]), cdc)
-        console.print(f"measured run ({args.seconds:.0f} s) ...")
-        committed_before = sum(w.committed for w in writers)
-        window_start = dt.datetime.now(dt.UTC)
-        loaded_run = run_client(spec, args.rate, args.seconds, args.patients, days)
-        window_end = dt.datetime.now(dt.UTC)
-        committed = sum(w.committed for w in writers) - committed_before
+        windows = []
+        for run in range(1, args.runs + 1):
+            console.print(f"measured run {run}/{args.runs} ({args.seconds:.0f} s) ...")
+            committed_before = sum(w.committed for w in writers)
+            window_start = dt.datetime.now(dt.UTC)
+            t0 = time.perf_counter()
+            measured = run_client(spec, args.rate, args.seconds, args.patients, days)
+            elapsed = time.perf_counter() - t0
+            window_end = dt.datetime.now(dt.UTC)
+            committed = sum(w.committed for w in writers) - committed_before
+            measured["source_rate"] = committed / elapsed
+            measured["load"] = load_average()
+            measured["window"] = (window_start, window_end)
+            windows.append(measured)
+            all_ms = summarize(measured)["all"]
+            console.print(f"  run {run}: p99 {all_ms['p99']:.2f} ms, max {all_ms['max']:.2f} ms; "
+                          f"{measured['source_rate']:,.0f} events/s committed; "
+                          f"{measured['load']}")  # fmt: skip
         for writer in writers:
             writer.stop.set()
         for writer in writers:
@@ -256,11 +488,19 @@ def main() -> None:
             raise SystemExit(f"cdc start failed ({cdc.returncode}):\n{err[-3000:]}")
         cdc_summary = json.loads(out)
         with open_target(loaded, read_only=True) as target:
-            publishes = target.query(
-                "SELECT name, count(*), avg(rows) FROM _clinipipe.interactive_publishes "
-                f"WHERE published_at BETWEEN '{window_start.isoformat()}' AND "
-                f"'{window_end.isoformat()}' GROUP BY name ORDER BY name"
-            )
+            for measured in windows:
+                window_start, window_end = measured.pop("window")
+                between = (f"BETWEEN '{window_start.isoformat()}' AND "
+                           f"'{window_end.isoformat()}'")  # fmt: skip
+                measured["publishes"] = target.query(
+                    "SELECT name, count(*), avg(rows) FROM _clinipipe.interactive_publishes "
+                    f"WHERE published_at {between} GROUP BY name ORDER BY name"
+                )
+                measured["publish_seconds"] = target.query(
+                    "SELECT job, count(*), round(median(epoch(ended_at) - epoch(started_at)), 3), "
+                    "round(max(epoch(ended_at) - epoch(started_at)), 3) FROM _clinipipe.metering "
+                    f"WHERE job LIKE 'publish:%' AND ended_at {between} GROUP BY job ORDER BY job"
+                )
             refreshes = target.query(
                 "SELECT name, refresh_action, count(*), median(epoch(refresh_end_time) - "
                 "epoch(refresh_start_time)) FROM _clinipipe.dynamic_table_refresh_history "
@@ -268,41 +508,45 @@ def main() -> None:
                 "GROUP BY ALL ORDER BY 1, 2"
             )
 
-    anchor_summary, run_summary = summarize(anchor), summarize(loaded_run)
-    table = Table(title=f"Dashboards at {args.rate:.0f} queries/s offered, open loop, "
-                  f"{args.patients:,} patients (ms)")  # fmt: skip
-    for column in ("dashboard", "anchor p50", "anchor p99", "CDC p50", "CDC p95", "CDC p99",
-                   "CDC max", "queries", "errors"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "dashboard" else "right")
-    for name in (*DASHBOARDS, "all"):
-        a, r = anchor_summary[name], run_summary[name]
-        count = (len(loaded_run["latencies_ms"].get(name, [])) if name != "all"
-                 else sum(len(v) for v in loaded_run["latencies_ms"].values()))  # fmt: skip
-        errors = (loaded_run["errors"].get(name, 0) if name != "all"
-                  else sum(loaded_run["errors"].values()))  # fmt: skip
-        table.add_row(
-            name, *(f"{x:.2f}" if x is not None else "-" for x in (
-                a and a["p50"], a and a["p99"], r and r["p50"], r and r["p95"], r and r["p99"],
-                r and r["max"])),
-            f"{count:,}", str(errors),
-        )  # fmt: skip
+    anchor_summary = summarize(anchor)
+    title = (f"Dashboards at {args.rate:.0f} queries/s offered, open loop, {args.patients:,} "
+             f"patients, {args.events:,} source events/s offered (ms)")  # fmt: skip
+    table = Table(title=title)
+    for column in ("run", "p50", "p95", "p99", "max", "p99 labs", "queries/s achieved",
+                   "events/s committed", "errors", "load 1 min"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "run" else "right")
+
+    def row(label: str, run: dict, source: str) -> None:
+        s = summarize(run)
+        a = s["all"] or {"p50": 0, "p95": 0, "p99": 0, "max": 0}
+        labs = s["recent_labs_of_patient"]
+        achieved = sum(len(v) for v in run["latencies_ms"].values()) / run["wall_seconds"]
+        table.add_row(label, f"{a['p50']:.2f}", f"{a['p95']:.2f}", f"{a['p99']:.2f}",
+                      f"{a['max']:.2f}", f"{labs['p99']:.2f}" if labs else "-",
+                      f"{achieved:.1f} / {run['rate']:.0f}", source,
+                      str(sum(run["errors"].values()) + run["warmup_errors"]),
+                      run["load"].split()[2])  # fmt: skip
+
+    row("anchor (no CDC)", anchor, "0")
+    for i, measured in enumerate(windows, 1):
+        row(f"run {i}", measured, f"{measured['source_rate']:,.0f} / {args.events:,}")
     console.print(table)
-    console.print(f"CDC applied {cdc_summary['changes']:,} changes in total "
-                  f"({committed / args.seconds:,.0f} events/s committed on the source during the "
-                  f"window); refreshes since start: {refreshes}")  # fmt: skip
-    console.print(f"publishes during the window: {publishes}; generations the client read: "
-                  f"{ {k: len(v) for k, v in loaded_run['generations'].items()} }")  # fmt: skip
-    for label, run in (("anchor", anchor), ("under CDC", loaded_run)):
-        if run["error_types"] or run["warmup_errors"]:
-            console.print(f"{label}: error types {run['error_types']}; warm-up errors "
-                          f"{run['warmup_errors']} {run['warmup_error_types']}")  # fmt: skip
-    anchor_p99 = anchor_summary["all"]["p99"] if anchor_summary["all"] else None
-    for line in judge(loaded_run, anchor_p99, publishes):
+    for line in cost_lines:
         console.print(line)
+    console.print(f"CDC applied {cdc_summary['changes']:,} changes in total; refreshes since "
+                  f"start: {refreshes}")  # fmt: skip
+    anchor_p99 = anchor_summary["all"]["p99"] if anchor_summary["all"] else None
+    for i, measured in enumerate(windows, 1):
+        console.print(f"run {i}: {measured['load']}; publishes {measured['publishes']}; publish "
+                      f"seconds (job, n, median, max) {measured['publish_seconds']}; "
+                      f"generations read {generations_read(measured)}")  # fmt: skip
+        for line in judge(measured, anchor_p99, measured["publishes"], args.events):
+            console.print(f"  {line}")
 
 
 TARGET_RATE = 200.0  # queries/s: the load the issue's targets name
 TARGET_P99_MS = 20.0
+TARGET_MAX_MS = 100.0
 
 
 def _load_problems(run: dict) -> list[str]:
@@ -320,11 +564,18 @@ def _load_problems(run: dict) -> list[str]:
     return problems
 
 
-def judge(run: dict, anchor_p99: float | None, publishes: list[tuple[Any, ...]]) -> list[str]:
+def judge(
+    run: dict, anchor_p99: float | None, publishes: list[tuple[Any, ...]], events: int = 1_000
+) -> list[str]:
     """One verdict line per target. "met"/"missed" only when the measure is the one the target
-    names, the run delivered the offered load and every correctness check passed (no error in
-    the window or its warm-up); otherwise "NOT JUDGED" with the reasons."""
+    names, the run delivered the offered load (queries, and 95 % of the offered source events
+    committed) and every correctness check passed (no error in the window or its warm-up);
+    otherwise "NOT JUDGED" with the reasons."""
     load = _load_problems(run)
+    source = run.get("source_rate")
+    if source is not None and source < 0.95 * events:
+        load.append(f"the source took only {source:,.0f} of {events:,} events/s offered: this "
+                    "machine could not deliver the offered change load")  # fmt: skip
     errors = sum(run["errors"].values()) + run["warmup_errors"]
     latencies = [v for values in run["latencies_ms"].values() for v in values]
     p99 = percentiles(latencies)["p99"] if latencies else None
@@ -340,17 +591,16 @@ def judge(run: dict, anchor_p99: float | None, publishes: list[tuple[Any, ...]])
         if (p99 is not None and anchor_p99)
         else ""
     )
+    worst = max(latencies) if latencies else None
+    name = (f"Target p99 <= {TARGET_P99_MS:.0f} ms and max <= {TARGET_MAX_MS:.0f} ms at "
+            f"{TARGET_RATE:.0f} queries/s")  # fmt: skip
+    shown += "" if worst is None else f", max {worst:.2f} ms"
     if p99_problems:
-        lines.append(
-            f"Target p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} queries/s: "
-            f"{shown}{ratio}: NOT JUDGED ({'; '.join(p99_problems)})"
-        )
+        lines.append(f"{name}: {shown}{ratio}: NOT JUDGED ({'; '.join(p99_problems)})")
     else:
-        assert p99 is not None
-        lines.append(
-            f"Target p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} queries/s: "
-            f"{shown}{ratio}: {'met' if p99 <= TARGET_P99_MS else 'missed'}"
-        )
+        assert p99 is not None and worst is not None
+        met = p99 <= TARGET_P99_MS and worst <= TARGET_MAX_MS
+        lines.append(f"{name}: {shown}{ratio}: {'met' if met else 'missed'}")
     published = sum(int(row[1]) for row in publishes)
     seen = max((len(v) for v in run["generations"].values()), default=0)
     publish_problems = list(load)

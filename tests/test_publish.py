@@ -28,9 +28,12 @@ from clinipipe.spec import LoadedSpec, load_spec
 from clinipipe.targets import open_target
 from clinipipe.targets.duckdb import DuckDBTarget
 from clinipipe.targets.serving_files import (
-    GENERATION_RE,
+    MANIFEST_RE,
+    Manifest,
     ServingReader,
     generation_name,
+    manifest_name,
+    part_name,
     read_current,
     serving_root,
 )
@@ -56,17 +59,19 @@ def warehouse(built: LoadedSpec) -> Iterator[DuckDBTarget]:
 
 
 def generation_files(target: DuckDBTarget) -> list[str]:
+    """The manifests (generations) in the table's folder."""
     folder = serving_root(target.path) / TABLE
-    return sorted(p.name for p in folder.iterdir() if GENERATION_RE.match(p.name))
+    return sorted(p.name for p in folder.iterdir() if MANIFEST_RE.match(p.name))
 
 
 def test_publish_copies_the_dynamic_table_sorted_and_records_it(
     built: LoadedSpec, warehouse: DuckDBTarget
 ) -> None:
     [result] = publish(built, warehouse, [TABLE])
-    assert result.name == TABLE and result.generation == 1
-    assert result.path == serving_root(warehouse.path) / TABLE / generation_name(1)
+    assert result.name == TABLE and result.generation == 1 and not result.incremental
+    assert result.path == serving_root(warehouse.path) / TABLE / manifest_name(1)
     assert read_current(result.path.parent) == result.path.name
+    assert Manifest.load(result.path).parts == [part_name(1, 0)]  # 300 rows: one partition
     expected = warehouse.query("SELECT * FROM derived.patient_summary ORDER BY patient_id")
     assert result.rows == len(expected) == 300
 
@@ -77,7 +82,7 @@ def test_publish_copies_the_dynamic_table_sorted_and_records_it(
             expected[17]
         ]
     # Stored sorted: the file's physical order is the cluster order.
-    con = duckdb.connect(str(result.path), read_only=True)
+    con = duckdb.connect(str(result.path.with_name(part_name(1, 0))), read_only=True)
     try:
         ids = [r[0] for r in con.execute(f"SELECT patient_id FROM serving.{TABLE}").fetchall()]
     finally:
@@ -94,9 +99,9 @@ def test_publish_copies_the_dynamic_table_sorted_and_records_it(
     )
     assert (role, metered) == ("interactive", 300)
 
-    second = publish(built, warehouse, [TABLE])[0]
-    assert second.generation == 2 and second.removed == (generation_name(1),)
-    assert generation_files(warehouse) == [generation_name(2)]
+    second = publish(built, warehouse, [TABLE], full=True)[0]
+    assert second.generation == 2 and set(second.removed) == {manifest_name(1), part_name(1, 0)}
+    assert generation_files(warehouse) == [manifest_name(2)]
     with pytest.raises(PublishError, match="no interactive table"):
         publish(built, warehouse, ["nope"])
 
@@ -134,6 +139,7 @@ def _reader_main(
                     counts.add(int(single))
                     queries += 2
                     latest[index] = int(single)
+                    time.sleep(0.002)  # leave the (niced) publisher some CPU
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
     except Exception as exc:
@@ -175,7 +181,8 @@ def test_readers_in_other_processes_see_whole_generations_only(
                 "INSERT INTO derived.patient_summary (patient_id) "
                 f"SELECT -i FROM range({done + 1}, {done + k + 1}) r(i)"
             )
-            result = publish(built, warehouse, [TABLE])[0]
+            # written straight into the dynamic table (no changed keys): publish in full
+            result = publish(built, warehouse, [TABLE], full=True)[0]
             assert result.rows == base + k * (k + 1) // 2
             published.add(result.rows)
             all_readers_saw(result.rows)
@@ -233,7 +240,7 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
         proc.start()
         proc.join(timeout=60)
         assert proc.exitcode == -signal.SIGKILL
-        assert (folder / generation_name(2)).exists()  # written, never referenced
+        assert (folder / manifest_name(2)).exists()  # written, never referenced
         assert read_current(folder) == first.path.name
         assert reader.generation(TABLE) == first.path.name
         assert reader.query(TABLE, f"SELECT count(*) FROM {TABLE}") == [(first.rows,)]
@@ -247,9 +254,9 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
         with open_target(built) as target:
             assert isinstance(target, DuckDBTarget)
             target.con.execute("DELETE FROM derived.patient_summary WHERE patient_id % 2 = 0")
-            after = publish(built, target, [TABLE])[0]
+            after = publish(built, target, [TABLE], full=True)[0]
         assert after.generation == 4
-        assert set(after.removed) == {generation_name(2), generation_name(3)}
+        assert set(after.removed) == {manifest_name(2), generation_name(3)}
         assert (folder / first.path.name).exists()
         assert reader.query(TABLE, f"SELECT count(*) FROM {TABLE}") == [(after.rows,)]
         assert after.rows < first.rows
@@ -258,7 +265,7 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
     with open_target(built) as target:
         assert isinstance(target, DuckDBTarget)
         publish(built, target, [TABLE])
-        assert generation_files(target) == [generation_name(5)]
+        assert generation_files(target) == [manifest_name(5)]
 
 
 # --- scheduling, status, the CLI, dashboards ------------------------------------------------

@@ -2,20 +2,43 @@
 dashboards' reader (`ServingReader`). For targets whose interactive tables are not native.
 
 The warehouse file is held open read-write by one process (CDC), and DuckDB lets no other
-process open it meanwhile, so the serving layer lives in separate files next to it::
+process open it meanwhile, so the serving layer lives in separate files next to it. A
+*generation* is what one publish makes visible: a manifest naming its data files::
 
-    <warehouse stem>.serving/<name>/000000000007.duckdb   one complete copy per publish
-    <warehouse stem>.serving/<name>/CURRENT               "000000000007.duckdb\\n"
+    <warehouse stem>.serving/<name>/000000000007.json            the manifest of generation 7
+    <warehouse stem>.serving/<name>/000000000005.p003.duckdb     partition 3, written by gen. 5
+    <warehouse stem>.serving/<name>/000000000007.delta.duckdb    rows of keys changed since
+                                                                 their partition was written
+    <warehouse stem>.serving/<name>/CURRENT                      "000000000007.json\\n"
+
+(``CURRENT`` naming a single ``NNNNNNNNNNNN.duckdb`` file, the layout before manifests, is
+still read.)
+
+**Partitions and deltas.** The rows are split into `partitions` by *ranges* of the first
+`cluster_by` column (the key; bounds are its quantiles at the last full publish), each
+partition a file sorted by `cluster_by`. Ranges rather than hashes because a range-partitioned,
+sorted file routes a key lookup by itself: DuckDB's min/max statistics skip every row group of
+every other partition, so the reader needs no knowledge of the query. An incremental publish
+writes only (a) a *delta* file: the current rows of every key changed since its partition file
+was written, plus those keys (``<name>__changed``), and (b) new files for the partitions it
+chooses to *compact* (when the delta grew past one partition's size, the partitions with the
+most changed rows are rewritten and their keys leave the delta); every other partition file
+of the previous generation is reused by reference. Readers see ``serving.<name>`` as a view:
+each partition without the changed keys (an anti join on the key), plus the delta. That is the
+same multiset of rows as a full publish of the same source (tested).
 
 The publish guarantees (complete or invisible, never blocks the writer, never pulls a file from
 under a reader) are stated in :mod:`clinipipe.pipeline.publish`; the reader's:
 
-* **Whole generations only.** A query runs against exactly one published generation file,
-  opened read-only after CURRENT named it; CURRENT only ever names complete files.
-* **The file stays while in use.** The reader holds a shared ``flock`` on each generation it
-  has open (verified to be the file still at that path, so a file deleted between ``open`` and
-  ``flock`` is not used); the publisher deletes only files it can lock exclusively without
-  waiting. The reader never takes an exclusive lock, so it never blocks the writer.
+* **Whole generations only.** A query runs against exactly one published generation, opened
+  read-only after CURRENT named it; CURRENT only ever names a manifest whose files were all
+  written and fsynced before it. A reader opens all files of a manifest or none (if one is
+  gone it starts again from CURRENT), so it never combines files of two generations.
+* **The files stay while in use.** The reader holds a shared ``flock`` on the manifest and on
+  every file it names (each verified to be the file still at that path, so a file deleted
+  between ``open`` and ``flock`` is not used); the publisher deletes only files it can lock
+  exclusively without waiting, and keeps every file named by a manifest a reader holds. The
+  reader never takes an exclusive lock, so it never blocks the writer.
 * **Fresh within `recheck_seconds`.** CURRENT is re-checked (one ``stat``: inode and mtime) at
   most every `recheck_seconds`; when it names a newer generation the reader opens it (one
   thread, outside the reader's lock: the others keep querying the current generation
@@ -23,21 +46,24 @@ under a reader) are stated in :mod:`clinipipe.pipeline.publish`; the reader's:
 * **Thread-safe.** Queries of different threads run concurrently, each on its own cursor of
   the generation's connection.
 * **Encrypted like the warehouse.** Interactive tables hold PHI, so when the warehouse is
-  encrypted (`target.encryption_key_env`) every generation file is written with the same key
-  (DuckDB database encryption), and a reader needs it (`encryption_key`); CURRENT holds only a
-  file name.
+  encrypted (`target.encryption_key_env`) every data file is written with the same key
+  (DuckDB database encryption), and a reader needs it (`encryption_key`); CURRENT and the
+  manifests hold only file names, partition bounds (key values of the quantiles, which are
+  identifiers such as patient ids) and counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +73,7 @@ from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.context import SERVING_SCHEMA
 from clinipipe.targets.base import Target, TargetError
 from clinipipe.targets.duckdb import DuckDBTarget
-from clinipipe.targets.duckdb.core import open_encrypted
+from clinipipe.targets.duckdb.core import httpfs_extension, open_encrypted
 
 CURRENT = "CURRENT"
 """Name of the pointer file in each interactive table's folder."""
@@ -55,7 +81,15 @@ CURRENT = "CURRENT"
 _ALIAS = "clinipipe_publish"
 
 GENERATION_RE = re.compile(r"^(\d{12})\.duckdb$")
-"""Generation files: twelve digits, `.duckdb`."""
+"""Single-file generations (the layout before manifests): twelve digits, `.duckdb`."""
+
+MANIFEST_RE = re.compile(r"^(\d{12})\.json$")
+"""Generation manifests: twelve digits, `.json`."""
+
+_FILE_RE = re.compile(r"^(\d{12})(?:\.p\d{3}|\.delta)?\.(?:duckdb|json)(?:\.wal)?$")
+"""Every file a publish writes (data files, manifests, DuckDB WAL files left by a crash)."""
+
+_CURRENT_RE = re.compile(r"^\d{12}\.(?:duckdb|json)$")
 
 
 def serving_root(warehouse: Path) -> Path:
@@ -64,31 +98,89 @@ def serving_root(warehouse: Path) -> Path:
 
 
 def generation_name(generation: int) -> str:
-    """The file name of `generation`."""
+    """The file name of single-file generation `generation` (the layout before manifests)."""
     return f"{generation:012d}.duckdb"
 
 
+def manifest_name(generation: int) -> str:
+    """The manifest file name of `generation`."""
+    return f"{generation:012d}.json"
+
+
+def part_name(generation: int, partition: int) -> str:
+    """The file of `partition` written by `generation`."""
+    return f"{generation:012d}.p{partition:03d}.duckdb"
+
+
+def delta_name(generation: int) -> str:
+    """The delta file written by `generation`."""
+    return f"{generation:012d}.delta.duckdb"
+
+
 def read_current(folder: Path) -> str | None:
-    """The generation file name CURRENT points to in `folder`, or None before the first publish."""
+    """The file CURRENT points to in `folder` (a manifest, or a single-file generation), or
+    None before the first publish."""
     try:
         text = (folder / CURRENT).read_text().strip()
     except FileNotFoundError:
         return None
-    return text if GENERATION_RE.match(text) else None
+    return text if _CURRENT_RE.match(text) else None
 
 
-def _generations(folder: Path) -> dict[int, Path]:
-    found: dict[int, Path] = {}
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            m = GENERATION_RE.match(entry.name)
-            if m:
-                found[int(m.group(1))] = entry
-    return found
+@dataclass(frozen=True)
+class Manifest:
+    """One generation: the files readers combine into ``serving.<table>``.
+
+    `parts[i]` holds the rows whose `key` falls in range i of `bounds` (``bounds[i-1] <= key <
+    bounds[i]``; NULL keys in range 0), sorted by `cluster_by`; `delta` (optional) holds table
+    ``<table>__changed`` (column ``k``: keys whose rows in the parts are superseded) and the
+    current rows of those keys as ``<table>``. `source` records what the publisher needs to
+    continue incrementally (the dynamic table, its build time and high-water mark)."""
+
+    table: str
+    generation: int
+    key: str
+    key_type: str
+    cluster_by: list[str]
+    columns: list[list[str]]
+    bounds: list[str | None]
+    parts: list[str]
+    delta: str | None = None
+    rows: int = 0
+    delta_keys: int = 0
+    source: dict[str, Any] = field(default_factory=dict)
+    format: int = 2
+
+    @property
+    def files(self) -> list[str]:
+        """Every data file this generation reads."""
+        return [*self.parts, *([self.delta] if self.delta else [])]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        data = json.loads(path.read_text())
+        if data.get("format") != 2:
+            raise ServingError(f"{path.name}: unknown manifest format")
+        return cls(**data)
+
+
+def _generation_of(name: str) -> int | None:
+    m = _FILE_RE.match(name)
+    return int(m.group(1)) if m else None
 
 
 def next_generation(folder: Path) -> int:
-    numbers = set(_generations(folder))
+    """One more than the highest generation number of any file in `folder` or in CURRENT: a
+    publish never reuses a name, not even one a killed publish left half-written."""
+    numbers = set()
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            number = _generation_of(entry.name)
+            if number is not None:
+                numbers.add(number)
     current = read_current(folder)
     if current:
         numbers.add(int(current[:12]))
@@ -125,45 +217,108 @@ def write_current(folder: Path, file_name: str) -> None:
     fsync_path(folder, directory=True)
 
 
-def cleanup(folder: Path) -> list[str]:
-    """Delete every file of `folder` except CURRENT's generation that no reader holds.
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write `manifest` as `<generation>.json` in `folder`, fsynced (file; the caller fsyncs
+    the folder before switching CURRENT). A new name: never overwrites a manifest."""
+    path = folder / manifest_name(manifest.generation)
+    with open(path, "x") as fh:
+        fh.write(manifest.to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
 
-    A generation file is deleted only while this process holds a non-blocking exclusive flock
-    on it (readers hold a shared one), so an open generation is never removed; files whose
-    lock is refused stay for a later cleanup. Leftover temporary CURRENT files and DuckDB WAL
-    files of abandoned generations go too. Never blocks.
+
+def current_manifest(folder: Path) -> Manifest | None:
+    """The manifest CURRENT names, or None (nothing published, a single-file generation, or a
+    manifest that cannot be read: the caller then publishes in full)."""
+    name = read_current(folder)
+    if name is None or not MANIFEST_RE.match(name):
+        return None
+    try:
+        return Manifest.load(folder / name)
+    except (OSError, ValueError, TypeError, ServingError):
+        return None
+
+
+def _try_lock_exclusive(path: Path) -> int | None:
+    """An fd holding a non-blocking exclusive flock on `path`, or None (held or gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def cleanup(folder: Path) -> list[str]:
+    """Delete every file of `folder` that neither CURRENT's generation nor a generation a
+    reader holds needs. Call with the folder's publish lock held (so no publish is writing).
+
+    * A manifest other than CURRENT's is deleted only while this process holds a
+      non-blocking exclusive flock on it (readers hold a shared one); a manifest that is held
+      keeps every file it names.
+    * A data file named by no kept manifest is deleted only under such a lock too (a reader
+      holds shared locks on every file it reads), so a file in use is never removed; files
+      whose lock is refused stay for a later cleanup.
+    * Leftover temporary CURRENT files (older than a minute) and DuckDB WAL files of
+      abandoned files go too. Never blocks.
     """
-    current = read_current(folder)
     removed: list[str] = []
     if not folder.is_dir():
         return removed
-    for entry in sorted(folder.iterdir()):
-        name = entry.name
-        if name in (CURRENT, current, f"{current}.wal"):
-            continue
-        if name.startswith(f".{CURRENT}.") and name.endswith(".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                age = time.time() - entry.stat().st_mtime
-                if age > 60:  # not a temporary file a concurrent publish is about to rename
-                    entry.unlink()
-                    removed.append(name)
-            continue
-        base = name.removesuffix(".wal")
-        if not GENERATION_RE.match(base):
-            continue
-        try:
-            fd = os.open(entry, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a reader (or a publish in progress) holds it
+    current = read_current(folder)
+    keep: set[str] = {CURRENT}
+    if current:
+        keep.add(current)
+        if MANIFEST_RE.match(current):
+            with contextlib.suppress(OSError, ValueError, TypeError, ServingError):
+                keep.update(Manifest.load(folder / current).files)
+    entries = sorted(folder.iterdir())
+    # Manifests first: a held one protects its files; a free one is deleted under its lock
+    # (with the lock held until its files were considered, no reader can open it meanwhile).
+    held: list[int] = []
+    try:
+        for entry in entries:
+            if not MANIFEST_RE.match(entry.name) or entry.name in keep:
+                continue
+            fd = _try_lock_exclusive(entry)
+            if fd is None:
+                if entry.exists():
+                    keep.add(entry.name)
+                    with contextlib.suppress(OSError, ValueError, TypeError, ServingError):
+                        keep.update(Manifest.load(entry).files)
+                continue
+            held.append(fd)
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
-                removed.append(name)
-        finally:
+                removed.append(entry.name)
+        for entry in entries:
+            name = entry.name
+            if name in keep or MANIFEST_RE.match(name):
+                continue
+            if name.startswith(f".{CURRENT}.") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - entry.stat().st_mtime > 60:  # not one about to be renamed
+                        entry.unlink()
+                        removed.append(name)
+                continue
+            if not _FILE_RE.match(name) or name.removesuffix(".wal") in keep:
+                continue
+            fd = _try_lock_exclusive(entry)
+            if fd is None:
+                continue  # a reader holds it (or it is gone)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed.append(name)
+            finally:
+                os.close(fd)
+    finally:
+        for fd in held:
             os.close(fd)
     return removed
 
@@ -172,6 +327,32 @@ def serving_root_of(target: Target) -> Path | None:
     """Where `target` keeps its serving files, or None when its interactive tables are native
     (Snowflake: CREATE INTERACTIVE TABLE) and there is nothing to publish."""
     return serving_root(target.path) if isinstance(target, DuckDBTarget) else None
+
+
+def _attach_options(target: DuckDBTarget, *, read_only: bool = False) -> str:
+    key = target.encryption_key()
+    options = [] if key is None else [f"ENCRYPTION_KEY {target.dialect.quote_literal(key)}"]
+    if read_only:
+        options.append("READ_ONLY")
+    return f" ({', '.join(options)})" if options else ""
+
+
+def _write_file(
+    target: DuckDBTarget, cur: duckdb.DuckDBPyConnection, path: Path,
+    tables: Sequence[tuple[str, str]],
+) -> None:  # fmt: skip
+    """Create the DuckDB file `path` holding `serving.<table> AS <sql>` for each (table, sql),
+    checkpointed and detached (not fsynced: the caller does that before switching CURRENT)."""
+    q = target.dialect.quote_ident
+    cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}"
+                f"{_attach_options(target)}")  # fmt: skip
+    try:
+        cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
+        for table, sql in tables:
+            cur.execute(f"CREATE TABLE {q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(table)} AS {sql}")
+        cur.execute(f"CHECKPOINT {q(_ALIAS)}")
+    finally:
+        cur.execute(f"DETACH {q(_ALIAS)}")
 
 
 def write_generation(
@@ -183,27 +364,27 @@ def write_generation(
     *,
     index: bool = False,
 ) -> int:
-    """Write the new generation file `path`: table `serving.<name>` = the rows of `source_sql`
-    ordered by `cluster_by` (plus an ART index on them with `index`), checkpointed and detached.
-    Returns its rows. Not yet fsynced nor named by CURRENT: the caller does both. Raises
-    `TargetError` (no values in the message); a partial file is left for `cleanup`."""
+    """Write the single-file generation `path`: table `serving.<name>` = the rows of
+    `source_sql` ordered by `cluster_by` (plus an ART index on them with `index`),
+    checkpointed and detached. Returns its rows. Not yet fsynced nor named by CURRENT: the
+    caller does both. Raises `TargetError` (no values in the message); a partial file is left
+    for `cleanup`."""
     assert isinstance(target, DuckDBTarget)
     q = target.dialect.quote_ident
     order = ", ".join(q(c) for c in cluster_by)
-    key = target.encryption_key()
-    options = "" if key is None else f" (ENCRYPTION_KEY {target.dialect.quote_literal(key)})"
     cur = target.cursor()
     try:
         target.use_warehouse("interactive")
-        cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}{options}")
-        served = f"{q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(name)}"
+        _write_file(target, cur, path, [(name, f"{source_sql} ORDER BY {order}")])
+        served = f"{q(SERVING_SCHEMA)}.{q(name)}"
+        cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}"
+                    f"{_attach_options(target)}")  # fmt: skip
         try:
-            cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
-            cur.execute(f"CREATE TABLE {served} AS {source_sql} ORDER BY {order}")
             if index:
-                cur.execute(f"CREATE INDEX {q(name + '_cluster')} ON {served} ({order})")
-            rows = int(cur.execute(f"SELECT count(*) FROM {served}").fetchall()[0][0])
-            cur.execute(f"CHECKPOINT {q(_ALIAS)}")
+                cur.execute(f"CREATE INDEX {q(name + '_cluster')} ON {q(_ALIAS)}.{served} "
+                            f"({order})")  # fmt: skip
+                cur.execute(f"CHECKPOINT {q(_ALIAS)}")
+            rows = int(cur.execute(f"SELECT count(*) FROM {q(_ALIAS)}.{served}").fetchall()[0][0])
         finally:
             cur.execute(f"DETACH {q(_ALIAS)}")
     except duckdb.Error as exc:
@@ -216,40 +397,310 @@ def write_generation(
     return rows
 
 
+CHANGED_SUFFIX = "__changed"
+"""The delta file's table of changed keys is `serving.<name>__changed` (column `k`)."""
+
+
+@dataclass(frozen=True)
+class PartitionedWrite:
+    """What `write_partitioned` wrote: the manifest (not yet written nor CURRENT), the new data
+    files, which partitions were (re)written, and the rows the delta holds."""
+
+    manifest: Manifest
+    new_files: list[Path]
+    rewritten: list[int]
+    delta_rows: int
+    incremental: bool
+
+
+def partitions_for(rows: int, rows_per_partition: int = 250_000, most: int = 16) -> int:
+    """How many partitions a table of `rows` rows gets at a full publish."""
+    return max(1, min(most, rows // max(1, rows_per_partition)))
+
+
+def write_partitioned(
+    target: Target,
+    folder: Path,
+    generation: int,
+    name: str,
+    source_sql: str,
+    cluster_by: Sequence[str],
+    *,
+    source: Mapping[str, Any],
+    previous: Manifest | None = None,
+    changed_keys_sql: str | None = None,
+    partitions: int | None = None,
+    compact_rows: int | None = None,
+    threads: int | None = None,
+) -> PartitionedWrite:
+    """Write the data files of generation `generation` of interactive table `name` in `folder`
+    and return its manifest (the caller writes it, fsyncs, and switches CURRENT).
+
+    *Full* (no usable `previous`): the rows of `source_sql` split into `partitions` (default
+    `partitions_for` its rows) ranges of `cluster_by[0]`, one file each, sorted by
+    `cluster_by`. *Incremental* (`previous` is the current manifest of the same key, cluster
+    order and columns, and `changed_keys_sql` yields every key whose rows in `source_sql`
+    changed since `previous` was published, as column ``k`` of any type castable to the key):
+    the changed keys joined with those of the previous delta; when their rows exceed
+    `compact_rows` (default: the table's rows divided by the partitions), the partitions with
+    the most changed rows are rewritten until they do not; the remaining keys and their
+    current rows form the new delta; every other partition file is reused as it is.
+
+    `threads` bounds DuckDB's threads for the work (a database-wide setting: the caller
+    restores its compute profile afterwards). Touches no file of `previous` and never a name
+    that exists. Raises `TargetError` (no
+    values in the message); partial files are left for `cleanup`.
+    """
+    assert isinstance(target, DuckDBTarget)
+    q, lit = target.dialect.quote_ident, target.dialect.quote_literal
+    key = cluster_by[0]
+    order = ", ".join(q(c) for c in cluster_by)
+    cur = target.cursor()
+    new_files: list[Path] = []
+    try:
+        if threads is not None:
+            cur.execute(f"SET threads = {max(1, int(threads))}")
+        described = cur.execute(f"DESCRIBE SELECT * FROM ({source_sql}) AS s").fetchall()
+        columns = [[str(r[0]), str(r[1])] for r in described]
+        types = {c: t for c, t in columns}
+        if key not in types:
+            raise TargetError(f"{name}: cluster_by column {key} is not a column of its source")
+        key_type = types[key]
+        src = f"({source_sql}) AS s"
+        total = int(cur.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0])
+        incremental = (
+            previous is not None
+            and changed_keys_sql is not None
+            and previous.key == key
+            and previous.key_type == key_type
+            and previous.cluster_by == list(cluster_by)
+            and previous.columns == columns
+            and len(previous.parts) == len(previous.bounds) + 1
+        )
+
+        def cast(value: str) -> str:
+            return f"CAST({lit(value)} AS {key_type})"
+
+        def in_range(column: str, bounds: Sequence[str | None], i: int) -> str:
+            conds = []
+            if i > 0:
+                conds.append(f"{column} >= {cast(str(bounds[i - 1]))}")
+            if i < len(bounds):
+                below = f"{column} < {cast(str(bounds[i]))}"
+                conds.append(f"({column} IS NULL OR {below})" if i == 0 else below)
+            return " AND ".join(conds) or "TRUE"
+
+        def part_of(column: str, bounds: Sequence[str | None]) -> str:
+            if not bounds:
+                return "0"
+            whens = " ".join(f"WHEN {column} < {cast(str(b))} THEN {i}"
+                             for i, b in enumerate(bounds))  # fmt: skip
+            return f"CASE WHEN {column} IS NULL THEN 0 {whens} ELSE {len(bounds)} END"
+
+        def write_part(bounds: Sequence[str | None], i: int) -> str:
+            file_name = part_name(generation, i)
+            path = folder / file_name
+            new_files.append(path)
+            where = in_range(f"s.{q(key)}", bounds, i)
+            select = f"SELECT s.* FROM {src} WHERE {where} ORDER BY {order}"
+            _write_file(target, cur, path, [(name, select)])
+            return file_name
+
+        if not incremental:
+            count = partitions or partitions_for(total)
+            bounds: list[str | None] = []
+            if count > 1 and total:
+                fractions = ", ".join(str(i / count) for i in range(1, count))
+                found = cur.execute(
+                    f"SELECT CAST(unnest(quantile_disc(s.{q(key)}, [{fractions}])) AS VARCHAR) "
+                    f"FROM {src}"
+                ).fetchall()
+                bounds = [r[0] for r in found if r[0] is not None]
+            parts = [write_part(bounds, i) for i in range(len(bounds) + 1)]
+            manifest = Manifest(
+                table=name, generation=generation, key=key, key_type=key_type,
+                cluster_by=list(cluster_by), columns=columns, bounds=bounds, parts=parts,
+                rows=total, source=dict(source),
+            )  # fmt: skip
+            return PartitionedWrite(manifest, new_files, list(range(len(parts))), 0, False)
+
+        assert previous is not None and changed_keys_sql is not None
+        bounds = list(previous.bounds)
+        keys = "temp._clinipipe_publish_keys"
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _clinipipe_publish_keys (k {key_type})")
+        cur.execute(f"INSERT INTO {keys} SELECT DISTINCT CAST(k AS {key_type}) "
+                    f"FROM ({changed_keys_sql}) AS c")  # fmt: skip
+        if previous.delta:
+            prev = "clinipipe_previous"
+            cur.execute(f"ATTACH {lit(str(folder / previous.delta))} AS {q(prev)}"
+                        f"{_attach_options(target, read_only=True)}")  # fmt: skip
+            try:
+                cur.execute(
+                    f"INSERT INTO {keys} SELECT k FROM {q(prev)}.{q(SERVING_SCHEMA)}."
+                    f"{q(name + CHANGED_SUFFIX)} EXCEPT SELECT k FROM {keys}"
+                )
+            finally:
+                cur.execute(f"DETACH {q(prev)}")
+        # The current rows of the changed keys, read once (one scan of the source).
+        rows_of = "temp._clinipipe_publish_rows"
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _clinipipe_publish_rows AS SELECT s.* FROM "
+            f"{src} SEMI JOIN {keys} AS c ON s.{q(key)} IS NOT DISTINCT FROM c.k"
+        )
+        pending = dict(
+            (int(p), int(n)) for p, n in cur.execute(
+                f"SELECT {part_of(q(key), bounds)} AS p, count(*) FROM {rows_of} GROUP BY p"
+            ).fetchall()
+        )  # fmt: skip
+        delta_rows = sum(pending.values())
+        budget = compact_rows if compact_rows is not None else total // len(previous.parts)
+        rewritten: list[int] = []
+        for part, rows in sorted(pending.items(), key=lambda item: (-item[1], item[0])):
+            if delta_rows <= budget:
+                break
+            rewritten.append(part)
+            delta_rows -= rows
+        parts = list(previous.parts)
+        for i in sorted(rewritten):
+            parts[i] = write_part(bounds, i)
+        if rewritten:
+            listed = ", ".join(str(i) for i in rewritten)
+            cur.execute(f"DELETE FROM {keys} WHERE {part_of('k', bounds)} IN ({listed})")
+            cur.execute(f"DELETE FROM {rows_of} WHERE {part_of(q(key), bounds)} IN ({listed})")
+        delta_keys = int(cur.execute(f"SELECT count(*) FROM {keys}").fetchall()[0][0])
+        delta = None
+        if delta_keys:
+            delta = delta_name(generation)
+            new_files.append(folder / delta)
+            _write_file(target, cur, folder / delta, [
+                (name + CHANGED_SUFFIX, f"SELECT k FROM {keys} ORDER BY k"),
+                (name, f"SELECT * FROM {rows_of} ORDER BY {order}"),
+            ])  # fmt: skip
+        manifest = Manifest(
+            table=name, generation=generation, key=key, key_type=key_type,
+            cluster_by=list(cluster_by), columns=columns, bounds=bounds, parts=parts,
+            delta=delta, rows=total, delta_keys=delta_keys, source=dict(source),
+        )  # fmt: skip
+        return PartitionedWrite(manifest, new_files, sorted(rewritten), delta_rows, True)
+    except duckdb.Error as exc:
+        raise TargetError(
+            f"publishing {name} failed (readers keep the previous generation; the partial files "
+            f"are removed by the next publish): {scrub_values(first_line(exc))}"
+        ) from None
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            cur.execute("DROP TABLE IF EXISTS temp._clinipipe_publish_keys")
+            cur.execute("DROP TABLE IF EXISTS temp._clinipipe_publish_rows")
+        cur.close()
+
+
 _SEARCH_PATH = f"SET search_path = '{SERVING_SCHEMA},main'"
 
 
 class ServingError(Exception):
-    """An interactive table has no published generation (yet)."""
+    """An interactive table has no published generation (yet), or it cannot be opened."""
+
+
+def view_sql(manifest: Manifest) -> str:
+    """``serving.<table>`` of a manifest's generation, over its files attached as
+    ``clinipipe_p<i>`` and ``clinipipe_delta``: each partition without the delta's changed
+    keys, plus the delta's rows (the rows a full publish of the same source would hold)."""
+
+    def q(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    table = f"{q(SERVING_SCHEMA)}.{q(manifest.table)}"
+    branches = []
+    for i in range(len(manifest.parts)):
+        part = f"{q(f'clinipipe_p{i}')}.{table}"
+        if manifest.delta:
+            changed = f"{q('clinipipe_delta')}.{q(SERVING_SCHEMA)}." + q(
+                manifest.table + CHANGED_SUFFIX
+            )
+            branches.append(
+                f"SELECT b.* FROM {part} AS b ANTI JOIN {changed} AS x "
+                f"ON b.{q(manifest.key)} IS NOT DISTINCT FROM x.k"
+            )
+        else:
+            branches.append(f"SELECT * FROM {part}")
+    if manifest.delta:
+        branches.append(f"SELECT * FROM {q('clinipipe_delta')}.{table}")
+    return " UNION ALL ".join(branches)
 
 
 class _Generation:
-    """One open generation file: its shared flock, its read-only connection, its users, and
-    the statements each new cursor runs first (search path; the catalog when encrypted)."""
+    """One open generation: the shared flocks on its files, its read-only connection, its
+    users, and the statements each new cursor runs first (search path; the catalog when
+    encrypted)."""
 
-    def __init__(self, path: Path, fd: int, threads: int, key: str | None = None) -> None:
+    def __init__(
+        self, name: str, path: Path, fds: list[int], threads: int, key: str | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:  # fmt: skip
+        self.name = name
         self.path = path
-        self.fd = fd
+        self.fds = fds
         self.setup = [_SEARCH_PATH]
-        if key is None:
-            self.con = duckdb.connect(str(path), read_only=True, config={"threads": threads})
-        else:
-            try:
-                self.con, use = open_encrypted(path, key, read_only=True, alias=_ALIAS)
-            except duckdb.Error as exc:
-                raise ServingError(
-                    f"cannot open {path.name} (encrypted): {scrub_values(first_line(exc))}"
-                ) from None
-            self.con.execute(f"SET threads = {int(threads)}")
-            self.setup = [use, f"SET search_path = '{_ALIAS}.{SERVING_SCHEMA},{_ALIAS}.main'"]
         self.users = 0
         self.retired = False
+        if manifest is None or (len(manifest.parts) == 1 and not manifest.delta):
+            data = path if manifest is None else path.with_name(manifest.parts[0])
+            self._open_file(data, threads, key)
+        else:
+            self._open_manifest(manifest, threads, key)
+
+    def _open_file(self, data: Path, threads: int, key: str | None) -> None:
+        if key is None:
+            self.con = duckdb.connect(str(data), read_only=True, config={"threads": threads})
+            return
+        try:
+            self.con, use = open_encrypted(data, key, read_only=True, alias=_ALIAS)
+        except duckdb.Error as exc:
+            raise ServingError(
+                f"cannot open {data.name} (encrypted): {scrub_values(first_line(exc))}"
+            ) from None
+        self.con.execute(f"SET threads = {int(threads)}")
+        self.setup = [use, f"SET search_path = '{_ALIAS}.{SERVING_SCHEMA},{_ALIAS}.main'"]
+
+    def _open_manifest(self, manifest: Manifest, threads: int, key: str | None) -> None:
+        con = duckdb.connect(
+            ":memory:", config={"threads": threads, "autoinstall_known_extensions": False}
+        )
+        try:
+            options = ", READ_ONLY"
+            if key is not None:
+                ext = httpfs_extension()
+                if ext is not None:
+                    con.execute("LOAD '" + str(ext).replace("'", "''") + "'")
+                options = ", ENCRYPTION_KEY '" + key.replace("'", "''") + "'" + options
+            files = [(f"clinipipe_p{i}", p) for i, p in enumerate(manifest.parts)]
+            if manifest.delta:
+                files.append(("clinipipe_delta", manifest.delta))
+            for alias, file_name in files:
+                path = str(self.path.with_name(file_name)).replace("'", "''")
+                try:
+                    con.execute(f"ATTACH '{path}' AS \"{alias}\" ({options.lstrip(', ')})")
+                except duckdb.Error as exc:
+                    state = "encrypted" if key is not None else "read-only"
+                    raise ServingError(
+                        f"cannot open {file_name} ({state}): {scrub_values(first_line(exc))}"
+                    ) from None
+            con.execute(f'CREATE SCHEMA "{SERVING_SCHEMA}"')
+            con.execute(
+                f'CREATE VIEW "{SERVING_SCHEMA}"."{manifest.table.replace(chr(34), chr(34) * 2)}"'
+                f" AS {view_sql(manifest)}"
+            )
+        except BaseException:
+            con.close()
+            raise
+        self.con = con
 
     def close(self) -> None:
         try:
             self.con.close()
         finally:
-            os.close(self.fd)  # releases the shared flock
+            for fd in self.fds:
+                os.close(fd)  # releases the shared flocks
 
 
 def _lock_shared(path: Path) -> int | None:
@@ -271,6 +722,35 @@ def _lock_shared(path: Path) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def _open_generation(
+    folder: Path, file_name: str, threads: int, key: str | None
+) -> _Generation | None:
+    """Open the generation `file_name` (manifest or single file) of `folder` with shared locks
+    on all its files, or None when one of them is gone (superseded and cleaned up: the caller
+    reads CURRENT again)."""
+    path = folder / file_name
+    fd = _lock_shared(path)
+    if fd is None:
+        return None
+    fds = [fd]
+    try:
+        manifest = None
+        if MANIFEST_RE.match(file_name):
+            manifest = Manifest.load(path)  # locked: cannot be deleted any more
+            for data in manifest.files:
+                data_fd = _lock_shared(folder / data)
+                if data_fd is None:
+                    for held in fds:
+                        os.close(held)
+                    return None
+                fds.append(data_fd)
+        return _Generation(folder.name, path, fds, threads, key, manifest)
+    except BaseException:
+        for held in fds:
+            os.close(held)
+        raise
 
 
 class _Table:
@@ -452,13 +932,8 @@ class ServingReader:
                 raise ServingError(f"{folder / CURRENT} names no generation")
             if current is not None and current.path.name == file_name:
                 return None, new_stamp
-            path = folder / file_name
-            fd = _lock_shared(path)
-            if fd is None:
+            gen = _open_generation(folder, file_name, threads, key)
+            if gen is None:
                 continue  # superseded and deleted meanwhile: read CURRENT again
-            try:
-                return _Generation(path, fd, threads, key), new_stamp
-            except BaseException:
-                os.close(fd)
-                raise
+            return gen, new_stamp
         raise ServingError(f"could not open a generation of {folder.name!r}")

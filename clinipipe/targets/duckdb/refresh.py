@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from clinipipe.secrets import first_line, scrub_values
-from clinipipe.sql.context import DERIVED_SCHEMA, RAW_SCHEMA
+from clinipipe.sql.context import CONTROL_SCHEMA, DERIVED_SCHEMA, RAW_SCHEMA
 from clinipipe.targets.capabilities.refresh import (
     DynamicTableInputs,
     PendingChanges,
@@ -398,9 +398,16 @@ class DuckDBRefresh(DuckDBCore, Refresh):
             return 0
         q = self.dialect.quote_literal
         listed = ", ".join(q(n) for n in names)
+        # Keys an incremental publish of an interactive table still needs (clinipipe.pipeline.
+        # publish.KEY_FLOORS: lsn >= the mark its current generation was published at) stay.
+        kept = ""
+        if self.table_exists(CONTROL_SCHEMA, "serving_key_floors"):
+            kept = (f" AND lsn < coalesce((SELECT min(lsn) FROM "
+                    f"{self.control('serving_key_floors')} WHERE source IN ({listed})), "
+                    f"{2**62})")  # fmt: skip
         row = self.con.execute(
             f"DELETE FROM {self.control('changed_keys')} WHERE lsn <= (SELECT min(high_water_lsn) "
-            f"FROM {self.control('dynamic_table_state')} WHERE name IN ({listed}))"
+            f"FROM {self.control('dynamic_table_state')} WHERE name IN ({listed})){kept}"
         ).fetchone()
         return int(row[0]) if row else 0
 

@@ -1,0 +1,382 @@
+"""Partitioned, incremental publishes: equal to a full publish, atomic for readers in other
+processes (readers killed, a publisher killed mid-publish), old files collected safely."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clinipipe.pipeline import publish as publish_module
+from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
+from clinipipe.pipeline.publish import publish, publish_table
+from clinipipe.pipeline.refresh import refresh
+from clinipipe.spec import LoadedSpec, load_spec
+from clinipipe.targets import open_target
+from clinipipe.targets import serving_files as serving_module
+from clinipipe.targets.duckdb import DuckDBTarget
+from clinipipe.targets.serving_files import (
+    Manifest,
+    ServingReader,
+    current_manifest,
+    read_current,
+    serving_root,
+)
+from tests.helpers import catch_up, execute
+
+TABLE = "patient_dashboard"
+ALL = f"SELECT * FROM {TABLE} ORDER BY ALL"
+DERIVED = "SELECT * FROM derived.patient_summary ORDER BY ALL"
+
+
+@pytest.fixture
+def built(hospital_project: Path) -> LoadedSpec:
+    loaded = load_spec(hospital_project)
+    run_backfill(loaded, BackfillOptions())
+    refresh(loaded)
+    return loaded
+
+
+@pytest.fixture
+def warehouse(built: LoadedSpec) -> Iterator[DuckDBTarget]:
+    with open_target(built) as target:
+        assert isinstance(target, DuckDBTarget)
+        yield target
+
+
+def _table(loaded: LoadedSpec) -> Any:
+    return next(t for t in loaded.spec.interactive_tables if t.name == TABLE)
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.endswith((".duckdb", ".json"))}
+
+
+def test_an_incremental_publish_equals_a_full_publish(
+    built: LoadedSpec, warehouse: DuckDBTarget, pg_dsn: str
+) -> None:
+    table = _table(built)
+    first = publish_table(built, warehouse, table, partitions=4)
+    assert not first.incremental and first.partitions == 4 and first.rewritten == (0, 1, 2, 3)
+    folder = first.path.parent
+    base = current_manifest(folder)
+    assert base is not None and base.delta is None and len(base.bounds) == 3
+
+    # Change a few patients at the source (an update, a new lab, a deleted patient's labs),
+    # replicate them, refresh incrementally; the refresh prunes the changed keys it consumed,
+    # the publish's key floor keeps them for the publish.
+    warehouse.close()
+    execute(pg_dsn, "UPDATE labs SET abnormal_flag = 'H' WHERE patient_id IN "
+                    "(SELECT patient_id FROM patients ORDER BY patient_id LIMIT 3)")  # fmt: skip
+    execute(pg_dsn, "UPDATE labs SET abnormal_flag = NULL WHERE patient_id = "
+                    "(SELECT max(patient_id) FROM patients)")  # fmt: skip
+    execute(pg_dsn, "DELETE FROM labs WHERE patient_id = (SELECT min(patient_id) + 7 FROM "
+                    "patients)")  # fmt: skip
+    catch_up(built)
+    warehouse.connect()
+    actions = {r.name: r.refresh_action for r in refresh(built, target=warehouse)}
+    assert actions["patient_summary"] == "INCREMENTAL"
+    [(left,)] = warehouse.query("SELECT count(*) FROM _clinipipe.changed_keys")
+    assert left > 0, "the key floor keeps the keys the next publish needs"
+
+    second = publish_table(built, warehouse, table)
+    assert second.incremental and second.rewritten == () and second.changed_keys >= 4
+    manifest = current_manifest(folder)
+    assert manifest is not None and manifest.delta is not None
+    assert manifest.parts == base.parts  # every partition file reused by reference
+    expected = warehouse.query(DERIVED)
+    with ServingReader(warehouse.path, recheck_seconds=0) as reader:
+        assert reader.query(TABLE, ALL) == expected
+        pid = expected[0][0]
+        assert reader.query(TABLE, f"SELECT * FROM {TABLE} WHERE patient_id = ?", [pid]) == [
+            expected[0]
+        ]
+
+        # Compaction: every partition holding a changed key is rewritten, the delta goes.
+        third = publish_table(built, warehouse, table, compact_rows=0)
+        assert third.incremental and third.rewritten and third.changed_keys == 0
+        compacted = current_manifest(folder)
+        assert compacted is not None and compacted.delta is None
+        kept = [i for i in range(4) if i not in third.rewritten]
+        assert [compacted.parts[i] for i in kept] == [base.parts[i] for i in kept]
+        assert reader.query(TABLE, ALL) == expected
+
+        # A full publish of the same source: the same rows.
+        full = publish_table(built, warehouse, table, full=True)
+        assert not full.incremental
+        assert reader.query(TABLE, ALL) == expected
+
+    # A FULL refresh of the dynamic table (a rebuild) makes the next publish full.
+    refresh(built, "patient_summary", full=True, target=warehouse)
+    after_full = publish_table(built, warehouse, table)
+    assert not after_full.incremental and "rebuilt" in (after_full.why_full or "")
+
+
+# --- readers in other processes -------------------------------------------------------------
+
+
+def _reader_main(warehouse: str, total: int, stop: Any, out: Any, latest: Any, i: int) -> None:
+    """Query until `stop`; every read must show sum(abnormal_labs) == `total` (each publish
+    moves one unit between two patients of different partitions and adds a fake patient of
+    value 0, so any mix of two generations' files breaks the sum or the row count)."""
+    errors: list[str] = []
+    counts: set[int] = set()
+    queries = 0
+    rng = random.Random(os.getpid())
+    try:
+        with ServingReader(warehouse, recheck_seconds=0.01) as reader:
+            while not stop.is_set():
+                try:
+                    pid = rng.randint(1, 300)
+                    [(count, total_now, dupes, hit)] = reader.query(
+                        TABLE,
+                        f"SELECT count(*), sum(abnormal_labs), count(*) - count(DISTINCT "
+                        f"patient_id), (SELECT count(*) FROM {TABLE} WHERE patient_id = ?) "
+                        f"FROM {TABLE}",
+                        [pid],
+                    )
+                    if total_now != total or dupes != 0 or hit > 1:
+                        errors.append(f"torn read: {count} {total_now} {dupes} {hit}")
+                    counts.add(int(count))
+                    latest[i] = int(count)
+                    queries += 1
+                    time.sleep(0.002)  # leave the (niced) publisher some CPU
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    out.put((sorted(counts), errors, queries))
+
+
+def _simulate_refresh(target: DuckDBTarget, k: int, rng: random.Random, ids: list[int]) -> None:
+    """What an incremental refresh of patient_summary does, in miniature: change the rows of
+    a few keys, move the table's high-water mark one on and record those keys as changed
+    there."""
+    a, b = rng.sample(ids, 2)
+    [(lsn,)] = target.query(
+        "SELECT high_water_lsn + 1 FROM _clinipipe.dynamic_table_state "
+        "WHERE name = 'patient_summary'"
+    )
+    target.execute_atomically([
+        f"UPDATE _clinipipe.dynamic_table_state SET high_water_lsn = {lsn} "
+        "WHERE name = 'patient_summary'",
+        f"UPDATE derived.patient_summary SET abnormal_labs = abnormal_labs + 1 "
+        f"WHERE patient_id = {a}",
+        f"UPDATE derived.patient_summary SET abnormal_labs = abnormal_labs - 1 "
+        f"WHERE patient_id = {b}",
+        f"INSERT INTO derived.patient_summary (patient_id, encounters, abnormal_labs) "
+        f"VALUES ({-k}, 0, 0)",
+        "INSERT INTO _clinipipe.changed_keys (table_name, key_column, key_value, lsn) "
+        f"VALUES ('labs', 'patient_id', '{a}', {lsn}), ('labs', 'patient_id', '{b}', {lsn}), "
+        f"('patients', 'patient_id', '{-k}', {lsn})",
+    ])  # fmt: skip
+
+
+def test_readers_see_whole_generations_while_partitions_are_republished_and_killed(
+    built: LoadedSpec, warehouse: DuckDBTarget
+) -> None:
+    table = _table(built)
+    base = publish_table(built, warehouse, table, partitions=4)
+    folder = base.path.parent
+    [(total,)] = warehouse.query("SELECT sum(abnormal_labs) FROM derived.patient_summary")
+    ids = [r[0] for r in warehouse.query("SELECT patient_id FROM derived.patient_summary")]
+    ctx = mp.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    latest = ctx.Array("q", [-1, -1, -1], lock=False)
+    readers = [
+        ctx.Process(target=_reader_main, args=(str(warehouse.path), total, stop, out, latest, i))
+        for i in range(3)
+    ]
+    for p in readers:
+        p.start()
+    published = {base.rows}
+
+    def live_readers_saw(rows: int, live: list[int]) -> None:
+        deadline = time.monotonic() + 120  # a safety net against a hang
+        while any(latest[i] != rows for i in live):
+            assert all(readers[i].is_alive() for i in live), "a reader died"
+            assert time.monotonic() < deadline, f"readers stuck at {list(latest)}, not {rows}"
+            time.sleep(0.005)
+
+    rng = random.Random(3)
+    live = [0, 1, 2]
+    try:
+        live_readers_saw(base.rows, live)
+        kinds = set()
+        for k in range(1, 10):
+            _simulate_refresh(warehouse, k, rng, ids)
+            # every fourth publish compacts partitions (rewrites them), the others add a delta
+            result = publish_table(built, warehouse, table, compact_rows=0 if k % 4 == 0 else None)
+            assert result.incremental and result.rows == base.rows + k
+            kinds.add(bool(result.rewritten))
+            published.add(result.rows)
+            live_readers_saw(result.rows, live)
+            if k == 4:  # a reader killed while it holds a generation: its locks go with it
+                os.kill(readers[2].pid, signal.SIGKILL)
+                readers[2].join(timeout=30)
+                live = [0, 1]
+        assert kinds == {True, False}
+    finally:
+        stop.set()
+        results = [out.get(timeout=60) for _ in live]
+        for p in readers:
+            p.join(timeout=10)
+    for counts, errors, queries in results:
+        assert errors == []
+        assert queries > 20
+        assert set(counts) <= published
+    # No reader left: the next publish keeps exactly the current generation's files.
+    last = publish_table(built, warehouse, table)
+    manifest = Manifest.load(last.path)
+    assert _files(folder) == {last.path.name, *manifest.files}
+
+
+# --- a publisher killed mid-publish ---------------------------------------------------------
+
+
+def _killed_publisher(spec: str, where: str) -> None:
+    """Publish incrementally, but die (SIGKILL) at `where`: after the first new data file
+    ("data") or after every data file, before the manifest ("manifest")."""
+    if where == "data":
+        write = serving_module._write_file
+
+        def die_after(*args: Any, **kwargs: Any) -> None:
+            write(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        serving_module._write_file = die_after  # type: ignore[assignment]
+    else:
+
+        def die(*args: Any, **kwargs: Any) -> None:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        publish_module.write_manifest = die  # type: ignore[assignment]
+    loaded = load_spec(Path(spec))
+    with open_target(loaded) as target:
+        table = next(t for t in loaded.spec.interactive_tables if t.name == TABLE)
+        publish_table(loaded, target, table, compact_rows=0)
+
+
+def test_a_publisher_killed_mid_publish_leaves_the_previous_generation(
+    built: LoadedSpec, hospital_project: Path
+) -> None:
+    table = _table(built)
+    rng = random.Random(5)
+    with open_target(built) as target:
+        assert isinstance(target, DuckDBTarget)
+        publish_table(built, target, table, partitions=4)
+        ids = [r[0] for r in target.query("SELECT patient_id FROM derived.patient_summary")]
+        _simulate_refresh(target, 1, rng, ids)
+        before = publish_table(built, target, table)  # incremental: parts + a delta
+        assert before.incremental
+        _simulate_refresh(target, 2, rng, ids)
+        path = target.path
+    folder = serving_root(path) / TABLE
+    reader = ServingReader(path, recheck_seconds=0)
+    try:
+        expected_before = reader.query(TABLE, ALL)
+        assert len(expected_before) == before.rows
+        for where in ("data", "manifest"):
+            proc = mp.get_context("spawn").Process(
+                target=_killed_publisher, args=(str(hospital_project), where)
+            )
+            proc.start()
+            proc.join(timeout=120)
+            assert proc.exitcode == -signal.SIGKILL
+            assert read_current(folder) == before.path.name
+            assert reader.generation(TABLE) == before.path.name
+            assert reader.query(TABLE, ALL) == expected_before
+        leftovers = _files(folder) - {before.path.name, *Manifest.load(before.path).files}
+        assert leftovers, "the killed publishers wrote files nobody references"
+
+        # The next publish works (incrementally: nothing was lost), cleans the leftovers up
+        # and serves exactly the dynamic table. A reader that opens the table while that
+        # publish has written its data files but not switched CURRENT gets the previous
+        # generation, whole (none of the new files).
+        seen_midway: list[list[tuple[Any, ...]]] = []
+        real_write_manifest = publish_module.write_manifest
+
+        def open_a_reader_first(folder: Path, manifest: Manifest) -> Path:
+            with ServingReader(path, recheck_seconds=0) as fresh:
+                seen_midway.append(fresh.query(TABLE, ALL))
+            return real_write_manifest(folder, manifest)
+
+        with open_target(built) as target, pytest.MonkeyPatch.context() as patch:
+            assert isinstance(target, DuckDBTarget)
+            patch.setattr(publish_module, "write_manifest", open_a_reader_first)
+            after = publish_table(built, target, table)
+            expected = target.query(DERIVED)
+        assert seen_midway == [expected_before]
+        assert after.incremental and after.generation > before.generation + 1
+        assert leftovers <= set(after.removed)
+        assert reader.query(TABLE, ALL) == expected
+        assert len(expected) == before.rows + 1
+    finally:
+        reader.close()
+
+
+def test_publish_through_publish_and_the_scheduler_still_serves_every_table(
+    built: LoadedSpec, warehouse: DuckDBTarget
+) -> None:
+    results = publish(built, warehouse)
+    assert {r.name for r in results} == {t.name for t in built.spec.interactive_tables}
+    with ServingReader(warehouse.path) as reader:
+        for t in built.spec.interactive_tables:
+            source = f"derived.{t.from_}"
+            [(rows,)] = warehouse.query(f"SELECT count(*) FROM {source}")
+            assert reader.query(t.name, f"SELECT count(*) FROM {t.name}") == [(rows,)]
+    census = next(r for r in publish(built, warehouse) if r.name == "census_dashboard")
+    assert not census.incremental  # daily_census is refreshed in full: published in full
+    assert read_current(serving_root(warehouse.path) / "census_dashboard") == census.path.name
+
+
+def test_partitioned_generations_of_an_encrypted_warehouse_are_encrypted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clinipipe.targets.serving_files import (
+        ServingError,
+        write_current,
+        write_manifest,
+        write_partitioned,
+    )
+    from tests.test_encryption import KEY, NAME, PLANTED, make_project, raw_bytes
+
+    spec = make_project(tmp_path, "postgresql://clinipipe@127.0.0.1:1/none", monkeypatch, True)
+    folder = tmp_path / "warehouse.serving" / "patients"
+    folder.mkdir(parents=True)
+    source = "SELECT * FROM raw.patients"
+    with DuckDBTarget(load_spec(spec)) as target:
+        target.execute_atomically([
+            "CREATE SCHEMA raw",
+            "CREATE TABLE raw.patients AS SELECT i AS id, 'p' || i AS name FROM range(900) r(i)",
+        ])  # fmt: skip
+        first = write_partitioned(target, folder, 1, "patients", source, ["id"], source={},
+                                  partitions=3)  # fmt: skip
+        assert len(first.manifest.parts) == 3
+        write_manifest(folder, first.manifest)
+        write_current(folder, "000000000001.json")
+        target.execute_atomically([f"UPDATE raw.patients SET name = '{NAME}' WHERE id = 450"])
+        second = write_partitioned(target, folder, 2, "patients", source, ["id"], source={},
+                                   previous=first.manifest,
+                                   changed_keys_sql="SELECT 450 AS k")  # fmt: skip
+        assert second.incremental and second.manifest.delta is not None
+        write_manifest(folder, second.manifest)
+        write_current(folder, "000000000002.json")
+    assert [p for p in PLANTED if p in raw_bytes(folder, "0*")] == []
+    sql = "SELECT name FROM patients WHERE id = 450"
+    with ServingReader(tmp_path / "warehouse.duckdb", encryption_key=KEY) as reader:
+        assert reader.query("patients", sql) == [(NAME,)]
+        assert reader.query("patients", "SELECT count(*) FROM patients") == [(900,)]
+    with ServingReader(tmp_path / "warehouse.duckdb") as reader, pytest.raises(ServingError):
+        reader.query("patients", sql)
+    with ServingReader(tmp_path / "warehouse.duckdb", encryption_key="wrong") as reader:
+        with pytest.raises(ServingError, match="encrypted") as raised:
+            reader.query("patients", sql)
+        assert "wrong" not in str(raised.value).replace("Wrong", "")
