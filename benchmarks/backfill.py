@@ -1,49 +1,45 @@
-"""Benchmark `clinipipe backfill` into DuckDB against the raw read limit and against dlt.
+"""Benchmark `clinipipe backfill` into DuckDB against the raw read limit, DuckDB's own
+PostgreSQL scanner and dlt.
 
 Starts a throwaway PostgreSQL (``clinipipe.source.embedded.EmbeddedPostgres``), generates two tables
 with server-side SQL (deterministic: ``setseed`` + ``random()``), runs ``VACUUM ANALYZE``, and
-measures in one run, on the same tables and machine:
+measures, on the same tables and machine, every method **as a process of its own, timed from
+spawn to exit (interpreter start-up and imports included)**, with its peak RSS (``os.wait4``
+rusage of that child only) and client CPU:
 
 * **raw binary COPY** (the read limit the targets refer to): psycopg2
   ``COPY <t> TO STDOUT (FORMAT binary)`` into a sink that only counts bytes;
-* **raw CSV COPY**, for reference: the same with ``FORMAT csv``;
-* **export CSV COPY**, a diagnostic: the same with clinipipe's own export query
-  (``COPY (SELECT <export_select_list> FROM <t>) TO STDOUT (FORMAT csv)``, one stream), i.e. what
-  PostgreSQL and psycopg2 cost clinipipe before it parses or loads anything;
-* **clinipipe backfill** into a fresh DuckDB file through the real CLI in a subprocess
+* **DuckDB postgres scanner**: ``ATTACH '<dsn>' (TYPE postgres)``, ``CREATE TABLE AS SELECT *``
+  and ``CHECKPOINT`` into a fresh DuckDB file, with the extension of the offline wheel
+  ``duckdb-extension-postgres==<duckdb version>`` (copied into a private extension directory as
+  ``postgres_scanner.duckdb_extension``; auto-install off: nothing is downloaded). Skipped, with
+  the reason, when the wheel is not installed;
+* **clinipipe backfill** into a fresh DuckDB file through the real CLI
   (``python -m clinipipe -q -c <spec> backfill --tables <t> --workers <n> --json``; one temporary
   project per run, each with its own slot and publication, ``deploy`` run first, untimed);
-  seconds are the in-process seconds of the JSON summary (wall time, which adds interpreter
-  start-up, is shown too); peak RSS is the child's ``ru_maxrss`` from ``os.wait4``;
 * **dlt** ``sql_table(..., backend="pyarrow")`` into DuckDB (extract + normalize + load), in a
   separate virtualenv (default ``/tmp/clinipipe-bench-dlt/venv``, created with
   ``pip install "dlt[duckdb,sql_database]" pyarrow sqlalchemy psycopg2-binary`` on first use and
   reused afterwards; dlt is never a clinipipe dependency). If it cannot be installed or fails, the
-  reason is printed and the row is skipped.
+  reason is printed and the row is skipped;
+* with ``--diagnostics``: raw CSV COPY, and clinipipe's export select list as one CSV COPY.
 
 Tables: ``enc(id bigint primary key, patient_id bigint, admit timestamptz, dept text, dx text,
-cost numeric(12,2))`` (``--rows``, 1,000,000 by default; the shape of
-``../shared/reference/measured-here.md``) and a wide ``notes(id bigint primary key, patient_id
-bigint, note_ts timestamptz, note_text text)`` with about ``--note-bytes`` (2,000) bytes of
-sentence-like text per row (``--note-rows``, 200,000 by default).
+cost numeric(12,2))`` (``--rows``, 2,000,000 by default: the narrow "labs" shape of issue 17)
+and a wide ``notes(id bigint primary key, patient_id bigint, note_ts timestamptz, note_text
+text)`` with about ``--note-bytes`` (2,000) bytes of sentence-like text per row
+(``--note-rows``, 200,000 by default).
 
-Every row count loaded is checked against the source. rows/s ratios are against the raw binary
-COPY of the same table; MB/s is each method's own stream (binary, CSV, clinipipe's CSV bytes), so
-compare rows/s across methods. "client CPU s" is the user + system CPU of the client process
-(PostgreSQL's backends not included; subprocesses include their start-up): on a small machine it
-shows how much of the cores a method needs besides the server's. Targets (issue 3): clinipipe
->= 0.5x the raw read limit, >= 5x dlt, peak RSS <= 1 GB, checked per table for the default worker
-count (the first of ``--workers``).
+Every row count loaded is checked against the source. Methods run round-robin (``--repeat``
+rounds, 3 by default, so a burst of load from other processes hits all methods alike); the
+report gives each method's best and median seconds, the 1-minute load average when each of its
+rounds started, rows/s, and ratios of medians (of bests in brackets) against the raw binary COPY
+and the scanner. Targets (issue 17), for the first ``--workers`` value: clinipipe >= 0.5x raw
+binary COPY, >= 1.0x the scanner, >= 5x dlt, peak RSS <= 1 GB. Machines are shared and noisy:
+compare ratios measured in one run. A script, never part of the test suite::
 
-Machines are shared and noisy: compare ratios measured in one run, not absolute figures across
-runs. ``--repeat N`` runs every method N times round-robin and keeps each one's fastest run (and
-its highest peak RSS); use 3 on a busy machine. A script, never part of the test suite::
-
-    python benchmarks/backfill.py --rows 1000000 [--note-rows 200000] [--workers 4 2]
-        [--tables enc notes] [--skip-dlt] [--repeat 1] [--json]
-
-A full run (1 M + 200 k rows, one round) takes about a minute, plus a minute to install dlt the
-first time.
+    python benchmarks/backfill.py [--rows 2000000] [--note-rows 200000] [--workers 4 2]
+        [--tables enc notes] [--skip-dlt] [--diagnostics] [--repeat 3] [--json]
 """
 
 from __future__ import annotations
@@ -52,6 +48,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,6 +76,8 @@ TARGET_VS_RAW = 0.5
 TARGET_VS_DLT = 5.0
 TARGET_RSS_BYTES = 1_000_000_000
 
+TARGET_VS_SCANNER = 1.0
+DUCKDB_SCANNER = "DuckDB postgres scanner"
 RAW_BINARY = "raw COPY binary"
 RAW_CSV = "raw COPY csv"
 RAW_EXPORT = "raw COPY csv, clinipipe's export"
@@ -222,10 +221,22 @@ class Measure:
     """User + system CPU of the client process (not PostgreSQL's): in-process methods from
     ``time.process_time``, subprocess methods from the child's rusage (start-up included)."""
     detail: str = ""
+    runs: list[float] | None = None
+    """Seconds of every round (`seconds` is the fastest)."""
+    load_averages: list[float] | None = None
+    """1-minute load average when each round started."""
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.runs) if self.runs else self.seconds
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def median_rows_per_second(self) -> float:
+        return self.rows / self.median_seconds if self.median_seconds else 0.0
 
     @property
     def mb_per_second(self) -> float | None:
@@ -263,9 +274,13 @@ def run_rounds(methods: list[Method], rounds: int) -> tuple[list[Measure], list[
             key = (method.table, method.name)
             if key in failed:
                 continue
-            print(f"[round {number + 1}] {method.table}: {method.name} ...", file=sys.stderr)
+            load = os.getloadavg()[0]
+            print(
+                f"[round {number + 1}] {method.table}: {method.name} (load {load:.2f}) ...",
+                file=sys.stderr,
+            )
             try:
-                runs[key].append(method.run())
+                runs[key].append(replace(method.run(), load_averages=[load]))
             except RuntimeError as exc:
                 failed[key] = str(exc)
     best: list[Measure] = []
@@ -274,7 +289,14 @@ def run_rounds(methods: list[Method], rounds: int) -> tuple[list[Measure], list[
             fastest = min(measured, key=lambda m: m.seconds)
             peaks = [m.peak_rss_bytes for m in measured if m.peak_rss_bytes is not None]
             # Memory is checked against a ceiling: report the highest peak of all rounds.
-            best.append(replace(fastest, peak_rss_bytes=max(peaks) if peaks else None))
+            best.append(
+                replace(
+                    fastest,
+                    peak_rss_bytes=max(peaks) if peaks else None,
+                    runs=[m.seconds for m in measured],
+                    load_averages=[x for m in measured for x in (m.load_averages or [])],
+                )
+            )
             if len(measured) > 1:
                 seconds = ", ".join(f"{m.seconds:.2f}" for m in measured)
                 print(f"  {key[0]} / {key[1]}: {seconds} s", file=sys.stderr)
@@ -311,6 +333,136 @@ def raw_copy(dsn: str, table: str, rows: int, method: str, statement: str) -> Me
     finally:
         conn.close()
     return Measure(table, method, rows, seconds, stream_bytes=sink.bytes, cpu_seconds=cpu)
+
+
+_RAW_SCRIPT = textwrap.dedent(
+    """\
+    import json, sys, time
+
+    import psycopg2
+
+    dsn, statement, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+
+
+    class Sink:
+        bytes = 0
+
+        def write(self, data):
+            self.bytes += len(data)
+            return len(data)
+
+
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        for setting in settings:
+            cur.execute(setting)
+        sink = Sink()
+        started = time.perf_counter()
+        cur.copy_expert(statement, sink)
+        seconds = time.perf_counter() - started
+    conn.close()
+    print(json.dumps({"bytes": sink.bytes, "seconds": seconds}))
+    """
+)
+
+
+def raw_copy_child(
+    dsn: str, table: str, rows: int, method: str, statement: str, work_dir: Path
+) -> Measure:
+    """`raw_copy` in a process of its own: seconds are its wall time, start-up included."""
+    settings = json.dumps(list(EXPORT_SESSION_SETTINGS))
+    child = run_child(
+        [sys.executable, "-c", _RAW_SCRIPT, dsn, statement, settings],
+        env=dict(os.environ),
+        cwd=work_dir,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"{method} failed (exit {child.returncode}):\n{_tail(child.stderr)}")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    return Measure(
+        table, method, rows, child.wall_seconds, stream_bytes=int(result["bytes"]),
+        wall_seconds=child.wall_seconds, peak_rss_bytes=child.peak_rss_bytes,
+        cpu_seconds=child.cpu_seconds, detail=f"COPY itself {result['seconds']:.2f} s",
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# DuckDB's postgres extension (the scanner)
+# --------------------------------------------------------------------------------------------
+
+_SCANNER_SCRIPT = textwrap.dedent(
+    """\
+    import json, sys, time
+
+    import duckdb
+
+    cfg = json.loads(sys.argv[1])
+    con = duckdb.connect(cfg["path"], config={
+        "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+        "extension_directory": cfg["extension_directory"],
+    })
+    con.execute("SET enable_progress_bar = false")
+    con.execute("LOAD postgres_scanner")
+    started = time.perf_counter()
+    con.execute("ATTACH " + repr(cfg["dsn"]) + " AS pg (TYPE postgres, READ_ONLY)")
+    con.execute(f'CREATE TABLE "{cfg["table"]}" AS SELECT * FROM pg.public."{cfg["table"]}"')
+    con.execute("CHECKPOINT")
+    seconds = time.perf_counter() - started
+    rows = con.execute(f'SELECT count(*) FROM "{cfg["table"]}"').fetchone()[0]
+    con.close()
+    print(json.dumps({"seconds": seconds, "rows": rows}))
+    """
+)
+
+
+def scanner_extension_directory(work_dir: Path) -> Path | str:
+    """A DuckDB extension directory holding the postgres extension of the offline wheel
+    ``duckdb-extension-postgres`` (nothing downloaded), or why not."""
+    try:
+        import duckdb_extension_postgres  # type: ignore[import-not-found]
+    except ImportError:
+        return (
+            f"the duckdb-extension-postgres=={duckdb.__version__} wheel is not installed "
+            f"(pip install duckdb-extension-postgres=={duckdb.__version__})"
+        )
+    version = f"v{duckdb.__version__}"
+    found = Path(duckdb_extension_postgres.__file__).parent / "extensions" / version
+    source = found / "postgres.duckdb_extension"
+    if not source.exists():
+        return f"no {source}"
+    folder = work_dir / "duckdb_extensions" / version / "linux_amd64"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, folder / "postgres_scanner.duckdb_extension")
+    return work_dir / "duckdb_extensions"
+
+
+def scanner_load(dsn: str, table: str, rows: int, extensions: Path, work_dir: Path) -> Measure:
+    """``ATTACH ... (TYPE postgres)``, ``CREATE TABLE AS SELECT *``, ``CHECKPOINT`` into a
+    fresh DuckDB file, in a process of its own: seconds are its wall time, start-up included."""
+    path = work_dir / f"scanner_{table}_{time.monotonic_ns() % 10**9}.duckdb"
+    cfg = {"path": str(path), "dsn": dsn, "table": table,
+           "extension_directory": str(extensions)}  # fmt: skip
+    try:
+        child = run_child(
+            [sys.executable, "-c", _SCANNER_SCRIPT, json.dumps(cfg)],
+            env=dict(os.environ),
+            cwd=work_dir,
+        )
+        if child.returncode != 0:
+            raise RuntimeError(
+                f"the DuckDB scanner failed (exit {child.returncode}):\n{_tail(child.stderr)}"
+            )
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        if result["rows"] != rows:
+            raise RuntimeError(f"the DuckDB scanner loaded {result['rows']:,} rows of {rows:,}")
+        return Measure(
+            table, DUCKDB_SCANNER, rows, child.wall_seconds, wall_seconds=child.wall_seconds,
+            peak_rss_bytes=child.peak_rss_bytes, cpu_seconds=child.cpu_seconds,
+            detail=f"in-process {result['seconds']:.2f} s",
+        )  # fmt: skip
+    finally:
+        for leftover in (path, path.with_name(path.name + ".wal")):
+            leftover.unlink(missing_ok=True)
 
 
 def export_statement(dsn: str, table: str) -> str:
@@ -418,12 +570,12 @@ def clinipipe_backfill(dsn: str, table: str, rows: int, workers: int, work_dir: 
             table,
             clinipipe_method(workers),
             rows,
-            float(summary["seconds"]),
+            child.wall_seconds,
             stream_bytes=int(summary["bytes"]),
             wall_seconds=child.wall_seconds,
             peak_rss_bytes=child.peak_rss_bytes,
             cpu_seconds=child.cpu_seconds,
-            detail=f"{ranges} ranges",
+            detail=f"{ranges} ranges, in-process {float(summary['seconds']):.2f} s",
         )
     finally:
         _drop_replication(dsn, f"bench_slot_{tag}", f"bench_pub_{tag}")
@@ -541,7 +693,7 @@ def dlt_load(
             table,
             DLT,
             rows,
-            float(result["seconds"]),
+            child.wall_seconds,
             wall_seconds=child.wall_seconds,
             peak_rss_bytes=child.peak_rss_bytes,
             cpu_seconds=child.cpu_seconds,
@@ -565,23 +717,33 @@ class Verdict:
     passed: bool | None  # None: could not be measured
 
 
+def _ratio(m: Measure, base: Measure | None, *, median: bool = True) -> float | None:
+    if base is None:
+        return None
+    if median:
+        return m.median_rows_per_second / base.median_rows_per_second
+    return m.rows_per_second / base.rows_per_second
+
+
 def verdicts(measures: list[Measure], tables: list[str], workers: int) -> list[Verdict]:
-    """The issue's targets, per table, for clinipipe at `workers` workers."""
+    """The issue's targets, per table, for clinipipe at `workers` workers (medians)."""
     found: list[Verdict] = []
     for table in tables:
         by_method = {m.method: m for m in measures if m.table == table}
         clinipipe = by_method.get(clinipipe_method(workers))
-        raw = by_method.get(RAW_BINARY)
-        dlt = by_method.get(DLT)
         if clinipipe is None:
             continue
-        vs_raw = clinipipe.rows_per_second / raw.rows_per_second if raw else None
-        vs_dlt = clinipipe.rows_per_second / dlt.rows_per_second if dlt else None
+        vs_raw = _ratio(clinipipe, by_method.get(RAW_BINARY))
+        vs_scanner = _ratio(clinipipe, by_method.get(DUCKDB_SCANNER))
+        vs_dlt = _ratio(clinipipe, by_method.get(DLT))
         rss = clinipipe.peak_rss_bytes / 1e9 if clinipipe.peak_rss_bytes is not None else None
         found += [
-            Verdict(table, "clinipipe vs raw binary COPY", vs_raw, f">= {TARGET_VS_RAW}x",
-                    None if vs_raw is None else vs_raw >= TARGET_VS_RAW),
-            Verdict(table, "clinipipe vs dlt", vs_dlt, f">= {TARGET_VS_DLT}x",
+            Verdict(table, "clinipipe vs raw binary COPY (median)", vs_raw,
+                    f">= {TARGET_VS_RAW}x", None if vs_raw is None else vs_raw >= TARGET_VS_RAW),
+            Verdict(table, "clinipipe vs DuckDB scanner (median)", vs_scanner,
+                    f">= {TARGET_VS_SCANNER}x",
+                    None if vs_scanner is None else vs_scanner >= TARGET_VS_SCANNER),
+            Verdict(table, "clinipipe vs dlt (median)", vs_dlt, f">= {TARGET_VS_DLT}x",
                     None if vs_dlt is None else vs_dlt >= TARGET_VS_DLT),
             Verdict(table, "clinipipe peak RSS (GB)", rss,
                     f"<= {TARGET_RSS_BYTES / 1e9:g} GB",
@@ -605,7 +767,7 @@ def print_report(
     console.print(
         f"clinipipe backfill benchmark (commit {header['clinipipe_commit']}, working tree as is): "
         f"PostgreSQL {header['postgres']}, duckdb {header['duckdb']}, {header['cpus']} CPUs, "
-        f"best of {header['repeat']} round(s), total run {header['run_seconds']:.0f} s"
+        f"{header['repeat']} interleaved round(s), total run {header['run_seconds']:.0f} s"
     )
     console.print(
         "load average (1/5/15 min) before "
@@ -625,30 +787,32 @@ def print_report(
         )  # fmt: skip
     console.print(sizes)
     results = Table(
-        title="Results (seconds: in-process; wall s: subprocess incl. start-up; "
-        "client CPU s: user + system of the client process)"
+        title="Results: wall time of each method's own process, start-up included; best and "
+        "median of the rounds; ratios of medians (of bests in brackets)"
     )
-    columns = ("table", "method", "rows", "seconds", "wall s", "client CPU s", "rows/s", "MB/s",
-               "peak RSS MB", "vs raw binary", "clinipipe vs dlt", "note")  # fmt: skip
+    columns = ("table", "method", "rows", "best s", "median s", "rows/s (median)",
+               "vs raw binary", "vs scanner", "peak RSS MB", "client CPU s", "load avg",
+               "note")  # fmt: skip
     for column in columns:
         results.add_column(
             column, justify="left" if column in ("table", "method", "note") else "right"
         )
     for m in measures:
         same = {x.method: x for x in measures if x.table == m.table}
-        raw = same.get(RAW_BINARY)
-        dlt = same.get(DLT)
-        vs_raw = m.rows_per_second / raw.rows_per_second if raw else None
-        vs_dlt = (
-            m.rows_per_second / dlt.rows_per_second
-            if dlt and m.method.startswith("clinipipe")
-            else None
-        )
+        raw, scanner = same.get(RAW_BINARY), same.get(DUCKDB_SCANNER)
+
+        def both(base: Measure | None, m: Measure = m) -> str:
+            if base is None:
+                return "—"
+            return f"{_ratio(m, base):.2f}x ({_ratio(m, base, median=False):.2f}x)"
+
         rss = m.peak_rss_bytes / 1e6 if m.peak_rss_bytes is not None else None
+        loads = m.load_averages or []
+        load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "—"
         results.add_row(
-            m.table, m.method, f"{m.rows:,}", f"{m.seconds:.2f}", _fmt(m.wall_seconds, ".2f"),
-            _fmt(m.cpu_seconds, ".2f"), f"{m.rows_per_second:,.0f}", _fmt(m.mb_per_second, ",.1f"),
-            _fmt(rss, ",.0f"), _fmt(vs_raw, ".2f", "x"), _fmt(vs_dlt, ".1f", "x"), m.detail,
+            m.table, m.method, f"{m.rows:,}", f"{m.seconds:.2f}", f"{m.median_seconds:.2f}",
+            f"{m.median_rows_per_second:,.0f}", both(raw), both(scanner), _fmt(rss, ",.0f"),
+            _fmt(m.cpu_seconds, ".2f"), load, m.detail,
         )  # fmt: skip
     for s in skipped:
         reason = s.reason.splitlines()[0] if s.reason else ""
@@ -676,17 +840,29 @@ def table_methods(
     rows: int,
     workers: list[int],
     python_dlt: Path | None,
+    scanner: Path | None,
     work_dir: Path,
+    diagnostics: bool,
 ) -> list[Method]:
-    """The methods measured on `table`, in the order they run in each round."""
+    """The methods measured on `table`, in the order they run in each round. Every timed
+    method runs in a process of its own, timed from spawn to exit."""
     binary = f"COPY {table} TO STDOUT (FORMAT binary)"
-    csv = f"COPY {table} TO STDOUT (FORMAT csv)"
-    export = export_statement(dsn, table)
     methods = [
-        Method(table, RAW_BINARY, partial(raw_copy, dsn, table, rows, RAW_BINARY, binary)),
-        Method(table, RAW_CSV, partial(raw_copy, dsn, table, rows, RAW_CSV, csv)),
-        Method(table, RAW_EXPORT, partial(raw_copy, dsn, table, rows, RAW_EXPORT, export)),
-    ]
+        Method(table, RAW_BINARY,
+               partial(raw_copy_child, dsn, table, rows, RAW_BINARY, binary, work_dir)),
+    ]  # fmt: skip
+    if diagnostics:
+        csv = f"COPY {table} TO STDOUT (FORMAT csv)"
+        export = export_statement(dsn, table)
+        methods += [
+            Method(table, RAW_CSV,
+                   partial(raw_copy_child, dsn, table, rows, RAW_CSV, csv, work_dir)),
+            Method(table, RAW_EXPORT,
+                   partial(raw_copy_child, dsn, table, rows, RAW_EXPORT, export, work_dir)),
+        ]  # fmt: skip
+    if scanner is not None:
+        load = partial(scanner_load, dsn, table, rows, scanner, work_dir)
+        methods.append(Method(table, DUCKDB_SCANNER, load))
     for n in workers:
         run = partial(clinipipe_backfill, dsn, table, rows, n, work_dir)
         methods.append(Method(table, clinipipe_method(n), run))
@@ -714,7 +890,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description="Benchmark clinipipe backfill against raw COPY and dlt (see the docstring)."
     )
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of enc")
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of enc")
     parser.add_argument("--note-rows", type=int, default=200_000, help="rows of notes")
     parser.add_argument("--note-bytes", type=int, default=2_000, help="note_text bytes per row")
     parser.add_argument(
@@ -723,10 +899,14 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--tables", nargs="+", choices=["enc", "notes"], default=["enc", "notes"])
     parser.add_argument("--skip-dlt", action="store_true", help="do not run (or install) dlt")
+    parser.add_argument(
+        "--diagnostics", action="store_true",
+        help="also time raw CSV COPY and clinipipe's export query as CSV",
+    )  # fmt: skip
     parser.add_argument("--dlt-venv", type=Path, default=DEFAULT_DLT_VENV)
     parser.add_argument(
-        "--repeat", type=int, default=1,
-        help="rounds of every method (round-robin); the fastest run of each is kept",
+        "--repeat", type=int, default=3,
+        help="rounds of every method (round-robin); best and median are reported",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
@@ -761,6 +941,12 @@ def main() -> None:
         create_tables(dsn, args.rows, args.note_rows, args.note_bytes)
         print(f"generated the tables in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
+        scanner: Path | None = None
+        found_scanner = scanner_extension_directory(work_dir)
+        if isinstance(found_scanner, str):
+            skipped += [Skipped(t, DUCKDB_SCANNER, found_scanner) for t in args.tables]
+        else:
+            scanner = found_scanner
         methods: list[Method] = []
         for table in args.tables:
             facts[table] = table_facts(dsn, table)
@@ -768,8 +954,9 @@ def main() -> None:
             # Untimed warm-up: the table into shared buffers / the page cache.
             raw_copy(dsn, table, rows, "warm-up", f"COPY {table} TO STDOUT (FORMAT binary)")
             methods += table_methods(
-                pg, dsn, database, table, rows, args.workers, python_dlt, work_dir
-            )
+                pg, dsn, database, table, rows, args.workers, python_dlt, scanner, work_dir,
+                args.diagnostics,
+            )  # fmt: skip
         measures, failed = run_rounds(methods, args.repeat)
         skipped += failed
 

@@ -11,6 +11,12 @@ Guarantees:
   replacing rows by primary key; CDC, which replays from the slot's confirmed position and applies
   by key, then converges the target to the source.
 * **Bounded memory.** Ranges stream from COPY through Arrow batches; nothing holds a table.
+  Into DuckDB a range in flight also holds the row group being filled (122,880 rows), so
+  tables with wide rows load fewer ranges at once than `--workers` (`IN_FLIGHT_BYTES`).
+* **Typed where exact.** Into a target that takes typed batches (`Loading.typed_ranges`:
+  DuckDB) ranges are read as COPY BINARY decoded into typed Arrow columns
+  (`clinipipe.source.binary_reader`), the types the driver cannot carry exactly as their export
+  text; into the others as CSV text (`clinipipe.source.range_reader`).
 * **Interruptible.** SIGINT or SIGTERM during the load cancels the queued ranges and the running
   COPYs (the server-side query is cancelled; the range's target transaction rolls back and is
   never recorded as done) within about a second, keeps the committed ranges and raises
@@ -44,6 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from clinipipe.backup import audit
+from clinipipe.source.binary_reader import read_range_typed
 from clinipipe.source.catalog import TableSchema, introspect_table
 from clinipipe.source.postgres import SourceError, connect
 from clinipipe.source.range_reader import CopyCancel, PageRange, plan_ranges, read_range
@@ -434,13 +441,30 @@ def _select_tables(loaded: LoadedSpec, names: tuple[str, ...]):
     return [t for t in tables if t.name in names]
 
 
-ROWS_PER_RANGE = 2 * 122_880
-"""Two of DuckDB's row groups: a range that fills whole row groups is written as it commits,
-instead of leaving a partial group for the final checkpoint."""
-MAX_PAGES_PER_RANGE = 4096  # 32 MiB of heap
+ROW_GROUP_ROWS = 122_880
+"""Rows of one DuckDB row group."""
+ROWS_PER_RANGE = int(2.75 * ROW_GROUP_ROWS)
+"""Rows a range aims at: whole row groups plus three quarters of one. A range of at least one
+row group is written straight to the file as it commits (a smaller one goes through the WAL
+and is written again at the checkpoint); ending each range three quarters into a row group
+keeps any two neighbouring partial row groups larger than one, so the checkpoint has nothing
+to merge (vacuum) and rewrite, whatever the order ranges commit in, within a quarter of a row
+group of error in the row estimate."""
+MAX_PAGES_PER_RANGE = 1 << 20  # 8 GiB of heap: ranges are sized by rows and bytes
 BYTES_PER_RANGE = 96 * 1024 * 1024
-"""Table data (out-of-line TOAST values included) per range: what a range in flight holds in
-memory, several times over (text, Arrow, typed values). Wide rows make ranges of fewer rows."""
+"""Table data (out-of-line TOAST values included) a range aims at; wide rows make ranges of
+fewer rows, but never fewer than `MIN_ROWS_PER_RANGE`."""
+MIN_ROWS_PER_RANGE = int(1.75 * ROW_GROUP_ROWS)
+IN_FLIGHT_BYTES = 512 * 1024 * 1024
+"""Estimated table data of the row groups being filled at once (one per range in flight: the
+warehouse holds a row group until it is full, the reader one batch): wide rows load fewer
+ranges at once than `--workers`."""
+
+
+def _row_bytes(schema: TableSchema) -> float:
+    if schema.table_bytes <= 0 or schema.estimated_rows <= 0:
+        return 0.0
+    return schema.table_bytes / schema.estimated_rows
 
 
 def _pages_per_range(schema: TableSchema) -> int:
@@ -448,11 +472,20 @@ def _pages_per_range(schema: TableSchema) -> int:
         return MAX_PAGES_PER_RANGE
     rows_per_page = schema.estimated_rows / schema.pages
     rows = ROWS_PER_RANGE
-    if schema.table_bytes > 0:
-        rows = min(
-            rows, max(1, round(BYTES_PER_RANGE * schema.estimated_rows / schema.table_bytes))
-        )
+    width = _row_bytes(schema)
+    if width > 0:
+        fitting = BYTES_PER_RANGE / width  # whole row groups that fit, plus three quarters
+        groups = max(MIN_ROWS_PER_RANGE, (fitting // ROW_GROUP_ROWS + 0.75) * ROW_GROUP_ROWS)
+        rows = min(rows, int(groups))
     return max(1, min(MAX_PAGES_PER_RANGE, round(rows / rows_per_page)))
+
+
+def _ranges_at_once(schema: TableSchema, workers: int) -> int:
+    """How many ranges of `schema` may load at once: `workers`, fewer for wide rows."""
+    width = _row_bytes(schema)
+    if width <= 0:
+        return workers
+    return max(1, min(workers, int(IN_FLIGHT_BYTES // (width * ROW_GROUP_ROWS))))
 
 
 @contextmanager
@@ -493,7 +526,16 @@ def _load_ranges(
     cancel = CopyCancel()
     committed = 0
 
+    limits = {
+        name: threading.BoundedSemaphore(_ranges_at_once(schema, max(1, workers)))
+        for name, schema in schemas.items()
+    }
+
     def load(page_range: PageRange) -> None:
+        with limits[page_range.table]:
+            load_one(page_range)
+
+    def load_one(page_range: PageRange) -> None:
         nonlocal committed
         if cancel.cancelled:
             return
@@ -504,7 +546,8 @@ def _load_ranges(
         )  # fmt: skip
         began = time.monotonic()
         dsn = loaded.spec.source.dsn
-        with read_range(dsn, holder.snapshot_name, schema, page_range, cancel) as stream:
+        reader = read_range_typed if target.typed_ranges else read_range
+        with reader(dsn, holder.snapshot_name, schema, page_range, cancel) as stream:
             rows = target.load_range(schema, work, stream)
             nbytes = stream.bytes_read
         with lock:

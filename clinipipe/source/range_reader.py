@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import psycopg2
 import psycopg2.extensions
@@ -65,6 +65,12 @@ class CopyCancelled(SourceError):
     """The range was not read completely because its `CopyCancel` was cancelled."""
 
 
+class Cancellable(Protocol):
+    """A connection whose running statement `cancel()` cancels on the server."""
+
+    def cancel(self) -> None: ...
+
+
 class CopyCancel:
     """Cancels the COPYs of every `read_range` given it: those running (a cancel request to the
     server, PostgreSQL's `pg_cancel_backend`) and those that start afterwards (they fail at
@@ -72,7 +78,7 @@ class CopyCancel:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._connections: set[psycopg2.extensions.connection] = set()
+        self._connections: set[Cancellable] = set()
         self._cancelled = False
 
     @property
@@ -85,15 +91,15 @@ class CopyCancel:
             running = list(self._connections)
         for con in running:
             with contextlib.suppress(psycopg2.Error):  # it ended meanwhile: nothing to cancel
-                con.cancel()
+                con.cancel()  # a `Cancellable` of another driver handles its own errors
 
-    def _enter(self, con: psycopg2.extensions.connection) -> None:
+    def _enter(self, con: Cancellable) -> None:
         with self._lock:
             if self._cancelled:
                 raise CopyCancelled("the backfill was cancelled")
             self._connections.add(con)
 
-    def _leave(self, con: psycopg2.extensions.connection) -> None:
+    def _leave(self, con: Cancellable) -> None:
         with self._lock:
             self._connections.discard(con)
 

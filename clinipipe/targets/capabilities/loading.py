@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 
 class BatchStream(Protocol):
-    """Arrow batches with every column as strings, and the source bytes they came from."""
+    """Arrow batches with every column as strings, and the source bytes they came from.
+
+    A target whose `Loading.typed_ranges` is true is also given typed streams
+    (`clinipipe.source.binary_reader.TypedRangeStream`): they add `forms`, how each column
+    travels (typed Arrow value, guarded, or the same export text)."""
 
     @property
     def batches(self) -> Iterator[pa.RecordBatch]: ...
@@ -57,6 +61,10 @@ class Loading(TargetCore):
     * `create_raw_table` also records the source columns the table was built from
       (`_clinipipe.source_columns`); on Snowflake the CREATE auto-commits before that record.
     """
+
+    typed_ranges: bool = False
+    """True when `load_range` also takes the backfill's typed streams (see `BatchStream`);
+    others are given all-string streams."""
 
     @abstractmethod
     def create_raw_table(self, table: TableSchema, *, replace: bool) -> None:

@@ -122,6 +122,31 @@ def duckdb_cast(expr: str, t: ColumnType) -> str:
     return f"CAST({expr} AS {duckdb_type(t)})"
 
 
+def duckdb_typed_value(expr: str, t: ColumnType, form: str, overflow: str | None = None) -> str:
+    """A DuckDB expression of type `duckdb_type(t)` for a column of the backfill's typed
+    transport (`clinipipe.source.binary_reader`): `form` ``typed`` is the Arrow value itself
+    (its Arrow type is the column's DuckDB type); ``guarded`` is the Arrow value, else the
+    export text in the column `overflow` read by `duckdb_cast` (infinite and very large dates
+    and timestamps); ``scaled`` is a ``numeric(p, s)`` as the BIGINT ``value * 10^s``;
+    ``text`` is the export text read by `duckdb_cast`, as on the CSV path."""
+    if form == "typed":
+        return expr
+    if form == "guarded":
+        assert overflow is not None
+        return f"COALESCE({expr}, {duckdb_cast(overflow, t)})"
+    if form == "scaled":
+        # `expr` is the BIGINT value * 10^scale: scaled back in exact decimal arithmetic.
+        width, scale = t.decimal_width()
+        if scale == 0:
+            return f"CAST({expr} AS DECIMAL({width},0))"
+        unit = f"0.{'0' * (scale - 1)}1"
+        return (
+            f"CAST(CAST({expr} AS DECIMAL(18,0)) * CAST('{unit}' AS DECIMAL(18,{scale})) "
+            f"AS DECIMAL({width},{scale}))"
+        )
+    return duckdb_cast(expr, t)
+
+
 # --------------------------------------------------------------------------------------------
 # CDC: pgoutput's text
 # --------------------------------------------------------------------------------------------
