@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 from typing import Annotated
@@ -102,6 +103,28 @@ verify_cli.register(app)
 bench_cli.register(app)
 demo_cli.register(app)
 later.register(app)
+
+
+def _reflowed(doc: str) -> str:
+    """A docstring whose prose paragraphs are one line each, so the terminal wraps them (Rich
+    help keeps single newlines, which gave ragged lines). Indented lines (examples) stay."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        p if p.startswith(" ") else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs
+    )
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.callback is not None and command.callback.__doc__ and command.help is None:
+            command.callback.__doc__ = _reflowed(command.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def run(argv: list[str] | None = None) -> int:
