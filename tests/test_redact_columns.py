@@ -197,6 +197,32 @@ def test_birth_year_suppressed_at_90_with_leap_days(project: LoadedSpec) -> None
     assert birth(dt.date(2028, 2, 29))[4] == (1940, 88)
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Chatham", "America/St_Johns"])
+def test_utc_year_of_timestamptz_equals_the_time_zone_conversion(zone: str) -> None:
+    """The year of a timestamp with a zone is taken from its epoch microseconds (cheap); it must
+    equal the year of the ICU conversion to UTC for every value, whatever the session's zone:
+    NULL, +-infinity, BC, the edges of a year in zones with odd offsets."""
+    from clinipipe.targets import dialect_of
+    from clinipipe.targets.redact_sql import RedactSql
+
+    year = RedactSql(dialect_of("duckdb")).year("ts", "TIMESTAMP WITH TIME ZONE")
+    assert "timezone(" not in year  # the cheap form (about ten times faster than ICU's)
+    reference = "CAST(year(CAST(timezone('UTC', ts) AS DATE)) AS INTEGER)"
+    with duckdb.connect() as con:
+        con.execute(f"SET TimeZone = '{zone}'")
+        con.execute(
+            "CREATE TABLE t AS SELECT to_timestamp(-210000000000 + range * 23000017) AS ts "
+            "FROM range(300000) UNION ALL SELECT CAST(v AS TIMESTAMPTZ) FROM (VALUES "
+            "('infinity'), ('-infinity'), (NULL), ('2020-12-31 23:30:00-05'), "
+            "('2021-01-01 00:30:00+13:45'), ('1969-12-31 23:59:59.999999+00')) v(v)"
+        )
+        [(rows, differ, years)] = con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE ({year}) IS DISTINCT FROM {reference}), "
+            f"count(DISTINCT {year}) FROM t"
+        ).fetchall()
+    assert rows == 300006 and years > 6000 and differ == 0
+
+
 def test_ages_capped_dates_to_year_and_nulls(project: LoadedSpec) -> None:
     execute(
         project,

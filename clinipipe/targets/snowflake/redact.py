@@ -54,6 +54,9 @@ class SnowflakeRedactSql(RedactSql):
     def in_utc(self, expr: str) -> str:
         return f"CONVERT_TIMEZONE('UTC', {expr})"
 
+    def utc_year(self, expr: str) -> str:
+        return f"CAST(year({self.utc_date(expr, 'TIMESTAMP_TZ')}) AS INTEGER)"
+
     def age_at(self, birth: str, data_type: str, as_of: str) -> str:
         return f"{self.function('age_years')}({self.utc_date(birth, data_type)}, DATE {as_of})"
 
