@@ -230,16 +230,31 @@ def test_reconnects_after_the_connection_drops(hospital_project: Path, pg_dsn: s
                 assert not finished.is_set(), "cdc stopped"
                 assert time.monotonic() < deadline, "no batch applied"
 
+    def active_pid() -> int | None:
+        with psycopg2.connect(pg_dsn) as con, con.cursor() as cur:
+            cur.execute("SELECT active_pid FROM pg_replication_slots "
+                        "WHERE slot_name = 'clinipipe_slot'")  # fmt: skip
+            row = cur.fetchone()
+        return row[0] if row else None
+
     def driver() -> None:
         try:
             for _ in range(2):
                 next_batches(2)  # streaming (again)
-                execute(
-                    pg_dsn,
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                    "WHERE slot_name = 'clinipipe_slot' AND active_pid IS NOT NULL",
-                )
-                while applied.acquire(blocking=False):  # only batches after the kill count
+                killed = active_pid()
+                while killed is None:  # between two streams: kill the next one
+                    assert not finished.is_set(), "cdc stopped"
+                    time.sleep(0.05)
+                    killed = active_pid()
+                execute(pg_dsn, f"SELECT pg_terminate_backend({killed})")
+                # Only batches after the reconnect count (batches committed before the kill
+                # may still be reported after it: the apply and its report are pipelined).
+                deadline = time.monotonic() + 120
+                while active_pid() in (None, killed):
+                    assert not finished.is_set(), "cdc stopped"
+                    assert time.monotonic() < deadline, "no reconnect"
+                    time.sleep(0.05)
+                while applied.acquire(blocking=False):
                     pass
             next_batches(2)  # applying again after the second kill
         except BaseException as exc:

@@ -1,8 +1,9 @@
 """Decoding of PostgreSQL's pgoutput logical replication protocol (version 1).
 
-Messages are decoded straight into per-table column buffers (`TableChanges`): values stay the
-raw text bytes PostgreSQL sent and become Arrow string columns at flush time; the warehouse
-casts them to the column types. No object is built per row beyond the column values.
+Row messages are kept as they came, per table (`TableChanges`), and split into Arrow string
+columns in bulk (numpy over the concatenated messages, one pass per column; Arrow `take`): the
+values stay the raw text PostgreSQL sent and the warehouse casts them to the column types. No
+Python object is built per value.
 
 Tuple values: 'n' NULL, 'u' unchanged TOASTed value (not sent: the target keeps its current
 value), 't' text. Timestamps are microseconds since 2000-01-01 UTC.
@@ -14,6 +15,7 @@ import datetime as dt
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
@@ -99,40 +101,51 @@ class Change:
 
 @dataclass
 class TableChanges:
-    """Column buffers of the changes to one table within a batch, in stream order.
+    """The changes to one table within a batch, in stream order.
 
-    Every change appends one entry to every list: op 'I', 'U', 'D', or 'T' (the table was
-    truncated at that point). An Update that changes the primary key adds a delete of the old
-    key first (op 'D'), then the new row, whose `moved_from` entries hold the old key: its
-    unchanged TOAST values are those of the row under that old key. `unchanged[i]` is
-    allocated only for columns that had an unchanged TOAST value in the batch, `moved_from[i]`
-    only for key columns of a batch with a key-changing update.
+    Each change is one row: op 'I', 'U', 'D', or 'T' (the table was truncated at that point)
+    and the position of its pgoutput TupleData in the message that carried it. An Update that
+    changes the primary key adds a delete of the old key first (op 'D', its old-key tuple),
+    then the new row, which also points at the old key: its unchanged TOAST values are those of
+    the row under that old key (`<key>__from` columns). The tuples are split into columns in
+    bulk (`compact`, vectorised over the rows: numpy on the concatenated messages, Arrow
+    `take`), never one Python object per value; every `COMPACT_ROWS` rows the buffered
+    messages become an Arrow chunk.
     """
 
     relation: Relation
     ops: list[str] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
-    values: list[list[bytes | None]] = field(default_factory=list)
-    unchanged: dict[int, list[bool]] = field(default_factory=dict)
-    moved_from: dict[int, list[bytes | None]] = field(default_factory=dict)
+    payloads: list[bytes] = field(default_factory=list)
+    """The message of each buffered row (a key-changing update appears twice)."""
+    offsets: list[int] = field(default_factory=list)
+    """Where each row's tuple starts in its message."""
+    origins: dict[int, int] = field(default_factory=dict)
+    """Buffered row -> where its old-key tuple starts in its message (key-changing updates)."""
     chunks: list[pa.Table] = field(default_factory=list)
     compacted_rows: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.values:
-            self.values = [[] for _ in self.relation.columns]
 
     def __len__(self) -> int:
         return self.compacted_rows + len(self.ops)
 
+    def add(self, op: str, seq: int, payload: bytes, offset: int) -> None:
+        """Buffer a change: `op`, its stream sequence number, its message and where its tuple
+        starts in it (compacted into Arrow every `COMPACT_ROWS` rows)."""
+        self.ops.append(op)
+        self.seqs.append(seq)
+        self.payloads.append(payload)
+        self.offsets.append(offset)
+        if len(self.ops) >= COMPACT_ROWS:
+            self.compact()
+
     def compact(self) -> None:
-        """Move the buffered values into an Arrow chunk (about 10x smaller than Python
-        objects), so a transaction of millions of rows fits in memory."""
+        """Move the buffered messages into an Arrow chunk, split into columns in bulk (about
+        10x smaller than Python objects), so a transaction of millions of rows fits in
+        memory."""
         if self.ops:
-            self.chunks.append(self._lists_to_arrow())
+            self.chunks.append(self._split())
             self.compacted_rows += len(self.ops)
-            self.ops, self.seqs, self.unchanged, self.moved_from = [], [], {}, {}
-            self.values = [[] for _ in self.relation.columns]
+            self.ops, self.seqs, self.payloads, self.offsets, self.origins = [], [], [], [], {}
 
     def to_arrow(self) -> pa.Table:
         """`_op`, `_seq`, one string column per source column, `<col>__u` flags and
@@ -157,20 +170,95 @@ class TableChanges:
                 extra - set(self.chunks[0].column_names))))  # fmt: skip
         return pa.concat_tables(aligned)
 
-    def _lists_to_arrow(self) -> pa.Table:
+    def _split(self) -> pa.Table:
+        columns = self.relation.columns
+        sizes = np.fromiter(map(len, self.payloads), np.int64, len(self.payloads))
+        starts = np.zeros(len(sizes), np.int64)
+        np.cumsum(sizes[:-1], out=starts[1:])
+        data = b"".join(self.payloads)
         arrays: dict[str, pa.Array] = {
             "_op": pa.array(self.ops, pa.string()),
             "_seq": pa.array(self.seqs, pa.int64()),
         }
-        for i, name in enumerate(self.relation.columns):
-            arrays[name] = pa.array(self.values[i], pa.binary()).cast(pa.string())
-            if i in self.unchanged:
-                arrays[f"{name}__u"] = pa.array(self.unchanged[i], pa.bool_())
-            if i in self.moved_from:
-                arrays[f"{name}__from"] = pa.array(self.moved_from[i], pa.binary()).cast(
-                    pa.string()
-                )
+        values, unchanged = _split_tuples(
+            data, starts + np.asarray(self.offsets, np.int64), len(columns)
+        )
+        moved: list[pa.Array] | None = None
+        if self.origins:
+            rows = np.fromiter(self.origins, np.int64, len(self.origins))
+            at = np.fromiter(self.origins.values(), np.int64, len(self.origins))
+            old, _ = _split_tuples(data, starts[rows] + at, len(columns))
+            where = np.full(len(sizes), -1, np.int64)
+            where[rows] = np.arange(len(rows))
+            index = pa.array(where, mask=where < 0)
+            moved = [column.take(index) for column in old]
+        for i, name in enumerate(columns):
+            arrays[name] = values[i]
+            if unchanged[i] is not None:
+                arrays[f"{name}__u"] = unchanged[i]
+            if moved is not None and self.relation.key_flags[i]:
+                arrays[f"{name}__from"] = moved[i]
         return pa.table(arrays)
+
+
+_EMPTY_TUPLE = b"\x00\x00"
+"""A TupleData of no columns: every column NULL (the row of a truncate)."""
+
+
+def _split_tuples(
+    data: bytes, positions: np.ndarray, ncols: int
+) -> tuple[list[pa.Array], list[pa.Array | None]]:
+    """Split the pgoutput TupleData starting at each of `positions` in `data` into `ncols`
+    string columns (a column a tuple lacks is NULL), and per column the 'u' (unchanged TOAST)
+    flags, None when no row has one. Vectorised over the rows: one pass per column."""
+    buf = np.frombuffer(data, np.uint8)
+    last = len(buf) - 1
+    rows = len(positions)
+    if rows and (positions.max() + 2 > len(buf)):
+        raise DecodeError("a tuple runs past the end of its message")
+
+    def at(index: np.ndarray) -> np.ndarray:
+        return buf[np.minimum(index, last)].astype(np.int64)
+
+    count = (at(positions) << 8) | at(positions + 1)
+    pos = positions + 2
+    # Every value slice as [start, end) pairs over the whole buffer; the gaps between
+    # them are the odd entries of one Arrow binary array (offsets interleaved), whose even
+    # entries `take` extracts in one C++ pass.
+    bounds = np.empty(2 * rows + 1, np.int64)
+    even = np.arange(0, 2 * rows, 2)
+    values: list[pa.Array] = []
+    unchanged: list[pa.Array | None] = []
+    source = pa.py_buffer(data)
+    for i in range(ncols):
+        present = count > i
+        kind = np.where(present, at(pos), 110)  # absent: 'n'
+        text = kind == 116
+        if not np.all(text | (kind == 110) | (kind == 117)):
+            bad = int(kind[~(text | (kind == 110) | (kind == 117))][0])
+            raise DecodeError(f"unsupported tuple value kind {chr(bad)!r}")
+        length = np.where(
+            text, (at(pos + 1) << 24) | (at(pos + 2) << 16) | (at(pos + 3) << 8) | at(pos + 4), 0
+        )
+        begin = np.where(text, pos + 5, pos)
+        if rows and int((begin + length).max()) > len(buf):
+            raise DecodeError("a tuple value runs past the end of its message")
+        # Monotonic bounds: each row's slice lies after the previous row's.
+        bounds[0] = 0
+        bounds[1 : 2 * rows : 2] = begin
+        bounds[2 : 2 * rows + 1 : 2] = begin + length
+        validity = np.ones(2 * rows, np.bool_)
+        validity[1::2] = text
+        pieces = pa.Array.from_buffers(
+            pa.large_binary(), 2 * rows,
+            [pa.py_buffer(np.packbits(validity, bitorder="little")),
+             pa.py_buffer(bounds), source],
+        )  # fmt: skip
+        values.append(pieces.take(pa.array(even + 1)).cast(pa.string()))
+        flags = kind == 117
+        unchanged.append(pa.array(flags) if flags.any() else None)
+        pos = np.where(present, pos + 1 + np.where(text, 4 + length, 0), pos)
+    return values, unchanged
 
 
 class Decoder:
@@ -182,11 +270,14 @@ class Decoder:
         # changes mid-batch gets a new buffer after the marker, so layouts never mix.
         self.pending: list[object] = []
         self._current: dict[int, TableChanges] = {}
+        self._changes: dict[int, Change] = {}
         self.seq = 0
+        self.rows = 0
 
     def take(self) -> list[object]:
         """The buffered changes and markers, in order (and a fresh, empty buffer)."""
         pending, self.pending, self._current = self.pending, [], {}
+        self.rows = 0
         return pending
 
     def mark(self, marker: object) -> None:
@@ -195,39 +286,55 @@ class Decoder:
 
     @property
     def pending_rows(self) -> int:
-        return sum(len(t) for t in self.pending if isinstance(t, TableChanges))
+        """Row changes buffered since the last `take`."""
+        return self.rows
 
     def decode(
         self, payload: bytes
     ) -> Begin | Commit | Relation | Change | Truncate | LogicalMessage | None:
         kind = payload[:1]
-        if kind == b"I":
+        if kind == b"I" or kind == b"D":  # the tuple (new row / old key) is at 6
             oid = _U32.unpack_from(payload, 1)[0]
-            self._append(oid, "I", payload, 6)
-            return Change(oid)
+            buffer = self._current.get(oid)
+            if buffer is None or buffer.relation is not self.relations.get(oid):
+                buffer = self._buffer(oid)
+            self.seq += 1
+            self.rows += 1
+            buffer.ops.append("I" if kind == b"I" else "D")  # `TableChanges.add`, inlined
+            buffer.seqs.append(self.seq)
+            buffer.payloads.append(payload)
+            buffer.offsets.append(6)
+            if len(buffer.ops) >= COMPACT_ROWS:
+                buffer.compact()
+            event = self._changes.get(oid)
+            return event if event is not None else self._change(oid)
         if kind == b"U":
             oid = _U32.unpack_from(payload, 1)[0]
             marker = payload[5:6]
-            old_key: list[bytes | None] | None = None
-            pos = 5
-            if marker in (b"K", b"O"):
-                old_key, pos = self._tuple(payload, 6)
-                marker = payload[pos : pos + 1]
+            pos = 6
+            buffer = self._buffer(oid)
+            if marker in (b"K", b"O"):  # the old key or row first (rare: few tables send it)
+                old_key, end = self._tuple(payload, 6)
+                marker = payload[end : end + 1]
+                pos = end + 1
+                if marker == b"N":
+                    new, _ = self._tuple(payload, pos)
+                    moved = any(
+                        flag and old_key[i] is not None and old_key[i] != new[i]
+                        for i, flag in enumerate(buffer.relation.key_flags)
+                    )
+                    if moved:
+                        self.seq += 1
+                        self.rows += 1
+                        buffer.add("D", self.seq, payload, 6)
+                        buffer = self._buffer(oid)
+                        buffer.origins[len(buffer.ops)] = 6
             if marker != b"N":
                 raise DecodeError(f"update without a new tuple (marker {marker!r})")
-            moved_from = None
-            if old_key is not None:
-                relation = self._relation(oid)
-                if self._key_changed(relation, old_key, payload, pos + 1):
-                    self._append_values(oid, "D", old_key)
-                    moved_from = old_key
-            self._append(oid, "U", payload, pos + 1, moved_from)
-            return Change(oid)
-        if kind == b"D":
-            oid = _U32.unpack_from(payload, 1)[0]
-            old, _ = self._tuple(payload, 6)
-            self._append_values(oid, "D", old)
-            return Change(oid)
+            self.seq += 1
+            self.rows += 1
+            buffer.add("U", self.seq, payload, pos)
+            return self._change(oid)
         if kind == b"B":
             final_lsn, ts, xid = _BEGIN.unpack_from(payload, 1)
             return Begin(final_lsn, pg_timestamp(ts), xid)
@@ -247,8 +354,9 @@ class Decoder:
             oids = struct.unpack_from(f"!{count}I", payload, 6)
             for oid in oids:
                 if oid in self.relations:
-                    relation = self.relations[oid]
-                    self._append_values(oid, "T", [None] * len(relation.columns))
+                    self.seq += 1
+                    self.rows += 1
+                    self._buffer(oid).add("T", self.seq, _EMPTY_TUPLE, 0)
             return Truncate(tuple(oids), bool(options & 1), bool(options & 2))
         if kind == b"M":
             flags = payload[1]
@@ -263,6 +371,12 @@ class Decoder:
         raise DecodeError(f"unknown pgoutput message {kind!r}")
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _change(self, oid: int) -> Change:
+        event = self._changes.get(oid)
+        if event is None:
+            event = self._changes[oid] = Change(oid)
+        return event
 
     def _relation(self, oid: int) -> Relation:
         try:
@@ -280,69 +394,6 @@ class Decoder:
             self.pending.append(buffer)
         return buffer
 
-    def _append(
-        self, oid: int, op: str, payload: bytes, pos: int,
-        moved_from: list[bytes | None] | None = None,
-    ) -> None:  # fmt: skip
-        buffer = self._buffer(oid)
-        ncols = _I16.unpack_from(payload, pos)[0]
-        pos += 2
-        values = buffer.values
-        row = len(buffer.ops)
-        for i in range(ncols):
-            kind = payload[pos]
-            pos += 1
-            if kind == 116:  # 't'
-                length = _I32.unpack_from(payload, pos)[0]
-                pos += 4
-                values[i].append(payload[pos : pos + length])
-                pos += length
-            elif kind == 110:  # 'n'
-                values[i].append(None)
-            elif kind == 117:  # 'u'
-                values[i].append(None)
-                flags = buffer.unchanged.get(i)
-                if flags is None:
-                    flags = buffer.unchanged[i] = [False] * row
-                flags.append(True)
-                continue
-            else:
-                raise DecodeError(f"unsupported tuple value kind {chr(kind)!r}")
-            flags = buffer.unchanged.get(i)
-            if flags is not None:
-                flags.append(False)
-        if moved_from is not None or buffer.moved_from:
-            self._note_origin(buffer, row, moved_from)
-        buffer.ops.append(op)
-        self.seq += 1
-        buffer.seqs.append(self.seq)
-        if len(buffer.ops) >= COMPACT_ROWS:
-            buffer.compact()
-
-    @staticmethod
-    def _note_origin(buffer: TableChanges, row: int, moved_from: list[bytes | None] | None) -> None:
-        """Append row `row`'s old key (None: not moved) to the `moved_from` key columns."""
-        for i, is_key in enumerate(buffer.relation.key_flags):
-            if not is_key:
-                continue
-            column = buffer.moved_from.get(i)
-            if column is None:
-                column = buffer.moved_from[i] = [None] * row
-            column.append(moved_from[i] if moved_from is not None else None)
-
-    def _append_values(self, oid: int, op: str, values_in: list[bytes | None]) -> None:
-        buffer = self._buffer(oid)
-        if buffer.moved_from:
-            self._note_origin(buffer, len(buffer.ops), None)
-        for i, value in enumerate(values_in):
-            buffer.values[i].append(value)
-            flags = buffer.unchanged.get(i)
-            if flags is not None:
-                flags.append(False)
-        buffer.ops.append(op)
-        self.seq += 1
-        buffer.seqs.append(self.seq)
-
     def _tuple(self, payload: bytes, pos: int) -> tuple[list[bytes | None], int]:
         ncols = _I16.unpack_from(payload, pos)[0]
         pos += 2
@@ -358,15 +409,6 @@ class Decoder:
             else:
                 out.append(None)
         return out, pos
-
-    def _key_changed(
-        self, relation: Relation, old: list[bytes | None], payload: bytes, pos: int
-    ) -> bool:
-        new, _ = self._tuple(payload, pos)
-        return any(
-            flag and old[i] is not None and old[i] != new[i]
-            for i, flag in enumerate(relation.key_flags)
-        )
 
     @staticmethod
     def _decode_relation(payload: bytes) -> Relation:

@@ -121,6 +121,32 @@ class ReplicationStream:
             ) from None
         return StreamMessage(bytes(message.payload), message.data_start)
 
+    def read_many(self, timeout: float, limit: int) -> list[bytes]:
+        """The payloads of the messages already received, up to `limit` (one call, not one
+        per message, so the caller's per-message work stays small); when none is waiting,
+        those arriving within `timeout` seconds (empty: none arrived)."""
+        assert self._cur is not None
+        read = self._cur.read_message
+        out: list[bytes] = []
+        try:
+            while len(out) < limit:
+                message = read()
+                if message is None:
+                    if out or not select.select([self._cur], [], [], timeout)[0]:
+                        break
+                    message = read()
+                    if message is None:
+                        break
+                    timeout = 0.0  # drain what came with it, wait no more
+                out.append(message.payload)
+        except psycopg2.Error as exc:
+            raise SourceError(
+                f"replication stream from slot {self.slot!r} failed: {mask_dsn(first_line(exc))}",
+                transient=exc.pgcode is None or is_transient(exc),
+                sqlstate=exc.pgcode,
+            ) from None
+        return out
+
     @property
     def server_sent_lsn(self) -> int:
         """The server's position as of its last message or keepalive (0 before any)."""

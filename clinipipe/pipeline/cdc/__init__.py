@@ -29,6 +29,12 @@ Guarantees:
   to the same state.
 * **Order.** Transactions are applied in commit order; within a batch the last change per key
   wins.
+* **Overlap.** Batch N commits on a worker thread (`apply.ApplyWorker`; the warehouse releases
+  the GIL) while the loop reads and decodes batch N + 1. One batch at most is in flight, so
+  memory stays bounded (one batch applying, one decoding) and batches commit one at a time in
+  LSN order; the loop waits for it before assembling the next, before staging, schema changes,
+  after-batch jobs and reconnecting. Its LSN is confirmed on the loop's thread after its
+  COMMIT returned.
 * **Slot hygiene.** When nothing is pending, the position the server reports is confirmed, and
   a heartbeat message keeps an idle publication from pinning WAL.
 * **Faults.** Every source connection goes through one `RetryPolicy`

@@ -67,6 +67,12 @@ class TransactionDecoder:
         if self.skipping and payload[:1] in _ROW_KINDS:
             return None
         event = self.decoder.decode(payload)
+        if type(event) is Change:  # the common case first: one check per row
+            pending = self.pending
+            if pending.started is None and (pending.received_at is None or pending.cpu is None):
+                pending.received_at = pending.received_at or dt.datetime.now(dt.UTC)
+                pending.cpu = pending.cpu or CpuClock()
+            return event
         if isinstance(event, Begin):
             self.in_transaction = True
             self.transaction_lsn = event.final_lsn
@@ -84,9 +90,6 @@ class TransactionDecoder:
                     pending.received_at = dt.datetime.now(dt.UTC)
                     pending.cpu = pending.cpu or CpuClock()
             self.skipping = False
-        elif isinstance(event, Change) and self.pending.started is None:
-            self.pending.received_at = self.pending.received_at or dt.datetime.now(dt.UTC)
-            self.pending.cpu = self.pending.cpu or CpuClock()
         return event
 
     @property

@@ -6,6 +6,7 @@ stop event, the stats. See the package docstring for the guarantees of the whole
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import pyarrow as pa
+
 from clinipipe.backup import audit
 from clinipipe.pipeline.backfill import not_backfilled_message, tables_not_backfilled
 from clinipipe.pipeline.cdc.after_batch import (
@@ -27,7 +30,7 @@ from clinipipe.pipeline.cdc.after_batch import (
     PublishJob,
     RefreshJob,
 )
-from clinipipe.pipeline.cdc.apply import AppliedCheckpoint, BatchApplier
+from clinipipe.pipeline.cdc.apply import AppliedCheckpoint, ApplyWorker, BatchApplier, Callbacks
 from clinipipe.pipeline.cdc.assemble import BatchAssembler
 from clinipipe.pipeline.cdc.decode import TransactionDecoder
 from clinipipe.pipeline.cdc.model import (
@@ -57,8 +60,10 @@ from clinipipe.targets.base import CdcBatch, Target, TargetError
 log = logging.getLogger("clinipipe.cdc")
 
 HEARTBEAT_SECONDS = 10.0
+MESSAGES_PER_READ = 1_000
+"""Messages taken from the stream per read (those already received; fewer when it is idle)."""
 CATALOG_CHECK_SECONDS = 5.0
-STAGE_ROWS = 100_000
+STAGE_ROWS = 50_000
 """Buffered changes at which a transaction still streaming is applied into the open target
 transaction (targets that stream large transactions): memory stays bounded."""
 """How long CDC keeps retrying an unreachable source before it exits 1."""
@@ -110,6 +115,9 @@ class CdcLoop:
         self._jobs.register(RefreshJob(self.summary, lambda n: self._record("last_refresh", n)))
         self._jobs.register(PublishJob(self.summary, lambda n: self._record("last_publish", n)))
         self._tracker: TransactionDecoder | None = None
+        self._unreported: CdcBatch | None = None
+        """The last batch committed since the after-batch jobs last ran."""
+        self._next_jobs = 0.0
         self._pauses_seen = 0
         self._audit_started = False
 
@@ -156,6 +164,10 @@ class CdcLoop:
         refreshes and publishes are not recorded one by one."""
         started = time.monotonic()
         spec = self.loaded.spec
+        # Arrow's default allocator (mimalloc) keeps what a batch freed for reuse, per thread;
+        # with batches built on one thread and applied on another that adds up to ~35 MB of
+        # RSS on a 1 M-row transaction. The system allocator returns large blocks at once.
+        pa.set_memory_pool(pa.system_memory_pool())
         retry = RetryPolicy(
             delays=_retry_delays(),
             give_up_after=self.options.retry_seconds,
@@ -252,13 +264,16 @@ class CdcLoop:
         assembler = BatchAssembler(
             schema, {d.refresh_key for d in spec.dynamic_tables if d.refresh_key}
         )
+        callbacks = Callbacks()  # on_batch / on_staged (the PHI scan) never stall the stream
         applier = BatchApplier(
             target, slot, (warehouse.name, warehouse.size), reader.confirm,
             retry_delays=_retry_delays, on_batch=self.on_batch, on_staged=self.on_staged,
+            notify=callbacks.call,
         )  # fmt: skip
         staging = target.streams_large_transactions
         stage_rows = int(_tunable("STAGE_ROWS"))
-        next_jobs = 0.0
+        worker = ApplyWorker(applier)  # commits batch N while this thread decodes N + 1
+        self._next_jobs, self._unreported = 0.0, None
         try:
             reader.open()
             # From here on no source read waits with the stream open: a transient failure
@@ -273,15 +288,34 @@ class CdcLoop:
                 timed_out = options.max_seconds is not None and elapsed >= options.max_seconds
                 if timed_out and not tracker.in_transaction:
                     break
-                committed: CdcBatch | None = None
                 try:
-                    message = reader.read(timeout=0.05 if tracker.pending.commit_times else 0.5)
-                    if message is not None:
-                        event = tracker.decode(message.payload)
+                    if worker.done:  # the batch in flight committed: confirm it, count it
+                        self._collect(worker, reader)
+                    # Jobs first, while the apply thread is free (under a steady stream it is
+                    # free only between collecting a batch and starting the next).
+                    self._jobs_when_free(target, reader, worker)
+                    waiting = bool(tracker.pending.commit_times) or worker.busy
+                    payloads = reader.read_many(0.05 if waiting else 0.5, MESSAGES_PER_READ)
+                    for payload in payloads:
+                        event = tracker.decode(payload)
+                        if event is None:
+                            continue
+                        if type(event) is Change:
+                            if staging and tracker.pending_rows >= stage_rows:
+                                end = tracker.pending.end_lsn
+                                self._collect(worker, reader)
+                                part = applier.batch(
+                                    assembler.tables(tracker.decoder.take(), end),
+                                    end, (), tracker.pending.received_at,
+                                )  # fmt: skip
+                                worker.submit_stage(part, tracker.transaction_lsn)
+                            continue
                         end = tracker.pending.end_lsn
                         if isinstance(event, Relation) and event.name not in schema.paused:
+                            self._collect(worker, reader)
                             schema.on_relation(event, end)
                         elif isinstance(event, LogicalMessage) and not event.transactional:
+                            self._collect(worker, reader)
                             if (
                                 event.prefix == HEARTBEAT_PREFIX
                                 and not tracker.pending.commit_times
@@ -290,28 +324,18 @@ class CdcLoop:
                             if stop_at is not None and event.lsn >= stop_at:
                                 caught_up = True
                             schema.passed(event.lsn)
-                        elif (
-                            isinstance(event, Change)
-                            and staging
-                            and tracker.pending_rows >= stage_rows
-                        ):
-                            applier.stage(
-                                assembler.tables(tracker.decoder.take(), end),
-                                end, tracker.transaction_lsn, tracker.pending.received_at,
-                            )  # fmt: skip
-                    if not tracker.in_transaction and tracker.pending.commit_times:
-                        pending = tracker.pending
-                        due = pending.started is not None and (
-                            time.monotonic() - pending.started >= options.batch_ms / 1000
-                        )
-                        if tracker.pending_rows >= options.batch_rows or due or message is None:
-                            committed = self._flush(tracker, assembler, applier, reader)
+                        elif not tracker.in_transaction and tracker.pending.commit_times:
+                            self._maybe_flush(tracker, assembler, worker, reader, idle=False)
+                    message = payloads[-1] if payloads else None
+                    if message is None and tracker.pending.commit_times:
+                        self._maybe_flush(tracker, assembler, worker, reader, idle=True)
                     if (
                         not tracker.in_transaction
                         and not tracker.pending.commit_times
                         and message is None
                     ):
                         # Idle: everything the server sent is applied; confirm its position.
+                        self._collect(worker, reader)
                         reader.idle(HEARTBEAT_SECONDS)
                         if time.monotonic() - last_catalog_check >= CATALOG_CHECK_SECONDS:
                             last_catalog_check = time.monotonic()
@@ -319,64 +343,127 @@ class CdcLoop:
                 except RetryStopped:
                     raise
                 except SourceError as exc:
-                    self._reconnect(exc, reader, tracker, applier, schema)
+                    self._reconnect(exc, reader, tracker, worker, schema)
                     continue
-                if not tracker.in_transaction and not tracker.pending.commit_times:
-                    # Between batches the raw tables match the checkpoint: the jobs may use
-                    # the target (refresh, publish, requests of a control socket).
-                    if committed is not None or time.monotonic() >= next_jobs:
-                        self._run_jobs(target, reader, committed)
-                        next_jobs = time.monotonic() + IDLE_SECONDS
+                self._jobs_when_free(target, reader, worker)
+                if (
+                    not tracker.in_transaction
+                    and not tracker.pending.commit_times
+                    and not worker.busy
+                ):
                     try:
                         schema.between_batches()  # column fills (source reads)
                     except RetryStopped:
                         raise
                     except SourceError as exc:
-                        self._reconnect(exc, reader, tracker, applier, schema)
+                        self._reconnect(exc, reader, tracker, worker, schema)
                         continue
                     if caught_up and schema.fill_barrier is None:
                         break
-            if tracker.pending.commit_times and not tracker.in_transaction:
-                try:
-                    self._flush(tracker, assembler, applier, reader)
-                except SourceError as exc:  # the source went away: streamed again next run
-                    if not is_transient(exc):
-                        raise
-        except RetryStopped:
-            pass  # stopped while the source was away: what is not committed streams again
+            try:
+                if tracker.pending.commit_times and not tracker.in_transaction:
+                    self._flush(tracker, assembler, worker, reader)
+                self._collect(worker, reader)
+            except SourceError as exc:  # the source went away: streamed again next run
+                if not is_transient(exc):
+                    raise
+            callbacks.drain()
+        except RetryStopped:  # stopped while the source was away: what is not committed
+            self._collect(worker, reader, raise_lost=False)  # streams again next run
+            callbacks.drain()
         finally:
+            # Failing: a batch in flight still commits (or fails) and, when it committed, is
+            # counted and reported like every other (the failure being raised matters more).
+            with contextlib.suppress(Exception):
+                self._collect(worker, reader, raise_lost=False)
+            worker.close()
+            callbacks.close()
             reader.close()
         if self._clean_stop:  # a signal or a stop request: refresh and publish what is pending
             self._update(state="stopping")
             self._run_jobs(target, reader, None, stopping=True)
         summary.paused = target.paused_tables(slot)
 
+    def _jobs_when_free(self, target: Target, reader: SourceReader, worker: ApplyWorker) -> None:
+        """Run the after-batch jobs when a batch committed since they last ran (with the latest
+        such batch), else every `IDLE_SECONDS` — only while nothing is in flight and nothing
+        is staged: the raw tables then match the checkpoint and no transaction is open on the
+        target (what is decoded and not applied is in memory only), so the jobs may use it
+        (refresh, publish, requests of a control socket)."""
+        if worker.busy or worker.applier.staged_changes:
+            return
+        if self._unreported is None and time.monotonic() < self._next_jobs:
+            return
+        batch, self._unreported = self._unreported, None
+        self._run_jobs(target, reader, batch)
+        self._next_jobs = time.monotonic() + IDLE_SECONDS
+
+    def _maybe_flush(
+        self,
+        tracker: TransactionDecoder,
+        assembler: BatchAssembler,
+        worker: ApplyWorker,
+        reader: SourceReader,
+        *,
+        idle: bool,
+    ) -> CdcBatch | None:
+        """Between transactions: start applying the pending batch when it is full, due
+        (`batch_ms`) or the stream is `idle`. While a batch is being applied, decoding goes on
+        (the batch grows) unless it is full or the stream is idle."""
+        if tracker.in_transaction or not tracker.pending.commit_times:
+            return None
+        pending, options = tracker.pending, self.options
+        full = tracker.pending_rows >= options.batch_rows
+        if not (full or idle):
+            due = pending.started is not None and (
+                time.monotonic() - pending.started >= options.batch_ms / 1000
+            )
+            if not due or (worker.busy and not worker.done):
+                return None
+        return self._flush(tracker, assembler, worker, reader)
+
     def _flush(
         self,
         tracker: TransactionDecoder,
         assembler: BatchAssembler,
-        applier: BatchApplier,
+        worker: ApplyWorker,
         reader: SourceReader,
-    ) -> CdcBatch:
-        """Assemble and apply the pending batch; count it. A lost connection found while
-        confirming it is raised after the batch was counted (it is committed)."""
+    ) -> CdcBatch | None:
+        """Wait for the batch in flight (and count it), then assemble the pending batch and
+        start applying it; the batch that was in flight (None: there was none)."""
+        previous = self._collect(worker, reader)
         pending = tracker.pending
         tables = assembler.tables(tracker.decoder.take(), pending.end_lsn)
-        applied = applier.apply(
-            tables, pending.end_lsn, pending.commit_times, pending.received_at, pending.cpu
-        )
-        batch = applied.batch
+        applier = worker.applier
+        batch = applier.batch(
+            tables, pending.end_lsn, pending.commit_times, pending.received_at,
+            applier.staged_changes, pending.cpu,
+        )  # fmt: skip
+        pending.taken()
+        worker.submit(batch)
+        return previous
+
+    def _collect(
+        self, worker: ApplyWorker, reader: SourceReader, *, raise_lost: bool = True
+    ) -> CdcBatch | None:
+        """Wait for the batch in flight (None: there is none): it is committed, confirmed to
+        the source and counted. A lost connection found while confirming it is raised after
+        the batch was counted (it is committed)."""
+        applied = worker.wait()
+        if applied is None:
+            return None
+        batch = self._unreported = applied.batch
         summary = self.summary
         summary.batches += 1
         summary.changes += batch.changes
-        summary.transactions += len(pending.commit_times)
-        summary.end_lsn = pending.end_lsn
+        summary.transactions += len(batch.commit_times)
+        summary.end_lsn = batch.end_lsn
         now = time.monotonic()
         self._rate.append((now, batch.changes))
         while self._rate and self._rate[0][0] < now - RATE_WINDOW_SECONDS:
             self._rate.popleft()
         applied_at = dt.datetime.now(dt.UTC)
-        oldest = min(pending.commit_times) if pending.commit_times else None
+        oldest = min(batch.commit_times) if batch.commit_times else None
         self._update(
             changes=summary.changes,
             transactions=summary.transactions,
@@ -387,8 +474,7 @@ class CdcLoop:
             changes_per_second=sum(c for _, c in self._rate) / RATE_WINDOW_SECONDS,
             confirmed_lsn=reader.confirmed,
         )
-        pending.taken()
-        if applied.lost is not None:
+        if applied.lost is not None and raise_lost:
             raise applied.lost
         return batch
 
@@ -397,16 +483,17 @@ class CdcLoop:
         failure: SourceError,
         reader: SourceReader,
         tracker: TransactionDecoder,
-        applier: BatchApplier,
+        worker: ApplyWorker,
         schema: SchemaFollower,
     ) -> None:
-        """The source connection broke: drop what is not applied and stream again from the
-        last applied position (waiting, with backoff). A failure retrying cannot fix is
-        raised."""
+        """The source connection broke: let the batch in flight commit, drop what is not
+        applied and stream again from the last applied position (waiting, with backoff). A
+        failure retrying cannot fix is raised."""
         if not is_transient(failure):
             raise failure
         self._update(state="reconnecting")
-        applier.discard()
+        self._collect(worker, reader, raise_lost=False)
+        worker.applier.discard()
         schema.restarted()  # sequence numbers restart
         confirmed = reader.reopen(failure)
         tracker.restart(AppliedCheckpoint(confirmed))

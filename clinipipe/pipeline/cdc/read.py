@@ -49,6 +49,12 @@ class SourceReader:
         the stream broke."""
         return self._stream.read(timeout)
 
+    def read_many(self, timeout: float, limit: int) -> list[bytes]:
+        """The payloads of up to `limit` messages already received, in stream order, or of
+        those arriving within `timeout` s (empty: none). `SourceError` when the stream
+        broke."""
+        return self._stream.read_many(timeout, limit)
+
     def reopen(self, failure: SourceError) -> int:
         """After `failure` (transient) broke the stream: close it and stream again from the
         confirmed position, waiting (policy backoff) first. Returns that position."""

@@ -260,14 +260,19 @@ def _apply_table_changes(
         f"{duckdb_stream_cast(f'f.{quote(k)}', by_name[k].type)}" for k in table.primary_key
     )
     toast = [c for c in table.columns if f"{c.name}__u" in changes.column_names]
-    cur.register("_cdc", changes)
-    cur.execute(
-        "CREATE OR REPLACE TEMP TABLE _cdc_final AS SELECT * FROM _cdc "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _seq DESC) = 1"
-    )
+    # Inside the CDC transaction nothing is registered or created per part that holds data:
+    # a dropped temporary table or an unregistered Arrow view stays (with its memory) until
+    # COMMIT, since DROP is transactional, so a staged transaction of millions of rows would
+    # grow by every part. The Arrow tables are read by name through DuckDB's replacement scan
+    # of this frame's locals (`_cdc`, `_cdc_final`), and the last change per key is computed
+    # on a cursor of its own, outside the transaction.
+    _cdc = changes  # read by name in the SQL below (replacement scan)
+    _cdc_final = _last_change_per_key(target, changes, keys)
     origin_join = ""
     if toast or batch.kept:
-        _resolve_origins(cur, target, table, toast, bool(batch.kept), changes.column_names)
+        _resolve_origins(
+            cur, target, table, toast, bool(batch.kept), changes.column_names, _cdc, _cdc_final
+        )
         origin_match = " AND ".join(
             f"cur.{quote(k)} = {duckdb_stream_cast(f'o.{quote(_ORIGIN + k)}', by_name[k].type)}"
             for k in table.primary_key
@@ -301,10 +306,11 @@ def _apply_table_changes(
         return f"CASE WHEN {missing_row} THEN {fallback} ELSE cur.{name} END AS {name}"
 
     values = ", ".join([*(value(c) for c in table.columns), *(kept(c) for c in batch.kept)])
-    cur.execute(
-        f"CREATE OR REPLACE TEMP TABLE _cdc_rows AS SELECT {values} FROM _cdc_final f"
-        f"{origin_join} WHERE f._op <> 'D'"
-    )
+    rows_sql = f"SELECT {values} FROM _cdc_final f{origin_join} WHERE f._op <> 'D'"
+    if origin_join:  # the new rows read the raw rows the DELETE below removes: keep them first
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _cdc_rows AS {rows_sql}")
+    else:  # from the batch alone: a view, nothing held in the transaction
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW _cdc_rows AS {rows_sql}")
     for key in batch.refresh_keys:  # pre-images: the rows about to be replaced or deleted
         cur.execute(
             f"INSERT INTO {target.control('changed_keys')} SELECT ?, ?, CAST(cur.{quote(key)} "
@@ -321,9 +327,23 @@ def _apply_table_changes(
             f"CAST({quote(key)} AS VARCHAR), ? FROM _cdc_rows",
             [table.name, key, lsn],
         )
-    cur.unregister("_cdc")
-    for temp in ("_cdc_rows", "_cdc_final", "_cdc_events", "_cdc_links", "_cdc_origin"):
-        cur.execute(f"DROP TABLE IF EXISTS {temp}")  # free their memory now
+    cur.execute(f"DROP {'TABLE' if origin_join else 'VIEW'} _cdc_rows")
+    for temp in ("_cdc_events", "_cdc_links", "_cdc_origin"):
+        cur.execute(f"DROP TABLE IF EXISTS {temp}")
+
+
+def _last_change_per_key(target: DuckDBChangeApply, changes: Any, keys: str) -> Any:
+    """The last change of each key in `changes` (Arrow in, Arrow out), on a cursor outside the
+    CDC transaction (it reads only `changes`)."""
+    side = target.cursor()
+    try:
+        side.register("_cdc", changes)
+        return side.execute(
+            "SELECT * FROM _cdc "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _seq DESC) = 1"
+        ).fetch_arrow_table()
+    finally:
+        side.close()
 
 
 def _append_rows(
@@ -341,12 +361,11 @@ def _append_rows(
             fallback = duckdb_stream_cast(target.dialect.quote_literal(c.missing_value), c.type)
         values.append(f"{fallback} AS {quote(c.name)}")
     names = ", ".join(quote(c.name) for c in (*batch.table.columns, *batch.kept))
-    cur.register("_cdc", changes)
+    _cdc = changes  # read by name (replacement scan: nothing kept to COMMIT)
     cur.execute(
         f"INSERT INTO {target.raw_name(batch.table.name)} ({names}) "
         f"SELECT {', '.join(values)} FROM _cdc WHERE _op = 'I' ORDER BY _seq"
     )
-    cur.unregister("_cdc")
 
 
 _ORIGIN = "__origin__"
@@ -360,6 +379,8 @@ def _resolve_origins(
     toast: list[Column],
     follow_to_origin: bool,
     change_columns: list[str],
+    _cdc: Any,
+    _cdc_final: Any,
 ) -> None:
     """Create `_cdc_origin`: for each final non-delete row of `_cdc_final`, where its values not
     sent in the stream come from.
@@ -373,7 +394,7 @@ def _resolve_origins(
     end of the chain (`_origin_op` 'U' and `__origin__<key>`), or none when the chain starts
     with an insert (`_origin_op` 'I'). The chain stops at the first change that sent every
     TOAST value, unless `follow_to_origin` (columns the stream does not carry at all need the
-    origin row).
+    origin row). `_cdc` and `_cdc_final` (Arrow) are read by name (replacement scan).
     """
     quote = target.dialect.quote_ident
     keys = table.primary_key
