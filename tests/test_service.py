@@ -57,9 +57,10 @@ COMMANDS: dict[str, tuple[str, ...]] = {  # in this order: status after refresh 
 
 def _keys(data: Any) -> Any:
     """The keys of a JSON document: of the object, or of the objects of the list, and of the
-    objects in their lists (values may be null in one run and an object in another)."""
+    objects in their lists (values may be null in one run and an object in another; a list of
+    plain values may be empty in one run, e.g. the partitions an incremental publish rewrote)."""
     if isinstance(data, list):
-        return sorted({repr(_keys(item)) for item in data})
+        return sorted({repr(_keys(item)) for item in data if isinstance(item, (dict, list))})
     if isinstance(data, dict):
         return {k: _keys(v) if isinstance(v, list) else None for k, v in data.items()}
     return None

@@ -119,6 +119,17 @@ def test_backfill_and_cdc_over_verify_full_tls(
         return con
 
     monkeypatch.setattr(psycopg2, "connect", spying_connect)
+    # The backfill's range readers connect through ADBC (libpq underneath, same conninfo).
+    import adbc_driver_postgresql.dbapi as adbc_pg
+
+    original_adbc = adbc_pg.connect
+
+    def spying_adbc_connect(*args: Any, **kwargs: Any) -> Any:
+        con = original_adbc(*args, **kwargs)
+        seen.extend(_ssl_backends(tls_server.dsn, name, original))
+        return con
+
+    monkeypatch.setattr(adbc_pg, "connect", spying_adbc_connect)
 
     for command in (["deploy"], ["backfill"]):
         code, _, err = cli(capsys, "-c", str(spec), *command)
