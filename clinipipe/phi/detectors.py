@@ -377,13 +377,14 @@ def spec_detectors(phi: PhiSpec | None) -> tuple[Detector, ...]:
 
 def _lower_case_rows(
     texts: pa.Array | pa.ChunkedArray | Sequence[str | None], joined: JoinedText
-) -> list[tuple[int, int]]:
-    """``(start, end)`` in the joined text of the rows typed all in lower case."""
+) -> np.ndarray:
+    """``(start, end)`` in the joined text of the rows typed all in lower case, one row of an
+    ``(n, 2)`` array each."""
     arr = as_string_array(texts)
     lower = pc.fill_null(pc.utf8_is_lower(arr), False)
     rows = np.flatnonzero(np.asarray(lower.to_numpy(zero_copy_only=False)))
     starts = joined.starts
-    return [(int(starts[r]), int(starts[r + 1]) - 1) for r in rows.tolist()]
+    return np.stack([starts[rows], starts[rows + 1] - 1], axis=1).astype(np.int64)
 
 
 class _ScanUnit:

@@ -32,16 +32,29 @@ lists and context words are data (see ``data/README.md`` and ``data/detectors.ya
 an adjacent surname, name word or initial, so that no part of a name is left beside a tag.
 
 Guarantee: every returned span starts and ends on a word boundary and lies within one row.
+
+The lists are built once per process (about a second of CPU: the Faker locales, the
+inflection check of 225,000 names) and kept in a cache file (:func:`lexicon_cache_file`,
+Arrow IPC, public word lists only, never text that was scanned) that later processes read in a
+few milliseconds. Its name is a digest of everything the build reads (this module's source, the
+data files, the Faker, Python and pyarrow versions), so a changed input is a new file and a
+stale one is never read; a cache that cannot be read or written is rebuilt or skipped, never
+an error.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from itertools import repeat
+from pathlib import Path
 
 import ahocorasick
 import numpy as np
@@ -52,9 +65,14 @@ _DATA = "clinipipe.phi.data"
 
 
 def read_list(name: str) -> list[str]:
-    """The non-comment, non-blank lines of a data file, stripped."""
+    """The non-comment, non-blank lines of a data file, stripped (read once per process)."""
+    return list(_read_lines(name))
+
+
+@cache
+def _read_lines(name: str) -> tuple[str, ...]:
     text = resources.files(_DATA).joinpath(name).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+    return tuple(s for line in text.splitlines() if (s := line.strip()) and line[0] != "#")
 
 
 @dataclass(frozen=True)
@@ -78,15 +96,37 @@ class NameLexicon:
     context: NameContext = field(default_factory=NameContext)
 
     def find(
-        self, text: str, lower_case: Sequence[tuple[int, int]] = ()
+        self, text: str, lower_case: Sequence[tuple[int, int]] | np.ndarray = ()
     ) -> list[tuple[int, int, float]]:
         """Name spans ``(start, end, confidence)`` in ``text`` (a joined batch or one note);
         ``lower_case``: ranges of ``text`` typed all in lower case, where lower-case words
         are judged too (:func:`_find_lower`)."""
         found = _find(text, self.context)
-        for lo, hi in lower_case:
-            found.extend(_find_lower(text, lo, hi, self.context))
+        for lo, hi, breaks in _stretches(text, lower_case):
+            found.extend(_find_lower(text, lo, hi, self.context, breaks))
         return found
+
+
+def _stretches(
+    text: str, ranges: Sequence[tuple[int, int]] | np.ndarray
+) -> list[tuple[int, int, list[int]]]:
+    """``ranges`` (sorted, disjoint) with the ones only a row separator apart joined into one
+    stretch ``(lo, hi, breaks)``, ``breaks`` the separators' offsets: a batch of short
+    lower-case values (a specimen column: "venous blood") is one call, not one per row."""
+    bounds = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    if not len(bounds):
+        return []
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    glued = np.zeros(len(bounds), dtype=bool)
+    glued[1:] = lo[1:] == hi[:-1] + 1
+    for k in np.flatnonzero(glued).tolist():  # only a row separator may join two rows
+        glued[k] = text[int(hi[k - 1])] == "\x00"
+    first = np.flatnonzero(~glued)
+    last = np.append(first[1:], len(bounds)) - 1
+    his = hi.tolist()
+    return [
+        (int(lo[f]), his[e], his[f:e]) for f, e in zip(first.tolist(), last.tolist(), strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -103,7 +143,10 @@ class _Lists:
 
 
 def _lower_array(words: Iterable[str]) -> pa.Array:
-    return pa.array(sorted({w.lower() for w in words}), pa.string())
+    """The distinct lower-case forms of ``words``, sorted (Arrow sorts UTF-8 bytes, which is
+    code point order, as Python sorts strings)."""
+    arr = pa.array(list({w.lower() for w in words}), pa.string())
+    return arr.take(pc.array_sort_indices(arr))
 
 
 _LATIN_NAME = re.compile(r"^[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017f'\u2019-]{2,}$")
@@ -147,9 +190,8 @@ def faker_names() -> tuple[frozenset[str], frozenset[str]]:
                     if _LATIN_NAME.match(part):
                         low = part.lower()
                         out.add(low)
-                        folded = _fold(low)
-                        if folded != low:
-                            out.add(folded)
+                        if not low.isascii():  # an ASCII word folds to itself
+                            out.add(_fold(low))
     return frozenset(firsts), frozenset(lasts)
 
 
@@ -159,16 +201,23 @@ def _fold(word: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
 
 
-def _english_form(word: str, english: set[str]) -> bool:
-    """``word`` is an English word or a regular inflection of one (routed, wheezes)."""
-    if word in english:
-        return True
-    return any(
-        word.endswith(suffix)
-        and len(word) - len(suffix) >= 3
-        and word[: -len(suffix)] + add in english
-        for suffix, add in _INFLECTIONS
-    )
+def _english_forms(words: Sequence[str], english: pa.Array) -> np.ndarray:
+    """Which of ``words`` (lower case) are an English word of ``english`` or a regular
+    inflection of one (routed, wheezes): one Arrow pass per inflection over the whole list."""
+    arr = pa.array(words, pa.string())
+    out = np.array(_in(arr, english), dtype=bool)
+    length = pc.utf8_length(arr)
+    for suffix, add in _INFLECTIONS:
+        stem = len(suffix)
+        maybe = pc.and_(pc.ends_with(arr, suffix), pc.greater_equal(length, stem + 3))
+        idx = np.flatnonzero(maybe.to_numpy(zero_copy_only=False))
+        if not len(idx):
+            continue
+        stems = pc.utf8_slice_codeunits(arr.take(pa.array(idx)), 0, -stem)
+        if add:
+            stems = pc.binary_join_element_wise(stems, add, "")
+        out[idx] |= _in(stems, english)
+    return out
 
 
 _INFLECTIONS = (("s", ""), ("es", ""), ("ed", ""), ("ed", "e"), ("d", ""), ("ing", ""),
@@ -177,9 +226,19 @@ _INFLECTIONS = (("s", ""), ("es", ""), ("ed", ""), ("ed", "e"), ("d", ""), ("ing
 
 @cache
 def _lists() -> _Lists:
+    cached = _cached()
+    if cached is not None:
+        return cached[0]
+    lists = _build_lists()
+    _store(lists, _build_flags(lists))
+    return lists
+
+
+def _build_lists() -> _Lists:
     firsts = read_list("first_names.txt")
     census = {w.lower() for w in firsts + read_list("last_names.txt")}
-    english = {w.lower() for w in read_list("english_words.txt")}
+    english_words = read_list("english_words.txt")
+    english = {w.lower() for w in english_words}
     never = {w.lower() for w in read_list("abbreviations.txt") + read_list("clinical_words.txt")}
     # Nationality and religion words are names only in context (Dr. Joan French, Christian
     # Sherman): listed as names, but ambiguous ones.
@@ -190,9 +249,9 @@ def _lists() -> _Lists:
     new = new_firsts | {w.lower() for w in read_list("surnames_2010.txt")} | f_last
     # Broader lists add only words that are no English word and no clinical term: a name that
     # is also a word stays what the 1990 lists and name_words.txt make of it.
-    extra = {
-        w for w in new if len(w) >= 3 and w not in never and not _english_form(w, english)
-    } - census
+    pool = [w for w in new if len(w) >= 3 and w not in never and w not in census]
+    english_array = pa.array(list(english), pa.string())
+    extra = [w for w, e in zip(pool, _english_forms(pool, english_array), strict=True) if not e]
     return _Lists(
         names=_lower_array(census),
         extra=_lower_array(extra),
@@ -201,7 +260,7 @@ def _lists() -> _Lists:
         eponyms=_lower_array(read_list("eponyms.txt")),
         heads=_lower_array(read_list("eponym_heads.txt")),
         stop=_lower_array(read_list("eponym_heads.txt") + read_list("not_surnames.txt")),
-        english=_lower_array(read_list("english_words.txt")),
+        english=_lower_array(english_words),
         abbreviations=_lower_array(
             read_list("abbreviations.txt") + read_list("clinical_words.txt")
         ),
@@ -216,8 +275,15 @@ _EXTRA, _CLINICAL = 64, 128  # broader name lists; clinical_words.txt
 def _flags() -> dict[str, int]:
     """Every listed word (lower case) -> bit flags of the lists holding it."""
     lists = _lists()
-    flags: dict[str, int] = {}
-    for bit, array in (
+    cached = _cached()
+    words, bits = cached[1] if cached is not None else _build_flags(lists)
+    return dict(zip(words.to_pylist(), bits.to_pylist(), strict=True))
+
+
+def _build_flags(lists: _Lists) -> tuple[pa.Array, pa.Array]:
+    """``(words, bits)`` of `_flags` (each list holds a word once, so the sum of its lists'
+    bits is their union)."""
+    parts = (
         (_NAME, lists.names),
         (_FIRST, lists.firsts),
         (_AMBIGUOUS, lists.ambiguous),
@@ -226,10 +292,88 @@ def _flags() -> dict[str, int]:
         (_ABBREV, lists.abbreviations),
         (_EXTRA, lists.extra),
         (_CLINICAL, _lower_array(read_list("clinical_words.txt"))),
-    ):
-        for word in array.to_pylist():
-            flags[word] = flags.get(word, 0) | bit
-    return flags
+    )
+    table = pa.table(
+        {
+            "word": pa.concat_arrays([array for _, array in parts]),
+            "bit": np.concatenate([np.full(len(array), bit, np.int64) for bit, array in parts]),
+        }
+    )
+    summed = table.group_by("word", use_threads=False).aggregate([("bit", "sum")])
+    return summed["word"].combine_chunks(), summed["bit_sum"].combine_chunks()
+
+
+# --- the cache file ------------------------------------------------------------------------------
+
+_LIST_FIELDS = tuple(_Lists.__dataclass_fields__)
+_FLAGS = len(_LIST_FIELDS)  # the ``part`` of the flags' rows in the cache file
+
+
+def lexicon_cache_file() -> Path:
+    """Where the built lists are cached: ``$XDG_CACHE_HOME/clinipipe`` (default
+    ``~/.cache/clinipipe``), in a file named by the digest of every input of the build."""
+    digest = hashlib.sha256()
+    digest.update(Path(__file__).read_bytes())
+    for name in sorted(n.name for n in resources.files(_DATA).iterdir()):
+        if name.endswith(".txt"):
+            digest.update(name.encode() + b"\0")
+            digest.update(resources.files(_DATA).joinpath(name).read_bytes())
+    try:
+        from importlib.metadata import version
+
+        faker_version = version("faker")
+    except Exception:  # not installed: the lists are built without it
+        faker_version = "none"
+    digest.update(f"{faker_version} {sys.version} {pa.__version__}".encode())
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clinipipe" / f"lexicon-{digest.hexdigest()[:32]}.arrow"
+
+
+@cache
+def _cached() -> tuple[_Lists, tuple[pa.Array, pa.Array]] | None:
+    """The lists and flags from the cache file, or None (no file, or one that cannot be read)."""
+    try:
+        path = lexicon_cache_file()
+        if not path.is_file():
+            return None
+        with pa.OSFile(str(path), "rb") as source:
+            table = pa.ipc.open_file(source).read_all()
+        part = table["part"].to_numpy()
+        if len(part) and (np.diff(part) < 0).any():
+            return None
+        bounds = np.searchsorted(part, np.arange(_FLAGS + 2))
+        words = table["word"].combine_chunks()
+
+        def rows(k: int) -> slice:
+            return slice(int(bounds[k]), int(bounds[k + 1]))
+
+        lists = _Lists(**{f: words[rows(k)] for k, f in enumerate(_LIST_FIELDS)})
+        flags = rows(_FLAGS)
+        return lists, (words[flags], table["bits"].combine_chunks()[flags])
+    except Exception:  # a bad cache is rebuilt, never an error
+        return None
+
+
+def _store(lists: _Lists, flags: tuple[pa.Array, pa.Array]) -> None:
+    """Write the cache file (atomically: a temporary file renamed); silently skipped when the
+    cache folder cannot be written."""
+    arrays = [getattr(lists, f) for f in _LIST_FIELDS] + [flags[0]]
+    part = np.concatenate([np.full(len(a), k, np.int8) for k, a in enumerate(arrays)])
+    bits = np.zeros(len(part), np.int16)
+    bits[len(part) - len(flags[1]) :] = np.asarray(flags[1], np.int16)
+    table = pa.table({"part": part, "word": pa.concat_arrays(arrays), "bits": bits})
+    try:
+        path = lexicon_cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+        for old in path.parent.glob("lexicon-*.arrow"):  # built from other inputs
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:
+        return
 
 
 @cache
@@ -423,23 +567,33 @@ def _find(text: str, context: NameContext) -> list[tuple[int, int, float]]:
 _LOWER_WORD = re.compile(r"(?<![A-Za-z0-9])[a-z][a-z'\u2019]+(?:-[a-z]+)*(?![A-Za-z0-9])")
 
 
-def _find_lower(text: str, lo: int, hi: int, context: NameContext) -> list[tuple[int, int, float]]:
-    """Names in a stretch typed all in lower case (few notes, so a plain loop): a frequent
+@cache
+def _lower_cues(context: NameContext) -> tuple[frozenset[str], frozenset[str]]:
+    """The cue words and stop words of :func:`_find_lower`, as sets."""
+    cues = frozenset(c.lower() for c in (*context.lower, *context.titles))
+    return cues, frozenset(context.lower_stop)
+
+
+def _find_lower(
+    text: str, lo: int, hi: int, context: NameContext, breaks: Sequence[int] = ()
+) -> list[tuple[int, int, float]]:
+    """Names in a stretch typed all in lower case (a plain loop over its words): a frequent
     census name that is no English word ("kara", "stephen"); after a cue word ("thanks,",
     "my son") a name that is no common English word, or any name followed by such a name
     ("crystal mccarthy"); any name right after an accepted one ("tony black", "tony d.
     black"). Never an eponym before its head word ("murphy sign") or a word of a non-name
-    phrase ("toyota camry")."""
-    cues = frozenset(c.lower() for c in (*context.lower, *context.titles))
-    stop = frozenset(context.lower_stop)
+    phrase ("toyota camry"). ``breaks``: offsets of the row separators inside the stretch
+    (several rows in one call); no rule reaches across one."""
+    cues, stop = _lower_cues(context)
     firsts = _first_names_lower()
     heads = _heads()
-    skip = _lower_phrase_spans(text, lo, hi)
-    words = [
-        m
-        for m in _LOWER_WORD.finditer(text, lo, hi)
-        if not any(s <= m.start() and m.end() <= e for s, e in skip)
-    ]
+    skip = _lower_phrase_spans(text, lo, hi)  # sorted, disjoint
+    skip_starts = [s for s, _ in skip]
+    words = []
+    for m in _LOWER_WORD.finditer(text, lo, hi):
+        k = bisect.bisect_right(skip_starts, m.start()) - 1
+        if k < 0 or m.end() > skip[k][1]:
+            words.append(m)
     count = len(words)
     strong = _names_only()
     flags = _flags()
@@ -451,6 +605,10 @@ def _find_lower(text: str, lo: int, hi: int, context: NameContext) -> list[tuple
         adjacent = i > 0 and (gap in (" ", ", ") or _INITIAL_LOWER.fullmatch(gap) is not None)
         prev_word = words[i - 1].group() if i else ""
         prev2 = words[i - 2].group() if i > 1 else ""
+        if breaks and prev2:  # "my" ending one row is no cue for the next one's "son tony"
+            b = bisect.bisect_left(breaks, words[i - 2].end())
+            if b < len(breaks) and breaks[b] < words[i - 1].start():
+                prev2 = ""
         after_cue = (
             i > 0
             and gap.strip(" :,.\n\t-") == ""

@@ -16,16 +16,18 @@ Guarantees:
   table, column, row key, category, start offset): scanning the same data again yields the same
   ids, so the findings table is upserted, not appended to.
 * Columnar: per column one Arrow array goes to the detectors; Python objects are only built
-  per finding.
+  per finding, row keys included (`lazy_row_keys`: a candidate row without a finding never
+  has its key, or its pseudonym, computed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -138,6 +140,91 @@ def pseudonym(key: bytes, value: str) -> str:
     return "hmac:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:24]
 
 
+def _key_text(rows: pa.Table, key_columns: Sequence[str]) -> pa.Array:
+    """``col=value`` pairs of `key_columns` joined by ``, `` (``NULL`` for a null), one string
+    per row of `rows`, computed in Arrow."""
+    parts = []
+    for name in key_columns:
+        text = pc.fill_null(rows[name].cast(pa.string()), "NULL")
+        parts.append(pc.binary_join_element_wise(name, text, "="))
+    joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, ", ")
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks() if joined.num_chunks else pa.array([], pa.string())
+    return joined
+
+
+class RowKeys(Sequence[str]):
+    """The row keys of a table of candidate rows (what `row_keys` returns), each computed when
+    it is first read and then remembered: a scan names only the rows holding a finding, usually
+    few of its candidates, so the others' keys (a keyed pseudonym is one HMAC in Python per
+    row) are never computed. The values are exactly `row_keys`' (`list(keys)` equals it).
+
+    Build one with `lazy_row_keys`. `read()` gives the keys read so far by row index."""
+
+    def __init__(self, text: pa.Array, hmac_key: bytes | None) -> None:
+        self._text = text
+        self._key = hmac_key
+        self._read: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._text)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        found = self._read.get(i)
+        if found is None:
+            if not 0 <= i < len(self):
+                raise IndexError("row key index out of range")
+            value = self._text[i].as_py()
+            found = value if self._key is None else pseudonym(self._key, value)
+            self._read[i] = found
+        return found
+
+    def read(self) -> dict[int, str]:
+        """The keys read so far: row index -> key."""
+        return dict(self._read)
+
+    def to_list(self) -> list[str]:
+        """Every key, in row order; a keyed pseudonym is computed once per distinct value."""
+        if self._key is None:
+            return self._text.to_pylist()
+        encoded = self._text.dictionary_encode()
+        key = self._key
+        distinct = [pseudonym(key, v) for v in encoded.dictionary.to_pylist()]
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        return np.asarray(distinct, dtype=object)[indices].tolist() if len(indices) else []
+
+
+def lazy_row_keys(
+    rows: pa.Table,
+    key_columns: Sequence[str],
+    *,
+    pseudonymize: bool,
+    hmac_key: bytes | None,
+    hmac_key_env: str = "CLINIPIPE_HMAC_KEY",
+) -> RowKeys:
+    """`row_keys`, each key computed only when read (`RowKeys`); raises `ScanKeyError` as
+    `row_keys` does, before any key is read."""
+    if pseudonymize and not hmac_key:
+        raise ScanKeyError(
+            f"set {hmac_key_env} (in the environment or .env next to the spec): a key column is "
+            "classified as PHI (or the table has no primary key), so findings identify rows by "
+            "a keyed pseudonym, never by the value"
+        )
+    text = _key_text(rows, key_columns) if rows.num_rows else pa.array([], pa.string())
+    return RowKeys(text, hmac_key if pseudonymize else None)
+
+
 def row_keys(
     rows: pa.Table,
     key_columns: Sequence[str],
@@ -148,25 +235,11 @@ def row_keys(
 ) -> list[str]:
     """The row key of every row of `rows`: ``col=value`` pairs of `key_columns` joined by
     ``, ``, or their keyed pseudonym when `pseudonymize`. Raises `ScanKeyError` when a pseudonym
-    is needed and `hmac_key` is missing (the message names `hmac_key_env`, never a value)."""
-    if pseudonymize and not hmac_key:
-        raise ScanKeyError(
-            f"set {hmac_key_env} (in the environment or .env next to the spec): a key column is "
-            "classified as PHI (or the table has no primary key), so findings identify rows by "
-            "a keyed pseudonym, never by the value"
-        )
-    if not rows.num_rows:
-        return []
-    parts = []
-    for name in key_columns:
-        text = pc.fill_null(rows[name].cast(pa.string()), "NULL")
-        parts.append(pc.binary_join_element_wise(name, text, "="))
-    joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, ", ")
-    values = joined.to_pylist()
-    if pseudonymize:
-        assert hmac_key is not None
-        return [pseudonym(hmac_key, v) for v in values]
-    return values
+    is needed and `hmac_key` is missing (the message names `hmac_key_env`, never a value).
+    A scan, which needs only the keys of rows with a finding, uses `lazy_row_keys`."""
+    return lazy_row_keys(
+        rows, key_columns, pseudonymize=pseudonymize, hmac_key=hmac_key, hmac_key_env=hmac_key_env
+    ).to_list()
 
 
 # --- stage 1 over Arrow (CDC batches) ------------------------------------------------------------

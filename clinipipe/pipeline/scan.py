@@ -49,9 +49,9 @@ from clinipipe.phi.scan import (
     dedupe,
     detect,
     is_text_like,
+    lazy_row_keys,
     max_severity,
     reaches,
-    row_keys,
 )
 from clinipipe.secrets import environment, first_line, scrub_values
 from clinipipe.spec.loader import LoadedSpec
@@ -281,16 +281,17 @@ def scan_table(
         return [], 0
     if plan.key_columns:
         named = pa.table({k: rows[f"k{i}"] for i, k in enumerate(plan.key_columns)})
-        keys = row_keys(named, plan.key_columns, pseudonymize=plan.pseudonymize, hmac_key=key,
-                        hmac_key_env=key_env)  # fmt: skip
+        keys = lazy_row_keys(named, plan.key_columns, pseudonymize=plan.pseudonymize,
+                             hmac_key=key, hmac_key_env=key_env)  # fmt: skip
     else:
-        keys = row_keys(rows.select([ROW_DIGEST]), [ROW_DIGEST], pseudonymize=True,
-                        hmac_key=key, hmac_key_env=key_env)  # fmt: skip
+        keys = lazy_row_keys(rows.select([ROW_DIGEST]), [ROW_DIGEST], pseudonymize=True,
+                             hmac_key=key, hmac_key_env=key_env)  # fmt: skip
     cells = {c: rows[f"c{i}"] for i, c in enumerate(plan.columns)}
     findings = detect(detectors, schema=plan.schema, table=plan.table, keys=keys, cells=cells,
                       found_by=found_by)  # fmt: skip
     if excused is not None and findings:
-        index = {k: i for i, k in enumerate(keys)}
+        # every finding's key has been read (by `detect`): only those rows are looked up
+        index = {k: i for i, k in sorted(keys.read().items())}
 
         def span(f: Finding) -> str:
             cell = cells[f.column][index[f.row_key]].as_py()
@@ -498,7 +499,7 @@ class CdcScanner:
             rows = found.pop("__rows__")
             key_columns = list(part.table.primary_key or table.primary_key)
             named = part.changes.take(rows).select(key_columns)
-            keys = row_keys(
+            keys = lazy_row_keys(
                 named,
                 key_columns,
                 pseudonymize=any(k in phi for k in key_columns),
