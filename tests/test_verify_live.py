@@ -205,8 +205,9 @@ def test_no_false_difference_under_writes_then_a_planted_one_is_found(
             con.execute(f"UPDATE raw.accounts SET owner = 'planted' WHERE id = {PLANTED}")
             [(runs,)] = con.execute("SELECT count(*) FROM _clinipipe.verify_runs").fetchall()
         assert runs == RUNS
-        # A slow batch (3 s): right after a write, the warehouse cannot reach the snapshot.
-        child = _start_cdc(spec, dsn, 3000)
+        # A slow batch (10 s, long beside the time verify takes to ask, also on a loaded
+        # machine): right after a write, the warehouse cannot reach the snapshot.
+        child = _start_cdc(spec, dsn, 10000)
         execute(dsn, "UPDATE accounts SET balance = balance + 1 WHERE id = 100")
         code, report, err = _verify(capsys, spec, "--wait", "0")
         assert code == 1 and report["outcome"] == "cdc_behind", report
