@@ -213,8 +213,16 @@ def print_summary(s: dict[str, Any]) -> None:
         table.add_row(
             f"vs single {single['kind']}",
             f"{single['size']}: first year "
-            f"{single['first_year_credits']:,.0f} credits"
-            + ("" if saving is None else f" (dual saves {saving:,.0f}%)"),
+            f"{single['first_year_credits']:,.0f} credits" + _saving_text(saving),
         )
     table.add_row("project", s["project"] or "removed (use --keep DIR to keep it)")
     out.print(table)
+
+
+def _saving_text(saving: float | None) -> str:
+    """What the dual-warehouse setup saves against one warehouse, or what it costs more."""
+    if saving is None:
+        return ""
+    if saving < 0:
+        return f" (dual costs {-saving:,.0f}% more)"
+    return f" (dual saves {saving:,.0f}%)"
