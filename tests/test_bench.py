@@ -140,12 +140,12 @@ def test_bench_all_json_is_valid_and_measures(
     from clinipipe.cli.output import out
 
     capsys.readouterr()
-    width = out.width
+    width = out._width  # None: follow COLUMNS / the terminal (setting `width` would fix it)
     out.width = 160  # a terminal's width, not the 80 columns of a pipe
     try:
         _print(doc)
     finally:
-        out.width = width
+        out._width = width
     shown = capsys.readouterr().out
     for title in ("Dashboards: offered 40.0/s", "CDC commit -> visible", "Fresh backfill",
                   "census_by_department", "target (raw)", "Dashboard latency (all)"):  # fmt: skip
