@@ -112,24 +112,19 @@ def test_backfill_and_cdc_over_verify_full_tls(
     # Observe the connections while the commands run: pg_stat_ssl of clinipipe's backends.
     seen: list[tuple[str, bool, str | None]] = []
     original = psycopg2.connect
-
-    def spying_connect(*args: Any, **kwargs: Any) -> Any:
-        con = original(*args, **kwargs)
-        seen.extend(_ssl_backends(tls_server.dsn, name, original))
-        return con
-
-    monkeypatch.setattr(psycopg2, "connect", spying_connect)
     # The backfill's range readers connect through ADBC (libpq underneath, same conninfo).
     import adbc_driver_postgresql.dbapi as adbc_pg
 
-    original_adbc = adbc_pg.connect
+    def spying(connect: Any) -> Any:
+        def spying_connect(*args: Any, **kwargs: Any) -> Any:
+            con = connect(*args, **kwargs)
+            seen.extend(_ssl_backends(tls_server.dsn, name, original))
+            return con
 
-    def spying_adbc_connect(*args: Any, **kwargs: Any) -> Any:
-        con = original_adbc(*args, **kwargs)
-        seen.extend(_ssl_backends(tls_server.dsn, name, original))
-        return con
+        return spying_connect
 
-    monkeypatch.setattr(adbc_pg, "connect", spying_adbc_connect)
+    monkeypatch.setattr(psycopg2, "connect", spying(original))
+    monkeypatch.setattr(adbc_pg, "connect", spying(adbc_pg.connect))
 
     for command in (["deploy"], ["backfill"]):
         code, _, err = cli(capsys, "-c", str(spec), *command)
