@@ -487,3 +487,36 @@ def test_cdc_refuses_an_invalidated_slot(
         assert code == 1, out + err
         assert "was invalidated" in err and "backfill --force" in err, err
         assert "Traceback" not in err and "Applied" not in out
+
+
+def test_cdc_refuses_a_warehouse_deployed_from_other_templates(
+    hospital_project: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A warehouse whose control tables were deployed from other templates (an upgraded
+    clinipipe: here template 08's metering table as an older version left it) would fail every
+    batch's metering insert; `cdc start` names the templates and says to deploy (exit 1,
+    nothing applied, nothing audited), and after `clinipipe deploy` CDC runs."""
+    import duckdb
+
+    from tests.helpers import cli
+
+    code, out, err = cli(capsys, "-c", str(hospital_project), "backfill")
+    assert code == 0, out + err
+    warehouse = hospital_project.parent / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("ALTER TABLE _clinipipe.metering DROP COLUMN cpu_seconds")  # an older shape
+        con.execute("UPDATE _clinipipe.deployed_templates SET template_digest = 'older' "
+                    "WHERE template = '08-cost-monitoring.sql'")  # fmt: skip
+        audited = con.execute("SELECT count(*) FROM _clinipipe.audit_log").fetchone()
+    execute(pg_dsn, "UPDATE patients SET first_name = first_name || 'x' WHERE patient_id = 1")
+    code, out, err = cli(capsys, "-c", str(hospital_project), "cdc", "start", "--until-caught-up")
+    assert code == 1, out + err
+    assert "08-cost-monitoring.sql" in err and "clinipipe deploy" in err, err
+    assert "Traceback" not in err and "Applied" not in out
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM _clinipipe.audit_log").fetchone() == audited
+    code, out, err = cli(capsys, "-c", str(hospital_project), "deploy")
+    assert code == 0, out + err
+    code, out, err = cli(capsys, "-c", str(hospital_project), "cdc", "start", "--until-caught-up")
+    assert code == 0, out + err
+    assert_target_equals_source(pg_dsn, warehouse)

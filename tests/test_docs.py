@@ -217,6 +217,8 @@ SETUP_MESSAGES: list[tuple[str, str]] = [
     ("whose names ", "clinipipe/source/catalog.py"),
     ("is paused, its changes are not applied", "clinipipe/cli/cdc.py"),
     ("CDC is behind: the warehouse is at", "clinipipe/pipeline/verify.py"),
+    ("was deployed from other templates than this spec and", "clinipipe/pipeline/cdc/loop.py"),
+    ("were never PHI-scanned", "clinipipe/cli/cdc.py"),
     ("the warehouse has no CDC checkpoint yet", "clinipipe/pipeline/verify.py"),
 ]
 

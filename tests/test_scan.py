@@ -345,3 +345,61 @@ def test_cdc_refuses_to_start_with_alerts_but_no_webhook_variable(
     _with_alerts(leaks, "{format: json}")
     code, out, err = cli(capsys, "-c", str(leaks.spec), "cdc", "start", "--until-caught-up")
     assert code == 2 and "CLINIPIPE_PHI_WEBHOOK_URL is not set" in err and out == ""
+
+
+def _marks(warehouse: Path) -> tuple[object, object]:
+    """(the PHI scan mark, the CDC checkpoint) of the slot."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        mark = con.execute("SELECT max(lsn) FROM _clinipipe.phi_scan_marks").fetchone()
+        applied = con.execute("SELECT max(lsn) FROM _clinipipe.cdc_checkpoints").fetchone()
+    assert mark is not None and applied is not None
+    return mark[0], applied[0]
+
+
+def test_a_batch_applied_but_never_scanned_is_reported_until_a_full_scan(
+    leaks: Leaks, pg_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CDC confirms a batch before scanning it (the scan never holds the stream back): a batch
+    whose scan failed, or that a crash caught between the two, must not pass unnoticed. The
+    next `cdc start` names the unscanned batches and says to run `scan --full`, which finds the
+    leak they held and closes the gap; a clean run keeps the mark at the checkpoint."""
+    from clinipipe.pipeline.scan import CdcScanner
+
+    write_spec(leaks.spec.parent, example_text(**{"  hmac_key_env: CLINIPIPE_HMAC_KEY": (
+        "  hmac_key_env: CLINIPIPE_HMAC_KEY\n  watch: [labs]")}))  # fmt: skip
+    start = ("-c", str(leaks.spec), "cdc", "start", "--until-caught-up")
+    execute(pg_dsn, "UPDATE labs SET unit = 'mg/dL' WHERE lab_id = 21")
+    code, _, err = cli(capsys, *start)
+    assert code == 0 and "never PHI-scanned" not in err, err
+    mark, applied = _marks(leaks.warehouse)
+    assert mark == applied  # a clean run: every applied batch scanned
+
+    def fail(self: CdcScanner, batch: object) -> list[object]:
+        raise RuntimeError("scanner crashed")
+
+    ssn = "512-44-7083"
+    execute(pg_dsn, f"UPDATE labs SET unit = 'mg/dL SSN {ssn}' WHERE lab_id = 22")
+    with monkeypatch.context() as m:
+        m.setattr(CdcScanner, "scan_batch", fail)
+        code, _, err = cli(capsys, *start)
+    assert code == 0 and "PHI scan failed on 1 batch(es)" in err, err
+    assert _marks(leaks.warehouse)[0] == mark  # not moved over the unscanned batch
+
+    execute(pg_dsn, "UPDATE labs SET unit = 'g/L' WHERE lab_id = 23")  # scanned, but after a gap
+    code, _, err = cli(capsys, *start)
+    assert code == 0, err
+    assert "1 CDC batch(es) applied" in err and "never PHI-scanned" in err, err
+    assert "clinipipe scan --full" in err and ssn not in err
+    rows, _ = _findings_text(leaks.warehouse)
+    assert not [r for r in rows if r[3] == "lab_id=22"]  # the leak went unseen so far
+    code, _, err = cli(capsys, *start)
+    assert "2 CDC batch(es) applied" in err, err  # still reported: nothing covered them yet
+
+    code, out, err = _scan(capsys, leaks, "--full", "--json")
+    assert code in (0, 3), err
+    assert ("raw", "labs", "unit", "lab_id=22", "SSN") in _where(json.loads(out)["findings"])
+    mark, applied = _marks(leaks.warehouse)
+    assert mark == applied
+    code, _, err = cli(capsys, *start)
+    assert code == 0 and "never PHI-scanned" not in err, err
+    leaks.assert_absent(out, err)

@@ -99,13 +99,14 @@ def start(
 
         assert isinstance(part, CdcBatch)
         info(f"staged {part.changes:,} changes of a large transaction (committed with its batch)")
-        found = scanner.on_batch(part)  # PHI scan: never raises, alerts in the background
+        found = scanner.on_batch(part, committed=False)  # staged ahead of its batch
         if found:
             err.print(f"PHI found in these changes: {len(found)} finding(s), see "
                       "_clinipipe.phi_findings", style="red", markup=False)  # fmt: skip
 
     service = _Service(loaded, scanner)  # control socket and metrics (after-batch jobs)
     try:
+        _report_unscanned(scanner)
         service.start(metrics_port, metrics_host)
         info(f"Streaming from slot {loaded.spec.source.slot}; Ctrl-C stops after the current "
              "batch.")  # fmt: skip
@@ -304,6 +305,29 @@ def _phi_scanner(loaded: LoadedSpec) -> CdcScanner:
         alerts = f"alerts to {scanner.sender.endpoint} ({scanner.sender.format})"
     info(f"PHI scan of every batch of {len(scanner.watched)} tables; {alerts}")
     return scanner
+
+
+def _report_unscanned(scanner: CdcScanner) -> None:
+    """Warn about CDC batches applied but never PHI-scanned (a previous `cdc start` stopped
+    between applying and scanning them, or a scan failed). `TargetError` from an old
+    warehouse is an error (exit 1) saying to deploy."""
+    from clinipipe.source.pgoutput import lsn_to_str
+    from clinipipe.targets.base import TargetError
+
+    try:
+        count, first, last = scanner.start()
+    except TargetError as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        raise typer.Exit(ExitCode.FAILURE) from None
+    if count:
+        assert first is not None and last is not None
+        err.print(
+            f"warning: {count:,} CDC batch(es) applied from {lsn_to_str(first)} to "
+            f"{lsn_to_str(last)} were never PHI-scanned (CDC stopped between applying and "
+            "scanning them, or their scan failed): run `clinipipe scan --full` to cover them",
+            style="yellow",
+            markup=False,
+        )
 
 
 def _close_phi_scanner(scanner: CdcScanner) -> dict[str, object]:

@@ -221,6 +221,19 @@ def plan_deployment(loaded: LoadedSpec) -> DeployPlan:
     return plan
 
 
+def stale_templates(loaded: LoadedSpec, target: Target) -> list[str]:
+    """The warehouse templates `target` has deployed whose rendering from this spec by this
+    clinipipe differs from what was deployed (an upgraded clinipipe, an edited spec): running
+    against them would write to control tables of an older shape. Templates never deployed are
+    not listed (the commands that need one say so themselves). Changes nothing."""
+    deployed = target.deployed_digests()
+    return [
+        f.name
+        for f in render(loaded, target.dialect)
+        if f.runs_on == "target" and f.name in deployed and deployed[f.name] != f.digest
+    ]
+
+
 def _backfill_owns_slot(target: Target, slot: str) -> bool:
     """True when a backfill recorded on the target created `slot` (so it must exist)."""
     if not target.table_exists(CONTROL_SCHEMA, "backfill_runs"):

@@ -342,6 +342,14 @@ def run_scan(
             )
         now = dt.datetime.now(dt.timezone.utc)
         cpu = CpuClock()  # this thread runs the scan (stage 2 in Python)
+        # A scan of every row of every watched table covers every CDC batch applied before it
+        # began: it moves the CDC scan mark there (see `CdcScanner`).
+        covers_cdc = (
+            options.sample is None
+            and options.schema in (None, "raw", raw)
+            and watched <= {p.table for p in plans if p.schema == raw}
+        )
+        applied = target.cdc_checkpoint(spec.source.slot) if covers_cdc else None
         for i, plan in enumerate(plans):
             if on_table is not None:
                 on_table(f"{plan.schema}.{plan.table}", i, len(plans))
@@ -386,6 +394,8 @@ def run_scan(
             if report.findings:
                 target.upsert_phi_findings(report.findings, now)
             target.record_phi_scan(now, dt.datetime.now(dt.timezone.utc), candidates, cpu.seconds())
+        if applied is not None and target.table_exists(CONTROL_SCHEMA, "phi_scan_marks"):
+            target.mark_phi_scanned(spec.source.slot, applied)
     report.seconds = time.monotonic() - started
     return report
 
@@ -423,6 +433,14 @@ class CdcScanner:
     `on_batch` never raises: a failure is counted in `stats` and reported through `on_event`
     (type and scrubbed message only). Construct it before CDC starts: configuration problems
     (an unknown watched table, a missing HMAC key or webhook variable) raise `ScanError` there.
+
+    **No batch goes unscanned silently.** CDC confirms a batch before it is scanned (the scan
+    never holds the stream back), so a crash in between leaves applied batches unscanned. The
+    scanner records how far its scans got (`PhiScan.mark_phi_scanned`, at most once a second
+    and at `close`), only ever over an unbroken run of scanned batches: after a failed scan,
+    or when `start` found batches applied after the mark, it stops moving the mark. `start`
+    reports those batches (with what to run: `clinipipe scan --full`, which moves the mark
+    over everything applied when it began).
     """
 
     def __init__(
@@ -462,6 +480,29 @@ class CdcScanner:
             except AlertConfigError as exc:
                 raise ScanError(str(exc), usage=True) from None
         self._target: Target | None = None
+        self.slot = spec.source.slot
+        self._marking = False  # True once `start` found no unscanned batch, until a failure
+        self._mark: int | None = None  # scanned through here, not written yet
+        self._mark_written = 0.0
+
+    def start(self) -> tuple[int, int | None, int | None]:
+        """Before CDC streams: (count, first LSN, last LSN) of the batches applied after the
+        scan mark, i.e. never scanned; (0, None, None) when there are none (or nothing is
+        watched). Raises `TargetError` when the warehouse lacks the marks table (deploy)."""
+        if not self.tables:
+            return 0, None, None
+        gap = self._warehouse().unscanned_batches(self.slot)
+        self._marking = gap[0] == 0
+        return gap
+
+    def _scanned(self, lsn: int, *, final: bool) -> None:
+        """Every batch through `lsn` was scanned: move the mark (at most once a second)."""
+        if not self._marking:
+            return
+        self._mark = lsn
+        if final or time.monotonic() - self._mark_written >= 1.0:
+            self._warehouse().mark_phi_scanned(self.slot, lsn)
+            self._mark, self._mark_written = None, time.monotonic()
 
     @property
     def watched(self) -> list[str]:
@@ -511,14 +552,18 @@ class CdcScanner:
                                cells=found, found_by="cdc")  # fmt: skip
         return dedupe(findings)
 
-    def on_batch(self, batch: CdcBatch) -> list[Finding]:
-        """Scan `batch`, record its findings, queue an alert. Never raises."""
+    def on_batch(self, batch: CdcBatch, *, committed: bool = True) -> list[Finding]:
+        """Scan `batch`, record its findings, queue an alert, and (a `committed` batch, not a
+        part of a large transaction staged ahead of its batch) move the scan mark. Never
+        raises."""
         from clinipipe.phi.alerts import alert_for
 
         try:
             findings = self.scan_batch(batch)
             self.stats.batches_scanned += 1
             if not findings:
+                if committed:
+                    self._scanned(batch.end_lsn, final=False)
                 return []
             self.stats.findings += len(findings)
             alerts = self.loaded.spec.phi.alerts
@@ -534,8 +579,11 @@ class CdcScanner:
                     self.stats.alerts_queued += 1
                     self.sender.send(alert)  # before the write: an alert must not wait on it
             self._warehouse().upsert_phi_findings(findings, dt.datetime.now(dt.timezone.utc))
+            if committed:
+                self._scanned(batch.end_lsn, final=False)
             return findings
         except Exception as exc:
+            self._marking = False  # this batch stays after the mark: reported next start
             self.stats.errors += 1
             reason = scrub_values(first_line(exc))
             self.stats.last_error = f"{type(exc).__name__}: {reason}"[:300]
@@ -546,6 +594,12 @@ class CdcScanner:
         """Let queued alerts go out (bounded wait), close the connection; the final stats."""
         if self.sender is not None:
             self.stats.alerts = self.sender.close().as_dict()
+        if self._mark is not None:
+            try:
+                self._scanned(self._mark, final=True)
+            except Exception as exc:  # the batches after the old mark are reported next start
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {scrub_values(first_line(exc))}"
         if self._target is not None:
             self._target.__exit__(None, None, None)
             self._target = None

@@ -42,6 +42,7 @@ from clinipipe.pipeline.cdc.model import (
 )
 from clinipipe.pipeline.cdc.read import SourceReader
 from clinipipe.pipeline.cdc.schema import SchemaFollower
+from clinipipe.pipeline.deploy import stale_templates
 from clinipipe.source.pgoutput import Change, LogicalMessage, Relation, lsn_to_int, lsn_to_str
 from clinipipe.source.postgres import (
     RetryPolicy,
@@ -243,6 +244,14 @@ class CdcLoop:
         dsn, slot, publication = spec.source.dsn, spec.source.slot, spec.source.publication
         warehouse = spec.warehouses.incremental
         target.require_deployed()
+        stale = stale_templates(self.loaded, target)
+        if stale:
+            raise CdcError(
+                f"{target.describe()} was deployed from other templates than this spec and "
+                f"clinipipe render ({', '.join(stale)}; an edited spec or an upgraded "
+                "clinipipe): run `clinipipe deploy` (`--dry-run` shows what changes), then "
+                "`clinipipe cdc start` again"
+            )
         checkpoint = _start_checkpoint(target, self.loaded, dsn, slot, publication, retry)
         self._audit_start(target, checkpoint)
         summary.start_lsn = summary.end_lsn = checkpoint

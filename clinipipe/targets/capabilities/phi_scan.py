@@ -7,7 +7,8 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from clinipipe.targets.core import TargetCore
+from clinipipe.sql.context import CONTROL_SCHEMA
+from clinipipe.targets.core import TargetCore, TargetError
 from clinipipe.targets.metering import MeteringRow
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class PhiScan(TargetCore):
       none; `record_phi_scan` meters a scan in its own transaction. Stage 1 only reads.
     * **No PHI in messages.** Nothing here logs or raises with a row value (excerpts are
       masked by the caller before they are stored).
+    * **Scan marks.** `mark_phi_scanned` only ever moves a slot's mark forward (atomically);
+      `unscanned_batches` reads the applied CDC batches after the mark. Together they make a
+      batch applied but never scanned (a crash between the two) visible, never silent.
     * `phi_classifies` says whether the warehouse has its own column classifier; a dialect
       without one says so in its `cannot.py`.
     """
@@ -88,3 +92,37 @@ class PhiScan(TargetCore):
             "phi-scan", wh.name, "incremental", wh.size, started, ended, rows, None, cpu_seconds
         )
         self.execute_atomically([self.metering_insert_sql(row)])
+
+    def mark_phi_scanned(self, slot: str, lsn: int) -> None:
+        """Record that every CDC batch of `slot` applied at or before `lsn` was PHI-scanned.
+        Atomic; a mark never moves back (a lower `lsn` than the recorded one changes nothing)."""
+        q, marks = self.dialect.quote_literal, self.control("phi_scan_marks")
+        self.execute_atomically(
+            [
+                f"DELETE FROM {marks} WHERE slot = {q(slot)} AND lsn < {int(lsn)}",
+                f"INSERT INTO {marks} (slot, lsn, scanned_at) SELECT {q(slot)}, {int(lsn)}, "
+                f"CURRENT_TIMESTAMP WHERE NOT EXISTS (SELECT 1 FROM {marks} "
+                f"WHERE slot = {q(slot)})",
+            ]
+        )
+
+    def unscanned_batches(self, slot: str) -> tuple[int, int | None, int | None]:
+        """(count, first LSN, last LSN) of the CDC batches of `slot` applied after its PHI scan
+        mark (all of them when there is no mark); (0, None, None) when every batch was scanned.
+        Raises `TargetError` (run `clinipipe deploy`) on a warehouse without the marks table."""
+        if not self.table_exists(CONTROL_SCHEMA, "phi_scan_marks"):
+            raise TargetError(
+                f"{self.describe()} has no _clinipipe.phi_scan_marks (deployed by an earlier "
+                "clinipipe): run `clinipipe deploy` to add it"
+            )
+        q = self.dialect.quote_literal
+        [(count, first, last)] = self.query(
+            f"SELECT count(*), min(lsn), max(lsn) FROM {self.control('cdc_batches')} "
+            f"WHERE slot = {q(slot)} AND lsn > coalesce((SELECT max(lsn) FROM "
+            f"{self.control('phi_scan_marks')} WHERE slot = {q(slot)}), -1)"
+        )
+        return (
+            int(count),
+            (None if first is None else int(first)),
+            (None if last is None else int(last)),
+        )

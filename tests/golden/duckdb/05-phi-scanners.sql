@@ -60,3 +60,12 @@ CREATE TABLE IF NOT EXISTS "_clinipipe"."phi_findings" (
 ALTER TABLE "_clinipipe"."phi_findings" ADD COLUMN IF NOT EXISTS start_offset BIGINT;
 ALTER TABLE "_clinipipe"."phi_findings" ADD COLUMN IF NOT EXISTS end_offset BIGINT;
 ALTER TABLE "_clinipipe"."phi_findings" ADD COLUMN IF NOT EXISTS found_by VARCHAR;
+
+-- How far CDC's PHI scan got, per slot: every batch applied at or before `lsn` was scanned
+-- (by `cdc start`, or by a full `clinipipe scan`). Batches applied after it and never scanned (CDC
+-- stopped between applying and scanning, or a scan failed) are reported by the next `cdc start`.
+CREATE TABLE IF NOT EXISTS "_clinipipe"."phi_scan_marks" (
+    slot           VARCHAR NOT NULL PRIMARY KEY,
+    lsn            BIGINT NOT NULL,
+    scanned_at     TIMESTAMPTZ NOT NULL
+);

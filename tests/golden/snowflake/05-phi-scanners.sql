@@ -94,6 +94,15 @@ ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS sta
 ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS end_offset NUMBER(19,0);
 ALTER TABLE "CLINIPIPE"."_CLINIPIPE"."PHI_FINDINGS" ADD COLUMN IF NOT EXISTS found_by VARCHAR;
 
+-- How far CDC's PHI scan got, per slot: every batch applied at or before `lsn` was scanned
+-- (by `cdc start`, or by a full `clinipipe scan`). Batches applied after it and never scanned (CDC
+-- stopped between applying and scanning, or a scan failed) are reported by the next `cdc start`.
+CREATE TABLE IF NOT EXISTS "CLINIPIPE"."_CLINIPIPE"."PHI_SCAN_MARKS" (
+    slot           VARCHAR NOT NULL PRIMARY KEY,
+    lsn            BIGINT NOT NULL,
+    scanned_at     TIMESTAMP_TZ NOT NULL
+);
+
 -- The profile for Snowflake's automatic classification. Created once and never replaced: CREATE
 -- OR REPLACE would detach it from every database and schema it is set on, turning automatic
 -- classification off there (CREATE CLASSIFICATION_PROFILE, sql-reference/classes/
