@@ -154,3 +154,30 @@ def test_every_command_help_has_examples() -> None:
         if "Examples:" not in text or f"clinipipe {name.split()[0]}" not in text
     ]
     assert missing == []
+
+
+def test_a_ctrl_c_swallowed_inside_a_query_still_stops_the_demo() -> None:
+    """DuckDB's client may consume a Ctrl-C that arrives as a query ends (no exception), or turn
+    it into RuntimeError('Query interrupted'): the demo still stops at its next step, as an
+    interruption, and the previous SIGINT handler is back afterwards."""
+    from clinipipe.pipeline.demo import _ctrl_c_remembered
+
+    steps: list[str] = []
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_remembered(lambda n, d: steps.append(n)) as step:
+        step("first", "")
+        try:  # what a query that swallows the interrupt does
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        step("second", "")  # never reached the caller's callback
+    assert steps == ["first"] and signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_remembered(lambda n, d: None):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Query interrupted") from exc
+    with pytest.raises(RuntimeError), _ctrl_c_remembered(lambda n, d: None):
+        raise RuntimeError("a real failure, no Ctrl-C")

@@ -28,6 +28,7 @@ import random
 import re
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -296,6 +297,11 @@ def run_demo(options: DemoOptions, on_step: Step) -> dict[str, Any]:
     """Run the demo; return its summary. Cleans up on every exit (module docstring)."""
     if options.patients < 100 or options.seconds < 5:
         raise DemoError("--patients must be >= 100 and --seconds >= 5", usage=True)
+    with _ctrl_c_remembered(on_step) as step:
+        return _run(options, step)
+
+
+def _run(options: DemoOptions, on_step: Step) -> dict[str, Any]:
     began = time.monotonic()
     project = _project_dir(options.keep)
     summary: dict[str, Any] = {"patients": options.patients, "seconds_of_traffic": options.seconds}
@@ -325,6 +331,39 @@ def run_demo(options: DemoOptions, on_step: Step) -> dict[str, Any]:
     finally:
         if options.keep is None:
             shutil.rmtree(project, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _ctrl_c_remembered(on_step: Step) -> Iterator[Step]:
+    """`on_step`, raising KeyboardInterrupt at every step once Ctrl-C was pressed. DuckDB's
+    Python client checks for signals inside a query and may consume a Ctrl-C that arrives as
+    the query ends (the query completes, no exception): the flag set here outlives that, so
+    the demo stops at the next step instead of running on, and a failure after Ctrl-C (DuckDB
+    raises RuntimeError for an interrupted query) is an interruption. Main thread only; the
+    previous SIGINT handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield on_step
+        return
+    pressed = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        pressed.set()
+        raise KeyboardInterrupt
+
+    def step(name: str, detail: str) -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+        on_step(name, detail)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield step
+    except Exception:
+        if pressed.is_set():  # e.g. DuckDB's "Query interrupted": the demo was interrupted
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _timed(on_step: Step, name: str) -> Callable[[str], None]:
