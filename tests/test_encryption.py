@@ -228,3 +228,42 @@ def test_backups_of_an_encrypted_warehouse_are_encrypted_and_restore_only_with_t
     monkeypatch.setenv(KEY_VAR, "another key")
     code, out, err = cli(capsys, "-c", str(spec), "backup", "verify", "--read-data", "--json")
     assert code == 3 and "key id" in out, out + err
+
+
+def test_targets_of_one_encrypted_warehouse_share_it_within_a_process(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB attaches an encrypted file once per process; `cdc start`'s loop and its PHI
+    scanner (another thread) each open the warehouse. Both targets work at once, from their own
+    threads, close in any order, and what they wrote is in the file afterwards."""
+    import threading
+
+    spec = make_project(tmp_path, pg_dsn, monkeypatch, encrypted=True)
+    loaded = load_spec(spec)
+    with DuckDBTarget(loaded) as first:
+        first.execute_atomically(["CREATE TABLE shared (n INTEGER)"])
+        second = DuckDBTarget(loaded)
+        second.__enter__()
+        errors: list[BaseException] = []
+
+        def write(target: DuckDBTarget, base: int) -> None:
+            try:
+                for i in range(50):
+                    target.execute_atomically([f"INSERT INTO shared VALUES ({base + i})"])
+                    target.query("SELECT count(*) FROM shared")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(t, b))
+                   for t, b in ((first, 0), (second, 1000))]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+    assert second.query("SELECT count(*) FROM shared") == [(100,)]  # first closed, second works
+    second.__exit__(None, None, None)
+    with DuckDBTarget(loaded) as reopened:
+        assert reopened.query("SELECT count(*), sum(n) FROM shared") == [(100, 52450)]
+    with pytest.raises(duckdb.Error):  # still encrypted: no key, no table
+        duckdb.connect(str(tmp_path / "warehouse.duckdb")).execute("SELECT 1 FROM shared")

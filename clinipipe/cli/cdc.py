@@ -106,8 +106,8 @@ def start(
 
     service = _Service(loaded, scanner)  # control socket and metrics (after-batch jobs)
     try:
+        service.start(metrics_port, metrics_host)  # first: "already running" before any lock
         _report_unscanned(scanner)
-        service.start(metrics_port, metrics_host)
         info(f"Streaming from slot {loaded.spec.source.slot}; Ctrl-C stops after the current "
              "batch.")  # fmt: skip
         loop = CdcLoop(loaded, options, on_batch=on_batch, on_staged=on_staged,

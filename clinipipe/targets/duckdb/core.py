@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +79,8 @@ class DuckDBCore(TargetCore):
         self._con: duckdb.DuckDBPyConnection | None = None
         self._use: str | None = None
         """``USE <catalog>`` for new cursors when the file is attached (encrypted)."""
+        self._shared = False
+        """True when `_con` is a cursor of the process's one attachment (`_share_encrypted`)."""
 
     def describe(self) -> str:
         return f"DuckDB file {self.path}"
@@ -97,7 +101,8 @@ class DuckDBCore(TargetCore):
             if key is None:
                 self._con = duckdb.connect(str(self.path), read_only=self.read_only)
             else:
-                self._con, self._use = open_encrypted(self.path, key, read_only=self.read_only)
+                self._con, self._use = _share_encrypted(self.path, key, read_only=self.read_only)
+                self._shared = True
         except duckdb.Error as exc:
             reason = scrub_values(first_line(exc))
             hint = ""
@@ -136,6 +141,9 @@ class DuckDBCore(TargetCore):
             self._con.close()
             self._con = None
             self._use = None
+            if self._shared:
+                self._shared = False
+                _release_encrypted(self.path)
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -252,6 +260,64 @@ def open_encrypted(
         con.close()
         raise
     return con, use
+
+
+@dataclass
+class _Attachment:
+    root: duckdb.DuckDBPyConnection
+    use: str
+    read_only: bool
+    users: int
+
+
+_ATTACHMENTS: dict[Path, _Attachment] = {}
+_ATTACHMENTS_LOCK = threading.Lock()
+
+
+def _share_encrypted(
+    path: Path, key: str, *, read_only: bool
+) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A cursor of this process's one attachment of the encrypted file `path` (opened with
+    `open_encrypted` by the first user), and its ``USE`` statement. DuckDB refuses to attach one
+    file twice in a process (an unencrypted file shares its instance by itself), so every
+    target of the process — e.g. `cdc start`'s loop and its PHI scanner, on separate threads —
+    shares it; each gets its own cursor (usable from its own thread). A read-write request while
+    a read-only attachment is open raises `TargetError`. Released by `_release_encrypted`; the
+    last user's release closes (checkpoints) the file."""
+    path = path.resolve()
+    with _ATTACHMENTS_LOCK:
+        shared = _ATTACHMENTS.get(path)
+        if shared is not None and shared.read_only and not read_only:
+            raise TargetError(
+                f"cannot write DuckDB file {path}: this process has it open read-only"
+            )
+        if shared is None:
+            root, use = open_encrypted(path, key, read_only=read_only)
+            shared = _ATTACHMENTS[path] = _Attachment(root, use, read_only, 0)
+        cur = shared.root.cursor()
+        try:
+            cur.execute(shared.use)
+        except BaseException:
+            cur.close()
+            if not shared.users:
+                shared.root.close()
+                del _ATTACHMENTS[path]
+            raise
+        shared.users += 1
+        return cur, shared.use
+
+
+def _release_encrypted(path: Path) -> None:
+    """One user of `_share_encrypted(path)` is done; the last one closes the attachment."""
+    path = path.resolve()
+    with _ATTACHMENTS_LOCK:
+        shared = _ATTACHMENTS.get(path)
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users <= 0:
+            del _ATTACHMENTS[path]
+            shared.root.close()
 
 
 def rollback(cur: duckdb.DuckDBPyConnection) -> None:
