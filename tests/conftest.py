@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +19,10 @@ from clinipipe.cli.app import run
 from clinipipe.source.embedded import EmbeddedPostgres
 from clinipipe.synth import run_synth
 from tests.helpers import example_text, write_spec
+
+if TYPE_CHECKING:
+    from clinipipe.spec import LoadedSpec
+    from clinipipe.targets.duckdb import DuckDBTarget
 
 # --------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -53,3 +58,32 @@ def hospital_project(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatc
     spec = write_spec(tmp_path, example_text())
     assert run(["-q", "-c", str(spec), "deploy"]) == 0
     return spec
+
+
+# --------------------------------------------------------------------------------------------
+# The hospital project built (publish tests)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hospital_built(hospital_project: Path) -> LoadedSpec:
+    """The hospital project, backfilled and its dynamic tables refreshed (not yet published)."""
+    from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
+    from clinipipe.pipeline.refresh import refresh
+    from clinipipe.spec import load_spec
+
+    loaded = load_spec(hospital_project)
+    run_backfill(loaded, BackfillOptions())
+    refresh(loaded)
+    return loaded
+
+
+@pytest.fixture
+def hospital_target(hospital_built: LoadedSpec) -> Iterator[DuckDBTarget]:
+    """`hospital_built`'s DuckDB warehouse, open read-write for the test."""
+    from clinipipe.targets import open_target
+    from clinipipe.targets.duckdb import DuckDBTarget
+
+    with open_target(hospital_built) as target:
+        assert isinstance(target, DuckDBTarget)
+        yield target

@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +41,6 @@ from tests.helpers import catch_up, cli, execute
 TABLE = "patient_dashboard"
 
 
-@pytest.fixture
-def built(hospital_project: Path) -> LoadedSpec:
-    """The hospital project, backfilled and its dynamic tables refreshed."""
-    loaded = load_spec(hospital_project)
-    run_backfill(loaded, BackfillOptions())
-    refresh(loaded)
-    return loaded
-
-
-@pytest.fixture
-def warehouse(built: LoadedSpec) -> Iterator[DuckDBTarget]:
-    with open_target(built) as target:
-        assert isinstance(target, DuckDBTarget)
-        yield target
-
-
 def generation_files(target: DuckDBTarget) -> list[str]:
     """The manifests (generations) in the table's folder."""
     folder = serving_root(target.path) / TABLE
@@ -65,17 +48,17 @@ def generation_files(target: DuckDBTarget) -> list[str]:
 
 
 def test_publish_copies_the_dynamic_table_sorted_and_records_it(
-    built: LoadedSpec, warehouse: DuckDBTarget
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget
 ) -> None:
-    [result] = publish(built, warehouse, [TABLE])
+    [result] = publish(hospital_built, hospital_target, [TABLE])
     assert result.name == TABLE and result.generation == 1 and not result.incremental
-    assert result.path == serving_root(warehouse.path) / TABLE / manifest_name(1)
+    assert result.path == serving_root(hospital_target.path) / TABLE / manifest_name(1)
     assert read_current(result.path.parent) == result.path.name
     assert Manifest.load(result.path).parts == [part_name(1, 0)]  # 300 rows: one partition
-    expected = warehouse.query("SELECT * FROM derived.patient_summary ORDER BY patient_id")
+    expected = hospital_target.query("SELECT * FROM derived.patient_summary ORDER BY patient_id")
     assert result.rows == len(expected) == 300
 
-    with ServingReader(warehouse.path) as reader:
+    with ServingReader(hospital_target.path) as reader:
         assert reader.query(TABLE, f"SELECT * FROM {TABLE}") == expected
         pid = expected[17][0]
         assert reader.query(TABLE, f"SELECT * FROM {TABLE} WHERE patient_id = ?", [pid]) == [
@@ -89,28 +72,28 @@ def test_publish_copies_the_dynamic_table_sorted_and_records_it(
         con.close()
     assert ids == sorted(ids)
 
-    [(gen, rows, source_ts)] = warehouse.query(
+    [(gen, rows, source_ts)] = hospital_target.query(
         "SELECT generation, rows, source_data_timestamp FROM _clinipipe.interactive_publishes"
     )
     assert (gen, rows) == (1, 300) and source_ts == result.source_data_timestamp is not None
-    [(role, metered)] = warehouse.query(
+    [(role, metered)] = hospital_target.query(
         "SELECT warehouse_role, rows_processed FROM _clinipipe.metering "
         f"WHERE job = 'publish:{TABLE}'"
     )
     assert (role, metered) == ("interactive", 300)
 
-    second = publish(built, warehouse, [TABLE], full=True)[0]
+    second = publish(hospital_built, hospital_target, [TABLE], full=True)[0]
     assert second.generation == 2 and set(second.removed) == {manifest_name(1), part_name(1, 0)}
-    assert generation_files(warehouse) == [manifest_name(2)]
+    assert generation_files(hospital_target) == [manifest_name(2)]
     with pytest.raises(PublishError, match="no interactive table"):
-        publish(built, warehouse, ["nope"])
+        publish(hospital_built, hospital_target, ["nope"])
 
 
 # --- readers in other processes -------------------------------------------------------------
 
 
 def _reader_main(
-    warehouse: str, ids: list[int], stop: Any, out: Any, latest: Any, index: int
+    warehouse_path: str, ids: list[int], stop: Any, out: Any, latest: Any, index: int
 ) -> None:
     """Hammer the interactive table until `stop`; report (observed counts, errors, queries).
     `latest[index]` is the row count of the generation this reader read last."""
@@ -119,7 +102,7 @@ def _reader_main(
     queries = 0
     rng = random.Random(os.getpid())
     try:
-        with ServingReader(warehouse, recheck_seconds=0.02) as reader:
+        with ServingReader(warehouse_path, recheck_seconds=0.02) as reader:
             while not stop.is_set():
                 try:
                     # Count and lookups in one statement: all from one generation.
@@ -148,16 +131,18 @@ def _reader_main(
 
 
 def test_readers_in_other_processes_see_whole_generations_only(
-    built: LoadedSpec, warehouse: DuckDBTarget
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget
 ) -> None:
-    base = publish(built, warehouse, [TABLE])[0].rows
+    base = publish(hospital_built, hospital_target, [TABLE])[0].rows
     published = {base}
-    ids = [r[0] for r in warehouse.query("SELECT patient_id FROM derived.patient_summary")]
+    ids = [r[0] for r in hospital_target.query("SELECT patient_id FROM derived.patient_summary")]
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     latest = ctx.Array("q", [-1, -1, -1], lock=False)
     readers = [
-        ctx.Process(target=_reader_main, args=(str(warehouse.path), ids, stop, out, latest, i))
+        ctx.Process(
+            target=_reader_main, args=(str(hospital_target.path), ids, stop, out, latest, i)
+        )
         for i in range(3)
     ]
     for p in readers:
@@ -177,18 +162,18 @@ def test_readers_in_other_processes_see_whole_generations_only(
         for k in range(1, 16):
             # Generation k + 1 has base + k(k+1)/2 rows: k more fake patients than the last.
             done = (k - 1) * k // 2
-            warehouse.con.execute(
+            hospital_target.con.execute(
                 "INSERT INTO derived.patient_summary (patient_id) "
                 f"SELECT -i FROM range({done + 1}, {done + k + 1}) r(i)"
             )
             # written straight into the dynamic table (no changed keys): publish in full
-            result = publish(built, warehouse, [TABLE], full=True)[0]
+            result = publish(hospital_built, hospital_target, [TABLE], full=True)[0]
             assert result.rows == base + k * (k + 1) // 2
             published.add(result.rows)
             all_readers_saw(result.rows)
         # (c) readers moved on: one more publish deletes everything they released.
-        publish(built, warehouse, [TABLE])
-        assert len(generation_files(warehouse)) <= 3
+        publish(hospital_built, hospital_target, [TABLE])
+        assert len(generation_files(hospital_target)) <= 3
     finally:
         stop.set()
         results = [out.get(timeout=30) for _ in readers]
@@ -202,8 +187,10 @@ def test_readers_in_other_processes_see_whole_generations_only(
         seen.update(counts)
     assert seen == published, "readers should follow every publish"
     # Once no reader is left, the next publish leaves only the current generation.
-    publish(built, warehouse, [TABLE])
-    assert generation_files(warehouse) == [read_current(serving_root(warehouse.path) / TABLE)]
+    publish(hospital_built, hospital_target, [TABLE])
+    assert generation_files(hospital_target) == [
+        read_current(serving_root(hospital_target.path) / TABLE)
+    ]
 
 
 # --- crashes --------------------------------------------------------------------------------
@@ -222,11 +209,11 @@ def _crashing_publisher(spec: str) -> None:
 
 
 def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
-    built: LoadedSpec, hospital_project: Path
+    hospital_built: LoadedSpec, hospital_project: Path
 ) -> None:
-    with open_target(built) as target:
+    with open_target(hospital_built) as target:
         assert isinstance(target, DuckDBTarget)
-        first = publish(built, target, [TABLE])[0]
+        first = publish(hospital_built, target, [TABLE])[0]
         path = target.path
     folder = serving_root(path) / TABLE
     reader = ServingReader(path, recheck_seconds=0)
@@ -251,10 +238,10 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
 
         # The next publish works, skips the abandoned numbers and cleans them up; the old
         # generation stays while this reader holds it.
-        with open_target(built) as target:
+        with open_target(hospital_built) as target:
             assert isinstance(target, DuckDBTarget)
             target.con.execute("DELETE FROM derived.patient_summary WHERE patient_id % 2 = 0")
-            after = publish(built, target, [TABLE], full=True)[0]
+            after = publish(hospital_built, target, [TABLE], full=True)[0]
         assert after.generation == 4
         assert set(after.removed) == {manifest_name(2), generation_name(3)}
         assert (folder / first.path.name).exists()
@@ -262,9 +249,9 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
         assert after.rows < first.rows
     finally:
         reader.close()
-    with open_target(built) as target:
+    with open_target(hospital_built) as target:
         assert isinstance(target, DuckDBTarget)
-        publish(built, target, [TABLE])
+        publish(hospital_built, target, [TABLE])
         assert generation_files(target) == [manifest_name(5)]
 
 
@@ -272,29 +259,31 @@ def test_a_crashed_publish_leaves_readers_on_the_previous_generation(
 
 
 def test_due_publishes_follow_the_dynamic_tables_and_the_target_lag(
-    built: LoadedSpec, warehouse: DuckDBTarget, pg_dsn: str
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget, pg_dsn: str
 ) -> None:
-    names = [t.name for t in built.spec.interactive_tables]
-    assert due_publishes(built, warehouse) == names  # never published, every source built
-    published, failures = PublishScheduler().step(built, warehouse)
+    names = [t.name for t in hospital_built.spec.interactive_tables]
+    assert (
+        due_publishes(hospital_built, hospital_target) == names
+    )  # never published, every source built
+    published, failures = PublishScheduler().step(hospital_built, hospital_target)
     assert [p.name for p in published] == names and failures == []
-    assert due_publishes(built, warehouse) == []
+    assert due_publishes(hospital_built, hospital_target) == []
 
     # A refresh that changed rows makes only its interactive table due; NO_DATA does not.
-    warehouse.close()
+    hospital_target.close()
     first = "(SELECT min(patient_id) FROM labs)"
     execute(pg_dsn, f"UPDATE labs SET abnormal_flag = 'H' WHERE patient_id = {first}")
-    catch_up(built)
-    warehouse.connect()
-    results = {r.name: r.refresh_action for r in refresh(built, target=warehouse)}
+    catch_up(hospital_built)
+    hospital_target.connect()
+    results = {r.name: r.refresh_action for r in refresh(hospital_built, target=hospital_target)}
     assert results["patient_summary"] == "INCREMENTAL" and results["daily_census"] == "FULL"
-    assert due_publishes(built, warehouse) == ["patient_dashboard", "lab_dashboard",
+    assert due_publishes(hospital_built, hospital_target) == ["patient_dashboard", "lab_dashboard",
                                                "census_dashboard"]  # fmt: skip
-    PublishScheduler().step(built, warehouse)
-    results = {r.name: r.refresh_action for r in refresh(built, "patient_summary",
-                                                         target=warehouse)}  # fmt: skip
+    PublishScheduler().step(hospital_built, hospital_target)
+    results = {r.name: r.refresh_action for r in refresh(hospital_built, "patient_summary",
+                                                         target=hospital_target)}  # fmt: skip
     assert results["patient_summary"] == "NO_DATA"
-    assert due_publishes(built, warehouse) == []
+    assert due_publishes(hospital_built, hospital_target) == []
 
 
 def test_a_sql_interactive_table_is_republished_within_its_target_lag(
@@ -326,7 +315,7 @@ def test_a_sql_interactive_table_is_republished_within_its_target_lag(
 
 
 def test_publish_status_and_dashboards_through_the_cli(
-    built: LoadedSpec, hospital_project: Path, capsys: pytest.CaptureFixture[str]
+    hospital_built: LoadedSpec, hospital_project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import json
     import subprocess
@@ -339,7 +328,9 @@ def test_publish_status_and_dashboards_through_the_cli(
 
     code, out, err = cli(capsys, "-c", spec, "publish", "--json")
     assert code == 0, err
-    assert [r["name"] for r in json.loads(out)] == [t.name for t in built.spec.interactive_tables]
+    assert [r["name"] for r in json.loads(out)] == [
+        t.name for t in hospital_built.spec.interactive_tables
+    ]
     code, out, _ = cli(capsys, "-c", spec, "status", "--json")
     served = {s["name"]: s for s in json.loads(out)["interactive_tables"]}
     assert code == 0 and served[TABLE]["generation"] == 1 and not served[TABLE]["behind"]
@@ -350,8 +341,8 @@ def test_publish_status_and_dashboards_through_the_cli(
     code, out, _ = cli(capsys, "-c", spec, "dashboard")
     assert code == 0 and "recent_labs_of_patient" in out and "patient_id: bigint" in out
 
-    # Dashboards run in another process while this one holds the warehouse read-write.
-    with open_target(built) as target:
+    # Dashboards run in another process while this one holds the hospital_target read-write.
+    with open_target(hospital_built) as target:
         pid = target.query("SELECT min(patient_id) FROM raw.labs")[0][0]
         expected_labs = target.query(
             "SELECT test_name, value_numeric FROM raw.labs WHERE patient_id = "
@@ -416,13 +407,13 @@ def test_dashboards_must_read_one_interactive_table_and_declare_their_parameters
 
 
 def test_publish_errors_name_the_cause_and_keep_the_previous_generation(
-    built: LoadedSpec, hospital_project: Path, capsys: pytest.CaptureFixture[str]
+    hospital_built: LoadedSpec, hospital_project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = str(hospital_project)
     assert cli(capsys, "-c", spec, "publish", "lab_dashboard")[0] == 0
     folder = serving_root(hospital_project.parent / "warehouse.duckdb") / "lab_dashboard"
     before = read_current(folder)
-    with open_target(built) as target:
+    with open_target(hospital_built) as target:
         target.con.execute("DROP TABLE derived.recent_labs")
     code, _, err = cli(capsys, "-c", spec, "publish", "lab_dashboard")
     assert code == 1 and "recent_labs, which is not built yet" in err

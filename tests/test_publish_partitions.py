@@ -3,19 +3,18 @@ processes (readers killed, a publisher killed mid-publish), old files collected 
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clinipipe.pipeline import publish as publish_module
-from clinipipe.pipeline.backfill import BackfillOptions, run_backfill
 from clinipipe.pipeline.publish import publish, publish_table
 from clinipipe.pipeline.refresh import refresh
 from clinipipe.spec import LoadedSpec, load_spec
@@ -29,26 +28,11 @@ from clinipipe.targets.serving_files import (
     read_current,
     serving_root,
 )
-from tests.helpers import catch_up, execute
+from tests.helpers import catch_up, cli, execute
 
 TABLE = "patient_dashboard"
 ALL = f"SELECT * FROM {TABLE} ORDER BY ALL"
 DERIVED = "SELECT * FROM derived.patient_summary ORDER BY ALL"
-
-
-@pytest.fixture
-def built(hospital_project: Path) -> LoadedSpec:
-    loaded = load_spec(hospital_project)
-    run_backfill(loaded, BackfillOptions())
-    refresh(loaded)
-    return loaded
-
-
-@pytest.fixture
-def warehouse(built: LoadedSpec) -> Iterator[DuckDBTarget]:
-    with open_target(built) as target:
-        assert isinstance(target, DuckDBTarget)
-        yield target
 
 
 def _table(loaded: LoadedSpec) -> Any:
@@ -60,10 +44,10 @@ def _files(folder: Path) -> set[str]:
 
 
 def test_an_incremental_publish_equals_a_full_publish(
-    built: LoadedSpec, warehouse: DuckDBTarget, pg_dsn: str
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget, pg_dsn: str
 ) -> None:
-    table = _table(built)
-    first = publish_table(built, warehouse, table, partitions=4)
+    table = _table(hospital_built)
+    first = publish_table(hospital_built, hospital_target, table, partitions=4)
     assert not first.incremental and first.partitions == 4 and first.rewritten == (0, 1, 2, 3)
     folder = first.path.parent
     base = current_manifest(folder)
@@ -72,27 +56,27 @@ def test_an_incremental_publish_equals_a_full_publish(
     # Change a few patients at the source (an update, a new lab, a deleted patient's labs),
     # replicate them, refresh incrementally; the refresh prunes the changed keys it consumed,
     # the publish's key floor keeps them for the publish.
-    warehouse.close()
+    hospital_target.close()
     execute(pg_dsn, "UPDATE labs SET abnormal_flag = 'H' WHERE patient_id IN "
                     "(SELECT patient_id FROM patients ORDER BY patient_id LIMIT 3)")  # fmt: skip
     execute(pg_dsn, "UPDATE labs SET abnormal_flag = NULL WHERE patient_id = "
                     "(SELECT max(patient_id) FROM patients)")  # fmt: skip
     execute(pg_dsn, "DELETE FROM labs WHERE patient_id = (SELECT min(patient_id) + 7 FROM "
                     "patients)")  # fmt: skip
-    catch_up(built)
-    warehouse.connect()
-    actions = {r.name: r.refresh_action for r in refresh(built, target=warehouse)}
+    catch_up(hospital_built)
+    hospital_target.connect()
+    actions = {r.name: r.refresh_action for r in refresh(hospital_built, target=hospital_target)}
     assert actions["patient_summary"] == "INCREMENTAL"
-    [(left,)] = warehouse.query("SELECT count(*) FROM _clinipipe.changed_keys")
+    [(left,)] = hospital_target.query("SELECT count(*) FROM _clinipipe.changed_keys")
     assert left > 0, "the key floor keeps the keys the next publish needs"
 
-    second = publish_table(built, warehouse, table)
+    second = publish_table(hospital_built, hospital_target, table)
     assert second.incremental and second.rewritten == () and second.changed_keys >= 4
     manifest = current_manifest(folder)
     assert manifest is not None and manifest.delta is not None
     assert manifest.parts == base.parts  # every partition file reused by reference
-    expected = warehouse.query(DERIVED)
-    with ServingReader(warehouse.path, recheck_seconds=0) as reader:
+    expected = hospital_target.query(DERIVED)
+    with ServingReader(hospital_target.path, recheck_seconds=0) as reader:
         assert reader.query(TABLE, ALL) == expected
         pid = expected[0][0]
         assert reader.query(TABLE, f"SELECT * FROM {TABLE} WHERE patient_id = ?", [pid]) == [
@@ -100,7 +84,7 @@ def test_an_incremental_publish_equals_a_full_publish(
         ]
 
         # Compaction: every partition holding a changed key is rewritten, the delta goes.
-        third = publish_table(built, warehouse, table, compact_rows=0)
+        third = publish_table(hospital_built, hospital_target, table, compact_rows=0)
         assert third.incremental and third.rewritten and third.changed_keys == 0
         compacted = current_manifest(folder)
         assert compacted is not None and compacted.delta is None
@@ -109,20 +93,20 @@ def test_an_incremental_publish_equals_a_full_publish(
         assert reader.query(TABLE, ALL) == expected
 
         # A full publish of the same source: the same rows.
-        full = publish_table(built, warehouse, table, full=True)
+        full = publish_table(hospital_built, hospital_target, table, full=True)
         assert not full.incremental
         assert reader.query(TABLE, ALL) == expected
 
     # A FULL refresh of the dynamic table (a rebuild) makes the next publish full.
-    refresh(built, "patient_summary", full=True, target=warehouse)
-    after_full = publish_table(built, warehouse, table)
+    refresh(hospital_built, "patient_summary", full=True, target=hospital_target)
+    after_full = publish_table(hospital_built, hospital_target, table)
     assert not after_full.incremental and "rebuilt" in (after_full.why_full or "")
 
 
 # --- readers in other processes -------------------------------------------------------------
 
 
-def _reader_main(warehouse: str, total: int, stop: Any, out: Any, latest: Any, i: int) -> None:
+def _reader_main(warehouse_path: str, total: int, stop: Any, out: Any, latest: Any, i: int) -> None:
     """Query until `stop`; every read must show sum(abnormal_labs) == `total` (each publish
     moves one unit between two patients of different partitions and adds a fake patient of
     value 0, so any mix of two generations' files breaks the sum or the row count)."""
@@ -131,7 +115,7 @@ def _reader_main(warehouse: str, total: int, stop: Any, out: Any, latest: Any, i
     queries = 0
     rng = random.Random(os.getpid())
     try:
-        with ServingReader(warehouse, recheck_seconds=0.01) as reader:
+        with ServingReader(warehouse_path, recheck_seconds=0.01) as reader:
             while not stop.is_set():
                 try:
                     pid = rng.randint(1, 300)
@@ -180,18 +164,20 @@ def _simulate_refresh(target: DuckDBTarget, k: int, rng: random.Random, ids: lis
 
 
 def test_readers_see_whole_generations_while_partitions_are_republished_and_killed(
-    built: LoadedSpec, warehouse: DuckDBTarget
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget
 ) -> None:
-    table = _table(built)
-    base = publish_table(built, warehouse, table, partitions=4)
+    table = _table(hospital_built)
+    base = publish_table(hospital_built, hospital_target, table, partitions=4)
     folder = base.path.parent
-    [(total,)] = warehouse.query("SELECT sum(abnormal_labs) FROM derived.patient_summary")
-    ids = [r[0] for r in warehouse.query("SELECT patient_id FROM derived.patient_summary")]
+    [(total,)] = hospital_target.query("SELECT sum(abnormal_labs) FROM derived.patient_summary")
+    ids = [r[0] for r in hospital_target.query("SELECT patient_id FROM derived.patient_summary")]
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     latest = ctx.Array("q", [-1, -1, -1], lock=False)
     readers = [
-        ctx.Process(target=_reader_main, args=(str(warehouse.path), total, stop, out, latest, i))
+        ctx.Process(
+            target=_reader_main, args=(str(hospital_target.path), total, stop, out, latest, i)
+        )
         for i in range(3)
     ]
     for p in readers:
@@ -211,9 +197,11 @@ def test_readers_see_whole_generations_while_partitions_are_republished_and_kill
         live_readers_saw(base.rows, live)
         kinds = set()
         for k in range(1, 10):
-            _simulate_refresh(warehouse, k, rng, ids)
+            _simulate_refresh(hospital_target, k, rng, ids)
             # every fourth publish compacts partitions (rewrites them), the others add a delta
-            result = publish_table(built, warehouse, table, compact_rows=0 if k % 4 == 0 else None)
+            result = publish_table(
+                hospital_built, hospital_target, table, compact_rows=0 if k % 4 == 0 else None
+            )
             assert result.incremental and result.rows == base.rows + k
             kinds.add(bool(result.rewritten))
             published.add(result.rows)
@@ -233,7 +221,7 @@ def test_readers_see_whole_generations_while_partitions_are_republished_and_kill
         assert queries > 20
         assert set(counts) <= published
     # No reader left: the next publish keeps exactly the current generation's files.
-    last = publish_table(built, warehouse, table)
+    last = publish_table(hospital_built, hospital_target, table)
     manifest = Manifest.load(last.path)
     assert _files(folder) == {last.path.name, *manifest.files}
 
@@ -265,16 +253,16 @@ def _killed_publisher(spec: str, where: str) -> None:
 
 
 def test_a_publisher_killed_mid_publish_leaves_the_previous_generation(
-    built: LoadedSpec, hospital_project: Path
+    hospital_built: LoadedSpec, hospital_project: Path
 ) -> None:
-    table = _table(built)
+    table = _table(hospital_built)
     rng = random.Random(5)
-    with open_target(built) as target:
+    with open_target(hospital_built) as target:
         assert isinstance(target, DuckDBTarget)
-        publish_table(built, target, table, partitions=4)
+        publish_table(hospital_built, target, table, partitions=4)
         ids = [r[0] for r in target.query("SELECT patient_id FROM derived.patient_summary")]
         _simulate_refresh(target, 1, rng, ids)
-        before = publish_table(built, target, table)  # incremental: parts + a delta
+        before = publish_table(hospital_built, target, table)  # incremental: parts + a delta
         assert before.incremental
         _simulate_refresh(target, 2, rng, ids)
         path = target.path
@@ -308,10 +296,10 @@ def test_a_publisher_killed_mid_publish_leaves_the_previous_generation(
                 seen_midway.append(fresh.query(TABLE, ALL))
             return real_write_manifest(folder, manifest)
 
-        with open_target(built) as target, pytest.MonkeyPatch.context() as patch:
+        with open_target(hospital_built) as target, pytest.MonkeyPatch.context() as patch:
             assert isinstance(target, DuckDBTarget)
             patch.setattr(publish_module, "write_manifest", open_a_reader_first)
-            after = publish_table(built, target, table)
+            after = publish_table(hospital_built, target, table)
             expected = target.query(DERIVED)
         assert seen_midway == [expected_before]
         assert after.incremental and after.generation > before.generation + 1
@@ -323,18 +311,20 @@ def test_a_publisher_killed_mid_publish_leaves_the_previous_generation(
 
 
 def test_publish_through_publish_and_the_scheduler_still_serves_every_table(
-    built: LoadedSpec, warehouse: DuckDBTarget
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget
 ) -> None:
-    results = publish(built, warehouse)
-    assert {r.name for r in results} == {t.name for t in built.spec.interactive_tables}
-    with ServingReader(warehouse.path) as reader:
-        for t in built.spec.interactive_tables:
+    results = publish(hospital_built, hospital_target)
+    assert {r.name for r in results} == {t.name for t in hospital_built.spec.interactive_tables}
+    with ServingReader(hospital_target.path) as reader:
+        for t in hospital_built.spec.interactive_tables:
             source = f"derived.{t.from_}"
-            [(rows,)] = warehouse.query(f"SELECT count(*) FROM {source}")
+            [(rows,)] = hospital_target.query(f"SELECT count(*) FROM {source}")
             assert reader.query(t.name, f"SELECT count(*) FROM {t.name}") == [(rows,)]
-    census = next(r for r in publish(built, warehouse) if r.name == "census_dashboard")
+    census = next(
+        r for r in publish(hospital_built, hospital_target) if r.name == "census_dashboard"
+    )
     assert not census.incremental  # daily_census is refreshed in full: published in full
-    assert read_current(serving_root(warehouse.path) / "census_dashboard") == census.path.name
+    assert read_current(serving_root(hospital_target.path) / "census_dashboard") == census.path.name
 
 
 def test_partitioned_generations_of_an_encrypted_warehouse_are_encrypted(
@@ -380,3 +370,186 @@ def test_partitioned_generations_of_an_encrypted_warehouse_are_encrypted(
         with pytest.raises(ServingError, match="encrypted") as raised:
             reader.query("patients", sql)
         assert "wrong" not in str(raised.value).replace("Wrong", "")
+
+
+# --- publish --full, key floors -------------------------------------------------------------
+
+
+def test_publish_full_rewrites_every_partition_and_serves_the_same_rows(
+    hospital_built: LoadedSpec, hospital_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = str(hospital_project)
+    table = _table(hospital_built)
+    with open_target(hospital_built) as target:
+        assert isinstance(target, DuckDBTarget)
+        publish_table(hospital_built, target, table, partitions=4)
+        ids = [r[0] for r in target.query("SELECT patient_id FROM derived.patient_summary")]
+        _simulate_refresh(target, 1, random.Random(9), ids)
+        path = target.path
+    folder = serving_root(path) / TABLE
+
+    code, out, err = cli(capsys, "-c", spec, "publish", TABLE, "--json")
+    assert code == 0, err
+    [incremental] = json.loads(out)
+    assert incremental["incremental"] and incremental["changed_keys"] >= 3
+    before = current_manifest(folder)
+    assert before is not None and before.delta is not None and len(before.parts) == 4
+
+    code, out, err = cli(capsys, "-c", spec, "publish", "--full", TABLE, "--json")
+    assert code == 0, err
+    [full] = json.loads(out)
+    assert not full["incremental"] and full["changed_keys"] == 0
+    assert full["rewritten_partitions"] == list(range(full["partitions"]))
+    after = current_manifest(folder)
+    assert after is not None and after.delta is None
+    assert not set(after.parts) & set(before.parts)  # every partition file is new
+    with open_target(hospital_built, read_only=True) as target:
+        expected = target.query(DERIVED)
+    with ServingReader(path, recheck_seconds=0) as reader:
+        assert reader.query(TABLE, ALL) == expected
+
+    code, out, err = cli(capsys, "-c", spec, "publish", "--full")
+    assert code == 0, err
+    assert "full" in out and "incremental" not in out and "census_dashboard" in out
+    code, _, err = cli(capsys, "-c", spec, "publish", "--full", "nope")
+    assert code == 2 and "no interactive table named 'nope'" in err
+    code, out, _ = cli(capsys, "publish", "--help")
+    assert code == 0 and "--full" in out
+
+
+def _floor(target: DuckDBTarget) -> int:
+    [(lsn,)] = target.query(f"SELECT lsn FROM _clinipipe.serving_key_floors WHERE name = '{TABLE}'")
+    return int(lsn)
+
+
+def test_a_failed_publish_keeps_its_key_floor_and_pruning_keeps_the_keys_it_needs(
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = _table(hospital_built)
+    base = publish_table(hospital_built, hospital_target, table, partitions=4)
+    floor = _floor(hospital_target)
+    ids = [r[0] for r in hospital_target.query("SELECT patient_id FROM derived.patient_summary")]
+    rng = random.Random(4)
+    _simulate_refresh(hospital_target, 1, rng, ids)
+
+    def fail(*args: Any, **kwargs: Any) -> Path:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish_module, "write_manifest", fail)
+    for k in range(2):  # publishing keeps failing
+        with pytest.raises(OSError):
+            publish_table(hospital_built, hospital_target, table)
+        _simulate_refresh(hospital_target, 2 + k, rng, ids)
+    monkeypatch.undo()
+    assert read_current(base.path.parent) == base.path.name
+    assert _floor(hospital_target) == floor, "a failed publish moved the key floor"
+
+    # Every refresh prunes the changed keys its tables reflect: those a publish still needs
+    # (lsn >= the floor) stay; older ones go.
+    key = "('labs', 'patient_id', '1', 0)"
+    hospital_target.execute_atomically([f"INSERT INTO _clinipipe.changed_keys (table_name, "
+                                  f"key_column, key_value, lsn) VALUES {key}"])  # fmt: skip
+    count = "SELECT count(*) FROM _clinipipe.changed_keys WHERE lsn {}"
+    [(needed,)] = hospital_target.query(count.format(f">= {floor}"))
+    assert needed >= 6
+    hospital_target.prune_changed_keys(["patient_summary"])
+    assert hospital_target.query(count.format(f">= {floor}")) == [(needed,)]
+    assert hospital_target.query(count.format(f"< {floor}")) == [(0,)]
+
+    after = publish_table(hospital_built, hospital_target, table)
+    assert after.incremental and after.changed_keys >= 6
+    with ServingReader(hospital_target.path, recheck_seconds=0) as reader:
+        assert reader.query(TABLE, ALL) == hospital_target.query(DERIVED)
+    assert _floor(hospital_target) > floor  # a publish that switched moves it
+
+
+def test_a_table_whose_publishes_keep_failing_gives_its_key_floor_up(
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clinipipe.pipeline.publish import PublishScheduler
+
+    table = _table(hospital_built)
+    publish_table(hospital_built, hospital_target, table, partitions=4)
+    floor = _floor(hospital_target)
+    ids = [r[0] for r in hospital_target.query("SELECT patient_id FROM derived.patient_summary")]
+    _simulate_refresh(hospital_target, 1, random.Random(6), ids)
+
+    def fail(*args: Any, **kwargs: Any) -> Path:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(publish_module, "write_manifest", fail)
+        patch.setattr(publish_module, "due_publishes", lambda *a, **k: [TABLE])
+        # Failing for less than release_floor_after: the floor stays.
+        patient = PublishScheduler(retry_seconds=0, release_floor_after=3600)
+        assert [n for n, _ in patient.step(hospital_built, hospital_target)[1]] == [TABLE]
+        assert _floor(hospital_target) == floor
+        # Failing for longer: given up, so pruning no longer keeps keys for it.
+        impatient = PublishScheduler(retry_seconds=0, release_floor_after=0)
+        assert [n for n, _ in impatient.step(hospital_built, hospital_target)[1]] == [TABLE]
+        assert hospital_target.query(
+            f"SELECT count(*) FROM _clinipipe.serving_key_floors WHERE name = '{TABLE}'"
+        ) == [(0,)]
+    hospital_target.prune_changed_keys(["patient_summary"])
+    assert hospital_target.query("SELECT count(*) FROM _clinipipe.changed_keys") == [(0,)]
+
+    after = publish_table(hospital_built, hospital_target, table)  # works again: in full
+    assert not after.incremental and "not kept" in (after.why_full or "")
+    with ServingReader(hospital_target.path, recheck_seconds=0) as reader:
+        assert reader.query(TABLE, ALL) == hospital_target.query(DERIVED)
+    assert _floor(hospital_target) > floor
+
+
+@pytest.mark.parametrize("how", ["by position", "by join", "a column named rowid"])
+def test_the_changed_rows_are_read_whatever_their_place_in_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """An incremental publish equals the table, whether the changed keys' rows were appended
+    (as a refresh does), updated in place (early in the table), deleted, or have a NULL key."""
+    from clinipipe.targets.serving_files import (
+        manifest_name,
+        write_current,
+        write_manifest,
+        write_partitioned,
+    )
+    from tests.test_encryption import make_project
+
+    spec = make_project(tmp_path, "postgresql://clinipipe@127.0.0.1:1/none", monkeypatch, False)
+    name = "t"
+    folder = tmp_path / "warehouse.serving" / name
+    folder.mkdir(parents=True)
+    other = "rowid" if how == "a column named rowid" else "w"
+    source_table = None if how == "by join" else '"raw"."t"'
+    source = "SELECT * FROM raw.t"
+    with DuckDBTarget(load_spec(spec)) as target:
+        target.execute_atomically([
+            "CREATE SCHEMA raw",
+            f"CREATE TABLE raw.t AS SELECT CASE WHEN i = 0 THEN NULL ELSE i END AS id, "
+            f"'v' || i AS v, i AS {other} FROM range(3000) r(i), range(2) c(j)",
+        ])  # fmt: skip
+        first = write_partitioned(target, folder, 1, name, source, ["id"], source={},
+                                  partitions=3, source_table=source_table)  # fmt: skip
+        write_manifest(folder, first.manifest)
+        target.execute_atomically([
+            # as a refresh: the rows of keys 5 and 2500 deleted, their new rows appended
+            "CREATE TEMP TABLE moved AS SELECT id, v || '!' AS v, "
+            f"{other} FROM raw.t WHERE id IN (5, 2500)",
+            "DELETE FROM raw.t WHERE id IN (5, 2500)",
+            "INSERT INTO raw.t SELECT * FROM temp.moved",
+            # in place, early in the table; a key deleted; the NULL key changed
+            "UPDATE raw.t SET v = 'changed' WHERE id = 1",
+            "DELETE FROM raw.t WHERE id = 1700",
+            "UPDATE raw.t SET v = 'null key' WHERE id IS NULL",
+        ])  # fmt: skip
+        changed = "SELECT * FROM (VALUES (5), (2500), (1), (1700), (NULL)) AS c(k)"
+        second = write_partitioned(target, folder, 2, name, source, ["id"], source={},
+                                   previous=first.manifest, changed_keys_sql=changed,
+                                   source_table=source_table)  # fmt: skip
+        assert second.incremental and second.manifest.delta_keys == 5
+        assert second.delta_rows == 8 and second.manifest.parts == first.manifest.parts
+        write_manifest(folder, second.manifest)
+        write_current(folder, manifest_name(2))
+        expected = target.query("SELECT * FROM raw.t ORDER BY ALL")
+    with ServingReader(tmp_path / "warehouse.duckdb", recheck_seconds=0) as reader:
+        assert reader.query(name, f"SELECT * FROM {name} ORDER BY ALL") == expected
+        assert len(expected) == 5998

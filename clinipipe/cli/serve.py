@@ -23,20 +23,39 @@ def publish(
         list[str] | None,
         typer.Argument(help="Interactive tables to publish (default: all).", show_default=False),
     ] = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Rewrite every partition of each table (a generation without delta) instead "
+            "of writing only the rows of the keys changed since the last publish.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Publish a new generation of interactive tables for dashboards (DuckDB).
 
-    Each publish writes a complete new file sorted by cluster_by and then switches to it
-    atomically: dashboard processes never block and never see a half-written table. `cdc start`
-    publishes on its own schedule; this command publishes now (while `cdc start` runs, it asks
-    it to). Snowflake keeps its interactive tables fresh itself.
+    A generation is a set of files sorted by cluster_by: range partitions of its first column
+    and, after an incremental publish, a delta holding the current rows of the keys changed
+    since (a table served from a dynamic table refreshed by that column is published
+    incrementally when it can; others in full). Readers switch to it atomically: dashboard
+    processes never block and never see a half-written table. `--full` rewrites every partition
+    (new partition bounds, no delta), e.g. after many incremental publishes or to check that
+    a table equals its source. `cdc start` publishes on its own schedule; this command
+    publishes now (while `cdc start` runs, it asks it to). Snowflake keeps its interactive
+    tables fresh itself.
+
+    Exit codes: 0 published, 1 a table could not be published (it keeps its previous
+    generation; the tables before it are published), 2 an unknown table or a target without
+    local serving.
 
     Examples:
 
       clinipipe publish
 
-      clinipipe publish patient_dashboard"""
+      clinipipe publish patient_dashboard
+
+      clinipipe publish --full lab_dashboard"""
     from clinipipe.pipeline.operations import publish_now
     from clinipipe.pipeline.publish import PublishError
 
@@ -48,7 +67,7 @@ def publish(
             print_json([])
         return
     try:
-        results = publish_now(loaded, names or None, notify=state.notify)
+        results = publish_now(loaded, names or None, notify=state.notify, full=full)
     except PublishError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         raise typer.Exit(ExitCode.USAGE if exc.usage else ExitCode.FAILURE) from None
@@ -56,10 +75,11 @@ def publish(
         print_json([r.as_dict() for r in results])
         return
     table = Table(title="Published interactive tables", box=box.SIMPLE_HEAD)
-    for column in ("table", "generation", "rows", "size", "time"):
-        table.add_column(column, justify="left" if column == "table" else "right")
+    for column in ("table", "generation", "kind", "rows", "written", "time"):
+        table.add_column(column, justify="left" if column in ("table", "kind") else "right")
     for r in results:
-        table.add_row(r.name, str(r.generation), f"{r.rows:,}", f"{r.bytes / 1e6:.1f} MB",
+        kind = f"incremental ({r.changed_keys:,} keys)" if r.incremental else "full"
+        table.add_row(r.name, str(r.generation), kind, f"{r.rows:,}", f"{r.bytes / 1e6:.1f} MB",
                       f"{r.seconds:.2f} s")  # fmt: skip
     out.print(table)
 

@@ -50,9 +50,9 @@ from clinipipe.pipeline.refresh import (
     dynamic_table_status,
 )
 from clinipipe.pipeline.refresh import refresh as run_refresh
-from clinipipe.pipeline.verify import HANDLERS as VERIFY_HANDLERS
 from clinipipe.pipeline.scan import ScanError, ScanOptions, ScanReport, run_scan
 from clinipipe.pipeline.scan import TableResult as ScanTable
+from clinipipe.pipeline.verify import HANDLERS as VERIFY_HANDLERS
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.targets.base import RefreshResult, Target, TargetError
 
@@ -135,7 +135,9 @@ def _handle_refresh(call: Call) -> list[dict[str, Any]]:
 def _handle_publish(call: Call) -> list[dict[str, Any]]:
     call.target.require_deployed()
     names = call.params.get("names") or None
-    return [r.as_dict() for r in run_publish(call.loaded, call.target, names, audited=True)]
+    full = bool(call.params.get("full"))
+    return [r.as_dict() for r in run_publish(call.loaded, call.target, names, audited=True,
+                                             full=full)]  # fmt: skip
 
 
 def _handle_scan(call: Call) -> dict[str, Any]:
@@ -323,20 +325,24 @@ def refresh_now(
 
 
 def publish_now(
-    loaded: LoadedSpec, names: Sequence[str] | None = None, *, notify: Notify | None = None
+    loaded: LoadedSpec,
+    names: Sequence[str] | None = None,
+    *,
+    notify: Notify | None = None,
+    full: bool = False,
 ) -> list[PublishResult]:
-    """`publish`: see :func:`clinipipe.pipeline.publish.publish`."""
+    """`publish`: see :func:`clinipipe.pipeline.publish.publish` (`full`: every partition)."""
     from clinipipe.targets import open_target
 
     wanted = list(names) if names else None
     remote, data = ask_running_cdc(
-        loaded, "publish", {"names": wanted}, PublishError, notify=notify
+        loaded, "publish", {"names": wanted, "full": full}, PublishError, notify=notify
     )
     if remote:
         return [_publish_result(d) for d in data]
     with open_target(loaded) as target:
         target.require_deployed()
-        return run_publish(loaded, target, wanted, audited=True)
+        return run_publish(loaded, target, wanted, audited=True, full=full)
 
 
 def scan_now(
@@ -436,7 +442,13 @@ def _publish_result(d: Mapping[str, Any]) -> PublishResult:
     published = _ts(d["published_at"])
     assert published is not None
     return PublishResult(d["name"], d["generation"], Path(d["path"]), d["rows"], d["bytes"],
-                         published, _ts(d["source_data_timestamp"]), d["seconds"], ())  # fmt: skip
+                         published, _ts(d["source_data_timestamp"]), d["seconds"], (),
+                         incremental=bool(d.get("incremental")),
+                         partitions=int(d.get("partitions") or 1),
+                         rewritten=tuple(d.get("rewritten_partitions") or ()),
+                         delta_rows=int(d.get("delta_rows") or 0),
+                         changed_keys=int(d.get("changed_keys") or 0),
+                         cpu_seconds=d.get("cpu_seconds"))  # fmt: skip
 
 
 def scan_report(d: Mapping[str, Any]) -> ScanReport:

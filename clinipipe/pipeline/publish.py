@@ -31,9 +31,11 @@ Guarantees:
   cores get the CPU first; the compute profile is restored afterwards.
 * **Complete or invisible.** A publish writes only *new* files (generation = highest generation
   number of any file on disk or in CURRENT, plus one; never an existing name): the data files
-  it needs (checkpointed, detached, fsynced), then the manifest (fsynced), then the folder is
-  fsynced. Only then is CURRENT replaced, through a temporary file, `fsync` and `os.replace`
-  (atomic on POSIX), by the manifest's name. A reader therefore only ever opens a generation
+  it needs (each created in one transaction, then checkpointed and detached: DuckDB's
+  CHECKPOINT fsyncs the file before it deletes the WAL, so its contents are durable without a
+  second fsync), then the manifest (fsynced), then the folder is fsynced (the new names).
+  Only then is CURRENT replaced, through a temporary file, `fsync` and `os.replace` (atomic on
+  POSIX), by the manifest's name. A reader therefore only ever opens a generation
   whose files are all complete; a publish killed half-way leaves CURRENT on the previous
   generation (whose files it never touches), and its partial files are garbage that the next
   publish deletes. The key floor moves only after the switch, so the next publish still finds
@@ -70,11 +72,11 @@ import datetime as dt
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from clinipipe.backup import audit
 from clinipipe.secrets import first_line, scrub_values
@@ -171,10 +173,12 @@ def _table(loaded: LoadedSpec, name: str) -> InteractiveTable:
     )
 
 
-def _source_data_timestamp(target: Target, table: InteractiveTable) -> dt.datetime | None:
+def _source_data_timestamp(
+    target: Target, table: InteractiveTable, states: Mapping[str, Any] | None = None
+) -> dt.datetime | None:
     if table.from_ is None:
         return None
-    state = target.dynamic_table_states().get(table.from_)
+    state = (target.dynamic_table_states() if states is None else states).get(table.from_)
     return state.data_timestamp if state else None
 
 
@@ -206,6 +210,10 @@ def _dynamic_table(loaded: LoadedSpec, name: str | None) -> DynamicTable | None:
     return next((d for d in loaded.spec.dynamic_tables if d.name == name), None)
 
 
+_INPUTS: dict[str, Any] = {}
+"""The parsed inputs of each dynamic table's SQL (`Target.dynamic_table_inputs`), by SQL."""
+
+
 def _changed_keys_sql(
     loaded: LoadedSpec, target: Target, dynamic: DynamicTable, low: int, high: int
 ) -> str | None:
@@ -214,7 +222,12 @@ def _changed_keys_sql(
     the table's high-water mark at the previous publish: a refresh of an upstream table can
     record keys at exactly that position after it (lowering the mark by one), so it is
     included; a key published twice is harmless."""
-    inputs = target.dynamic_table_inputs(dynamic.sql)
+    inputs = _INPUTS.get(dynamic.sql)
+    if inputs is None:  # parsed by DuckDB: the same SQL always has the same inputs
+        inputs = target.dynamic_table_inputs(dynamic.sql)
+        if len(_INPUTS) > 256:
+            _INPUTS.clear()
+        _INPUTS[dynamic.sql] = inputs
     if inputs.untracked or not dynamic.refresh_key:
         return None
     spelled = {
@@ -236,7 +249,11 @@ def _changed_keys_sql(
 
 
 def _incremental_plan(
-    loaded: LoadedSpec, target: Target, table: InteractiveTable, previous: Manifest | None
+    loaded: LoadedSpec,
+    target: Target,
+    table: InteractiveTable,
+    previous: Manifest | None,
+    states: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, object], str | None, str | None]:
     """(the source record for the new manifest, the changed-keys SQL or None, why not
     incremental or None). Incremental only when the table serves a dynamic table refreshed by
@@ -245,7 +262,7 @@ def _incremental_plan(
     dynamic = _dynamic_table(loaded, table.from_)
     if dynamic is None:
         return {}, None, "a sql: table (its query may read anything)"
-    state = target.dynamic_table_states().get(dynamic.name)
+    state = (target.dynamic_table_states() if states is None else states).get(dynamic.name)
     if state is None:
         return {}, None, f"{dynamic.name} is not built"
     source: dict[str, object] = {
@@ -356,9 +373,10 @@ def _publish_table(
         raise PublishError(_NOT_LOCAL.format(target=target.describe()), usage=True)
     folder = root / table.name
     folder.mkdir(parents=True, exist_ok=True)
-    source_ts = _source_data_timestamp(target, table)
+    source_table = None
     if table.from_ is not None:
-        source = f"SELECT * FROM {q(DERIVED_SCHEMA)}.{q(table.from_)}"
+        source_table = f"{q(DERIVED_SCHEMA)}.{q(table.from_)}"
+        source = f"SELECT * FROM {source_table}"
     else:
         assert table.sql is not None
         source = f"SELECT * FROM ({table.sql.strip().rstrip(';')})"
@@ -371,8 +389,10 @@ def _publish_table(
                 f"{table.name} serves dynamic table {table.from_}, which is not built yet: run "
                 f"`clinipipe refresh {table.from_}` (or `cdc start`, which builds it) first"
             )
+        states = target.dynamic_table_states()  # read once: both uses see the same state
+        source_ts = _source_data_timestamp(target, table, states)
         previous = None if full else current_manifest(folder)
-        record, keys_sql, why_full = _incremental_plan(loaded, target, table, previous)
+        record, keys_sql, why_full = _incremental_plan(loaded, target, table, previous, states)
         if full:
             why_full = "asked for (--full)"
         target.use_warehouse("interactive")
@@ -381,12 +401,12 @@ def _publish_table(
                 target, folder, generation, table.name, source, table.cluster_by,
                 source=record, previous=previous if keys_sql else None,
                 changed_keys_sql=keys_sql, partitions=partitions, compact_rows=compact_rows,
-                threads=PUBLISH_THREADS,
+                threads=PUBLISH_THREADS, source_table=source_table,
             )  # fmt: skip
         except TargetError as exc:
             raise PublishError(str(exc)) from None
-        for path in written.new_files:
-            fsync_path(path)
+        # The data files are durable (DuckDB's CHECKPOINT fsyncs them); their names become
+        # durable with the folder's fsync, before CURRENT can name them.
         manifest_path = write_manifest(folder, written.manifest)
         fsync_path(folder, directory=True)
         write_current(folder, manifest_path.name)
@@ -589,10 +609,17 @@ class PublishScheduler:
     A table whose publish failed is not tried again for `retry_seconds` (its readers keep the
     previous generation meanwhile); failures are returned, never raised, so serving problems
     never stop change capture. Error messages are scrubbed of quoted values.
+
+    A failed publish leaves the table's key floor where it was, so the changed keys it needs
+    stay in `_clinipipe.changed_keys`; a table whose publishes keep failing for
+    `release_floor_after` seconds gives its floor up (`release_key_floor`), so that the keys
+    stop piling up while CDC runs; its next publish is then full.
     """
 
     retry_seconds: float = 60.0
+    release_floor_after: float = 3600.0
     _failed_at: dict[str, float] = field(default_factory=dict)
+    _failing_since: dict[str, float] = field(default_factory=dict)
 
     def step(
         self, loaded: LoadedSpec, target: Target
@@ -609,10 +636,28 @@ class PublishScheduler:
             try:
                 results.extend(publish(loaded, target, [name]))
                 self._failed_at.pop(name, None)
+                self._failing_since.pop(name, None)
             except (PublishError, TargetError, OSError) as exc:
                 self._failed_at[name] = now
+                since = self._failing_since.setdefault(name, now)
+                if now - since >= self.release_floor_after:
+                    with contextlib.suppress(TargetError):
+                        release_key_floor(target, name)
                 failures.append((name, scrub_values(first_line(exc))))
         return results, failures
+
+
+def release_key_floor(target: Target, name: str) -> bool:
+    """Give up interactive table `name`'s key floor (`KEY_FLOORS`): the refresh engine then
+    prunes the changed keys it kept for it, and its next publish is full. Returns whether there
+    was one."""
+    if not target.table_exists(CONTROL_SCHEMA, KEY_FLOORS):
+        return False
+    lit = target.dialect.quote_literal
+    floors = target.control(KEY_FLOORS)
+    held = target.query(f"SELECT count(*) FROM {floors} WHERE name = {lit(name)}")[0][0]
+    target.execute_atomically([f"DELETE FROM {floors} WHERE name = {lit(name)}"])
+    return bool(held)
 
 
 @dataclass(frozen=True)

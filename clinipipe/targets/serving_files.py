@@ -342,14 +342,28 @@ def _write_file(
     tables: Sequence[tuple[str, str]],
 ) -> None:  # fmt: skip
     """Create the DuckDB file `path` holding `serving.<table> AS <sql>` for each (table, sql),
-    checkpointed and detached (not fsynced: the caller does that before switching CURRENT)."""
+    checkpointed and detached. Its contents are durable when this returns: DuckDB's CHECKPOINT
+    fsyncs the file (data blocks, then its header) before it deletes the WAL, as it must or a
+    crash would lose committed data (seen with strace on DuckDB 1.5: two fsyncs of the file,
+    then the WAL unlinked); the caller fsyncs the folder (the new name) before switching
+    CURRENT.
+
+    The schema and tables are created in one transaction (one commit, so one WAL sync of the
+    new file instead of one per statement), then checkpointed into the file."""
     q = target.dialect.quote_ident
     cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}"
                 f"{_attach_options(target)}")  # fmt: skip
     try:
-        cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
-        for table, sql in tables:
-            cur.execute(f"CREATE TABLE {q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(table)} AS {sql}")
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
+            for table, sql in tables:
+                cur.execute(f"CREATE TABLE {q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(table)} AS {sql}")
+            cur.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
+            raise
         cur.execute(f"CHECKPOINT {q(_ALIAS)}")
     finally:
         cur.execute(f"DETACH {q(_ALIAS)}")
@@ -418,6 +432,22 @@ def partitions_for(rows: int, rows_per_partition: int = 250_000, most: int = 16)
     return max(1, min(most, rows // max(1, rows_per_partition)))
 
 
+def _changed_rows_sql(key: str, keys: str, src: str, source_table: str | None,
+                      columns: Sequence[Sequence[str]]) -> str:  # fmt: skip
+    """A query of the rows of `src` (aliased ``s``) whose `key` (quoted) is one of the keys in
+    table `keys` (column ``k``; IS NOT DISTINCT FROM, so a NULL key too): by position when
+    `source_table` is given and has no column named ``rowid`` (see `write_partitioned`),
+    else one semi join over every row."""
+    match = f"SEMI JOIN {keys} AS c ON s.{key} IS NOT DISTINCT FROM c.k"
+    if source_table is not None and not any(c[0].lower() == "rowid" for c in columns):
+        return (
+            f"WITH first_hit AS MATERIALIZED (SELECT min(s.rowid) AS r FROM {source_table} "
+            f"AS s {match}) SELECT s.* FROM {source_table} AS s {match} "
+            "WHERE s.rowid >= (SELECT r FROM first_hit)"
+        )
+    return f"SELECT s.* FROM {src} {match}"
+
+
 def write_partitioned(
     target: Target,
     folder: Path,
@@ -432,6 +462,7 @@ def write_partitioned(
     partitions: int | None = None,
     compact_rows: int | None = None,
     threads: int | None = None,
+    source_table: str | None = None,
 ) -> PartitionedWrite:
     """Write the data files of generation `generation` of interactive table `name` in `folder`
     and return its manifest (the caller writes it, fsyncs, and switches CURRENT).
@@ -445,6 +476,17 @@ def write_partitioned(
     `compact_rows` (default: the table's rows divided by the partitions), the partitions with
     the most changed rows are rewritten until they do not; the remaining keys and their
     current rows form the new delta; every other partition file is reused as it is.
+
+    `source_table` (optional): the table `source_sql` reads whole (``SELECT * FROM
+    <source_table>``, a dynamic table). An incremental publish then reads the changed keys'
+    rows by position: one pass over the key column finds the first row (lowest ``rowid``) of
+    any changed key, and only the rows from there on are read whole. An incremental refresh
+    deletes the rows of its changed keys and appends their new rows, so the rows of the keys
+    changed since the last publish sit at the table's end and this reads a small tail instead
+    of every column of every row (2 M rows, 1,000 keys: ~20 ms of CPU instead of ~30). Exact
+    whatever the layout (the cut is computed in the same statement, on the same snapshot);
+    when a changed key has a row near the start (rows updated in place) it reads every row
+    after the pass over the key column, ~10 % more than a plain join.
 
     `threads` bounds DuckDB's threads for the work (a database-wide setting: the caller
     restores its compute profile afterwards). Touches no file of `previous` and never a name
@@ -541,12 +583,10 @@ def write_partitioned(
                 )
             finally:
                 cur.execute(f"DETACH {q(prev)}")
-        # The current rows of the changed keys, read once (one scan of the source).
+        # The current rows of the changed keys, read once (see `_changed_rows_sql`).
         rows_of = "temp._clinipipe_publish_rows"
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE _clinipipe_publish_rows AS SELECT s.* FROM "
-            f"{src} SEMI JOIN {keys} AS c ON s.{q(key)} IS NOT DISTINCT FROM c.k"
-        )
+        fetch = _changed_rows_sql(q(key), keys, src, source_table, columns)
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _clinipipe_publish_rows AS {fetch}")
         pending = dict(
             (int(p), int(n)) for p, n in cur.execute(
                 f"SELECT {part_of(q(key), bounds)} AS p, count(*) FROM {rows_of} GROUP BY p"
