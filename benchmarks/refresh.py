@@ -26,6 +26,13 @@ changed keys, and every row matched the full recomputation; otherwise it is "NOT
 with the reasons. A script, never a test::
 
     python benchmarks/refresh.py [--patients 200000] [--changes 1000 10000] [--repeat 3]
+        [--compare]
+
+``--compare`` then also measures, on the same warehouse and interleaved (in this process:
+engine and call), the key-restricted refresh without counts kept per join key (the method
+before `clinipipe.targets.duckdb.refresh.Factored`), full and after ``--changes[0]`` changed
+patients, so that both methods are judged under the same load: the full refreshes of each
+method include what that method builds (the counts summary, for the new one).
 """
 
 from __future__ import annotations
@@ -120,6 +127,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--compare", action="store_true")
     args = parser.parse_args()
     console = Console(width=170)  # the table stays readable when the output is piped
     rng = random.Random(args.seed)
@@ -143,6 +151,7 @@ def main() -> None:
                     change_patients(dsn, args.patients, measured.k, rng)
                     run_cdc(built.loaded, CdcOptions(until_caught_up=True))
                     run_once(built, spec, False, cli, measured)
+        compared = compare(built, dsn, args, rng) if args.compare else None
         cpus = os.cpu_count()
 
     sizes = f"{built.rows['encounters']:,} encounters, {built.rows['labs']:,} labs"
@@ -164,6 +173,8 @@ def main() -> None:
             "-" if m.k is None else "yes" if all(m.exact) else "NO",
         )  # fmt: skip
     console.print(table)
+    if compared is not None:
+        console.print(compared)
     if not rows:
         return
     for measure in MEASURES:
@@ -173,6 +184,55 @@ def main() -> None:
                       f"<= 2 % of full: {shown} ({verdict}).")  # fmt: skip
         for problem in problems:
             console.print(f"  not judged: {problem}", style="red")
+
+
+def compare(
+    built: _hospital.Built, dsn: str, args: argparse.Namespace, rng: random.Random
+) -> Table:
+    """Key-restricted refresh ("by key") against counts kept per join key ("counts"), both in
+    this process on the same warehouse, interleaved (the order alternates by round)."""
+    from clinipipe.targets.duckdb.refresh import DuckDBRefresh
+
+    real = DuckDBRefresh._factored
+    k = args.changes[0]
+    runs = {(m, kind): Measured(None if kind == "full" else k)
+            for m in ("by key", "counts") for kind in ("full", "incremental")}  # fmt: skip
+    try:
+        for round_ in range(args.repeat):
+            methods = ("by key", "counts") if round_ % 2 == 0 else ("counts", "by key")
+            for method in methods:
+                DuckDBRefresh._factored = real if method == "counts" else lambda *_: None  # type: ignore[method-assign]
+                run_once(built, Path(), True, False, runs[(method, "full")])
+                change_patients(dsn, args.patients, k, rng)
+                run_cdc(built.loaded, CdcOptions(until_caught_up=True))
+                run_once(built, Path(), False, False, runs[(method, "incremental")])
+    finally:
+        DuckDBRefresh._factored = real  # type: ignore[method-assign]
+    table = Table(title=f"method against method, {k:,} changed patients, interleaved, in process; "
+                  "seconds best/median")  # fmt: skip
+    for column in (
+        "method",
+        "full engine",
+        "full call",
+        "incremental engine",
+        "incremental call",
+        "engine vs full",
+        "call vs full",
+        "load 1 min",
+        "exact",
+    ):
+        table.add_column(column, justify="right")  # fmt: skip
+    for method in ("by key", "counts"):
+        full, inc = runs[(method, "full")], runs[(method, "incremental")]
+        ratios = [_ratio(inc, full, m) for m in ("engine", "call")]
+        loads = full.loads + inc.loads
+        table.add_row(
+            method, _best_median(full.times["engine"]), _best_median(full.times["call"]),
+            _best_median(inc.times["engine"]), _best_median(inc.times["call"]),
+            *("n/a" if r is None else f"{r:.1%}" for r in ratios),
+            f"{min(loads):.1f}-{max(loads):.1f}", "yes" if all(inc.exact) else "NO",
+        )  # fmt: skip
+    return table
 
 
 def _median(values: list[float | None]) -> float | None:

@@ -164,6 +164,8 @@ OPERATIONS = st.one_of(
     st.tuples(st.just("add_lab"), offsets, flags),
     st.tuples(st.just("flag_lab"), offsets, flags),
     st.tuples(st.just("delete_lab"), offsets),
+    st.tuples(st.just("relink_lab"), offsets, offsets),
+    st.tuples(st.just("unlink_lab"), offsets),
     st.tuples(st.just("add_patient"), st.sampled_from("FM")),
     st.tuples(st.just("delete_patient"), patient_ids),
     st.tuples(st.just("change_sex"), patient_ids, st.sampled_from("FMX")),
@@ -206,6 +208,15 @@ def apply_operation(cur: psycopg2.extensions.cursor, op: tuple[object, ...]) -> 
         cur.execute(f"UPDATE labs SET abnormal_flag = %s WHERE lab_id = {LAB}", (args[1], args[0]))
     elif kind == "delete_lab":
         cur.execute(f"DELETE FROM labs WHERE lab_id = {LAB}", args)
+    elif kind == "relink_lab":  # the join key changes (and the patient, with the encounter)
+        cur.execute(
+            f"UPDATE labs SET (encounter_id, patient_id) = (SELECT encounter_id, patient_id "
+            f"FROM encounters WHERE encounter_id = {ENCOUNTER}) WHERE lab_id = {LAB} "
+            f"AND EXISTS (SELECT 1 FROM encounters WHERE encounter_id = {ENCOUNTER})",
+            (args[1], args[0], args[1]),
+        )
+    elif kind == "unlink_lab":  # a join key that matches no encounter (NOT NULL here)
+        cur.execute(f"UPDATE labs SET encounter_id = -encounter_id WHERE lab_id = {LAB}", args)
     elif kind == "add_patient":
         cur.execute(
             "INSERT INTO patients (patient_id, mrn, first_name, last_name, sex, birth_date, "

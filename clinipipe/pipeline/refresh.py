@@ -26,6 +26,12 @@ On **DuckDB** clinipipe is the engine. Guarantees:
   it for the tables it reads, up to the snapshot position (the CDC checkpoint), and moves the
   mark there in the same transaction. Re-deriving a key is idempotent, so a superset is
   harmless; a key is never skipped because the mark moves only with the data it covers.
+* **Work grows with the change.** An incremental refresh re-derives only the changed keys,
+  reading every input narrowed to them; an input read only through counts (`count(l.col)` of
+  a joined table, the other aggregates duplicate-insensitive) is read through counts kept per
+  refresh key and join value, maintained in the same transaction from the keys that input
+  changed, so a change elsewhere does not read it at all
+  (`clinipipe.targets.duckdb.refresh.Factored`; exact, or not used).
 * **Dynamic tables reading dynamic tables** are refreshed in dependency order (`derived.<name>`
   references in the SQL; a cycle is a spec error). A refresh records, for each table that reads
   it, the values of that table's refresh key in the rows it changed (old and new), as changed

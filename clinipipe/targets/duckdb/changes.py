@@ -246,6 +246,12 @@ def _apply_table_changes(
     truncated = pc.equal(changes["_op"], "T")
     if pc.any(truncated).as_py():
         last = pc.max(pc.filter(changes["_seq"], truncated)).as_py()
+        for key in batch.refresh_keys:  # pre-images: every row the truncate removes
+            cur.execute(
+                f"INSERT INTO {target.control('changed_keys')} SELECT DISTINCT ?, ?, "
+                f"CAST({quote(key)} AS VARCHAR), ? FROM {raw}",
+                [table.name, key, lsn],
+            )
         cur.execute(f"DELETE FROM {raw}")
         changes = changes.filter(pc.greater(changes["_seq"], last))
     if changes.num_rows == 0:
