@@ -14,6 +14,7 @@ import psycopg2
 import pyarrow as pa
 import pytest
 
+import clinipipe.pipeline.backfill as backfill_module
 from clinipipe.source.binary_reader import column_form, read_range_typed, typed_select_list
 from clinipipe.source.catalog import TableSchema, introspect_table
 from clinipipe.source.range_reader import CopyCancel, CopyCancelled, PageRange
@@ -228,6 +229,8 @@ def test_ranges_are_written_as_whole_row_groups(
     con.autocommit = True
     con.cursor().execute("VACUUM ANALYZE lab")  # the row estimate that sizes the ranges
     con.close()
+    # Ranges read by the typed COPY reader, not one whole-table range scanned by DuckDB.
+    monkeypatch.setattr(backfill_module, "SCAN_MAX_TABLE_BYTES", 0)
     code, out, err = _backfill(tmp_path, pg_dsn, "lab", capsys, monkeypatch, "--workers", "2")
     assert code == 0, out + err
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as wh:

@@ -17,6 +17,18 @@ Guarantees:
   DuckDB) ranges are read as COPY BINARY decoded into typed Arrow columns
   (`clinipipe.source.binary_reader`), the types the driver cannot carry exactly as their export
   text; into the others as CSV text (`clinipipe.source.range_reader`).
+* **The warehouse's own reader where proven exact.** A table that the target reads from
+  PostgreSQL itself (a `TableScanning` target whose `Loading.scan_unsupported` is None:
+  DuckDB's postgres extension, every column of a type on its allow-list,
+  `clinipipe.targets.duckdb.scanner`) and that is at most `SCAN_MAX_TABLE_BYTES` is planned as
+  ONE range, the whole table, loaded by `TableScanning.load_scan` in one transaction under the
+  same exported snapshot (the extension reads it with parallel binary COPYs), with
+  `clinipipe.source.scan_source.check_guard` run alongside to fail the load on the values its
+  decoding would alter (numeric NaN, timestamps beyond DuckDB's range), as the text path
+  fails. Resumability is then per table: a crash loses the table in flight, never records part
+  of it. One scanned table loads at a time (it uses every DuckDB thread); other tables' ranges
+  load alongside. If the target finds at run time that it cannot read the table exactly
+  (`ScanUnavailable`), the range is read by the readers above.
 * **Interruptible.** SIGINT or SIGTERM during the load cancels the queued ranges and the running
   COPYs (the server-side query is cancelled; the range's target transaction rolls back and is
   never recorded as done) within about a second, keeps the committed ranges and raises
@@ -50,10 +62,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from clinipipe.backup import audit
-from clinipipe.source.binary_reader import read_range_typed
 from clinipipe.source.catalog import TableSchema, introspect_table
 from clinipipe.source.postgres import SourceError, connect
-from clinipipe.source.range_reader import CopyCancel, PageRange, plan_ranges, read_range
+from clinipipe.source.range_reader import CopyCancel, PageRange, plan_ranges
 from clinipipe.source.replication import (
     SnapshotHolder,
     create_slot_exporting_snapshot,
@@ -61,10 +72,12 @@ from clinipipe.source.replication import (
     export_snapshot,
     slot_info,
 )
+from clinipipe.source.scan_source import ScanSession, check_guard, snapshot_statement
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.sql.context import schema_names
 from clinipipe.targets import open_target
 from clinipipe.targets.base import BackfillRun, RangeWork, Target, TargetError
+from clinipipe.targets.capabilities.loading import ScanUnavailable, TableScan, TableScanning
 
 ProgressCallback = Callable[[str, int, int], None]
 """on_progress(table, rows_delta, bytes_delta), called from worker threads."""
@@ -92,6 +105,8 @@ class TableSummary:
     rows: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    reader: str = ""
+    """How the table was read: 'warehouse scan' (`TableScanning.load_scan`) or 'copy' (ranges)."""
 
 
 @dataclass
@@ -249,11 +264,7 @@ def _backfill_on(
         holder = create_slot_exporting_snapshot(dsn, slot)
         assert holder.consistent_point is not None
         run = dataclasses.replace(run, consistent_point=holder.consistent_point)
-        plan = [
-            r
-            for schema in schemas.values()
-            for r in plan_ranges(schema, options.pages_per_range or _pages_per_range(schema))
-        ]
+        plan = [r for schema in schemas.values() for r in _plan_table(target, schema, options)]
         target.plan_backfill_run(
             run.run_id,
             holder.consistent_point,
@@ -275,7 +286,7 @@ def _backfill_on(
     try:
         _load_ranges(
             loaded, target, run, schemas, todo_ranges, holder, resume, options.workers,
-            summary, on_progress,
+            summary, on_progress, scanned=_scan_tables(target, schemas, plan, options),
         )  # fmt: skip
     finally:
         holder.close()
@@ -303,6 +314,7 @@ def _describe(entry: audit.AuditRun, summary: BackfillSummary, started: float, r
     }
     entry.objects = [f"{raw}.{name}" for name in summary.tables]
     entry.detail = {"status": summary.status, "slot": summary.slot,
+                    "readers": {t.table: t.reader for t in tables if t.reader},
                     "consistent_point": summary.consistent_point, "warehouse": summary.warehouse,
                     "complete": summary.complete, "remaining": list(summary.remaining)}  # fmt: skip
 
@@ -354,8 +366,29 @@ def _plan_new_tables(
     for name in names:
         schema = schemas[name]
         target.create_raw_table(schema, replace=True)
-        plan += plan_ranges(schema, options.pages_per_range or _pages_per_range(schema))
+        plan += _plan_table(target, schema, options)
     return plan
+
+
+SCAN_MAX_TABLE_BYTES = 16 * 1024**3
+"""Tables up to this size (heap and TOAST) that the target can scan itself load as one range
+(resumability per table); larger ones load in ranges, for finer resumability."""
+
+
+def _scanned(target: Target, schema: TableSchema, options: BackfillOptions) -> bool:
+    """Whether `schema` is loaded whole by the target's own reader (`TableScanning.load_scan`)."""
+    return (
+        options.pages_per_range is None
+        and isinstance(target, TableScanning)
+        and schema.table_bytes <= SCAN_MAX_TABLE_BYTES
+        and target.scan_unsupported(schema) is None
+    )
+
+
+def _plan_table(target: Target, schema: TableSchema, options: BackfillOptions) -> list[PageRange]:
+    if _scanned(target, schema, options):
+        return [PageRange(schema.name, 0, 0, None)]
+    return plan_ranges(schema, options.pages_per_range or _pages_per_range(schema))
 
 
 def _refuse_partial_without_append_only(
@@ -488,6 +521,19 @@ def _ranges_at_once(schema: TableSchema, workers: int) -> int:
     return max(1, min(workers, int(IN_FLIGHT_BYTES // (width * ROW_GROUP_ROWS))))
 
 
+def _scan_tables(
+    target: Target, schemas: dict[str, TableSchema], plan: list[PageRange],
+    options: BackfillOptions,
+) -> set[str]:  # fmt: skip
+    """Tables planned as one whole-table range that the target scans itself."""
+    whole = {
+        r.table for r in plan
+        if r.start_page == 0 and r.end_page is None
+        and sum(1 for x in plan if x.table == r.table) == 1
+    }  # fmt: skip
+    return {n for n in whole if _scanned(target, schemas[n], options)}
+
+
 @contextmanager
 def _signals_stop(stop: threading.Event) -> Iterator[None]:
     """While inside: SIGINT and SIGTERM set `stop` (main thread only; elsewhere a no-op)."""
@@ -516,10 +562,13 @@ def _load_ranges(
     summary: BackfillSummary,
     on_progress: ProgressCallback | None,
     stop: threading.Event | None = None,
+    scanned: set[str] | None = None,
 ) -> None:
-    """Load `todo` on `workers` threads. A failing range stops the others (completed ones are
-    kept) and raises `BackfillError`; `stop` being set (SIGINT/SIGTERM while loading) cancels
-    the queued ranges and the running COPYs and raises `BackfillInterrupted`."""
+    """Load `todo` on `workers` threads; the tables of `scanned` (one whole-table range each)
+    through `TableScanning.load_scan`, one at a time. A failing range stops the others
+    (completed ones are kept) and raises `BackfillError`; `stop` being set (SIGINT/SIGTERM
+    while loading) cancels the queued ranges and the running COPYs and raises
+    `BackfillInterrupted`."""
     warehouse = loaded.spec.warehouses.initialization
     lock = threading.Lock()
     stop = stop or threading.Event()
@@ -531,9 +580,70 @@ def _load_ranges(
         for name, schema in schemas.items()
     }
 
+    scanned = scanned or set()
+    scan_slot = threading.Lock()  # a scan uses every DuckDB thread: one at a time
+
     def load(page_range: PageRange) -> None:
+        if page_range.table in scanned:
+            with scan_slot:
+                if load_scanned(page_range):
+                    return
         with limits[page_range.table]:
             load_one(page_range)
+
+    def load_scanned(page_range: PageRange) -> bool:
+        """The whole table by the target's reader; False when it cannot (read it in ranges)."""
+        nonlocal committed
+        if cancel.cancelled:
+            return True
+        schema = schemas[page_range.table]
+        work = RangeWork(
+            run.run_id, page_range.number, replace_keys, warehouse.name, "initialization",
+            warehouse.size,
+        )  # fmt: skip
+        dsn = loaded.spec.source.dsn
+        reported = [0]
+
+        def on_rows(delta: int) -> None:
+            reported[0] += delta
+            if on_progress is not None:
+                on_progress(page_range.table, delta, 0)
+
+        session = ScanSession(dsn)
+
+        def guard() -> None:
+            try:
+                check_guard(dsn, holder.snapshot_name, schema, cancel, page_range.number)
+            except BaseException:
+                session.cancel()  # stop the scan's readers: the range fails anyway
+                raise
+
+        scan = TableScan(
+            conninfo=session.conninfo,
+            snapshot_sql=snapshot_statement(holder.snapshot_name),
+            guard=guard,
+            cancel=cancel,
+            on_rows=on_rows,
+        )
+        began = time.monotonic()
+        assert isinstance(target, TableScanning)
+        cancel._enter(session)  # a cancel also cancels the readers on the server
+        try:
+            rows = target.load_scan(schema, work, scan)
+        except ScanUnavailable:
+            return False
+        finally:
+            cancel._leave(session)
+        with lock:
+            committed += 1
+            table = summary.tables[page_range.table]
+            table.rows += rows
+            table.bytes += schema.table_bytes
+            table.seconds += time.monotonic() - began
+            table.reader = "warehouse scan"
+        if on_progress is not None:
+            on_progress(page_range.table, max(0, rows - reported[0]), schema.table_bytes)
+        return True
 
     def load_one(page_range: PageRange) -> None:
         nonlocal committed
@@ -546,7 +656,10 @@ def _load_ranges(
         )  # fmt: skip
         began = time.monotonic()
         dsn = loaded.spec.source.dsn
-        reader = read_range_typed if target.typed_ranges else read_range
+        if target.typed_ranges:  # imported here: a scan-only load never imports pyarrow
+            from clinipipe.source.binary_reader import read_range_typed as reader
+        else:
+            from clinipipe.source.range_reader import read_range as reader
         with reader(dsn, holder.snapshot_name, schema, page_range, cancel) as stream:
             rows = target.load_range(schema, work, stream)
             nbytes = stream.bytes_read
@@ -556,6 +669,7 @@ def _load_ranges(
             table.rows += rows
             table.bytes += nbytes
             table.seconds += time.monotonic() - began
+            table.reader = table.reader or "copy"
         if on_progress is not None:
             on_progress(page_range.table, rows, nbytes)
 

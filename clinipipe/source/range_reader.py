@@ -17,17 +17,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import psycopg2
 import psycopg2.extensions
-import pyarrow as pa
 
 from clinipipe.secrets import first_line, mask_dsn
 from clinipipe.source.catalog import EXPORT_SESSION_SETTINGS, TableSchema, export_select_list
-from clinipipe.source.copy_reader import read_csv_batches
 from clinipipe.source.postgres import SourceError, connect
 from clinipipe.sql.dialect import POSTGRES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DEFAULT_PAGES_PER_RANGE = 8192  # 64 MiB of 8 KiB heap pages
 
@@ -188,6 +189,8 @@ def read_range(
     def batches() -> Iterator[pa.RecordBatch]:
         # The COPY's success is checked when the stream ends, before the caller can commit:
         # a COPY cut short must never look like a complete range.
+        from clinipipe.source.copy_reader import read_csv_batches  # pyarrow: only when used
+
         try:
             for batch in read_csv_batches(reader, table):
                 cancel.check()

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from clinipipe.targets.core import TargetCore
+from clinipipe.targets.core import TargetCore, TargetError
 from clinipipe.targets.metering import MeteringRow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import pyarrow as pa
 
     from clinipipe.source.catalog import TableSchema
+    from clinipipe.source.range_reader import CopyCancel
 
 
 class BatchStream(Protocol):
@@ -44,6 +45,48 @@ class RangeWork:
     size: str
 
 
+@dataclass(frozen=True)
+class TableScan:
+    """A whole source table for a warehouse that reads PostgreSQL itself
+    (`TableScanning.load_scan`).
+    The texts are built by `clinipipe.source.scan_source`; the warehouse only passes them on.
+
+    `conninfo` is the libpq conninfo with the scan's session settings: it holds the source
+    password and must never be printed. `snapshot_sql` is the first statement of the scan's
+    REPEATABLE READ transaction on the source. `guard` reads the table under the same
+    snapshot and raises (`SourceError`) when it holds a value the warehouse's reader would not
+    read exactly; the load runs it alongside the scan and commits only if it returned.
+    `cancel`: cancelling it stops the scan (and the guard); the range rolls back.
+    `on_rows(delta)`: an estimate of rows read so far, for progress (never for counts)."""
+
+    conninfo: str = field(repr=False)
+    snapshot_sql: str
+    guard: Callable[[], None]
+    cancel: CopyCancel
+    on_rows: Callable[[int], None] | None = None
+
+
+@runtime_checkable
+class TableScanning(Protocol):
+    """A `Loading` that can also read whole source tables itself (DuckDB: its postgres
+    extension). Asked per table through `Loading.scan_unsupported`; a target without it loads
+    every table through the backfill's readers."""
+
+    def load_scan(self, table: TableSchema, work: RangeWork, scan: TableScan) -> int:
+        """Load the whole of `table` (its only range, `work`) as the warehouse reads it from
+        the source under `scan`, and record the range as done, atomically (as `load_range`:
+        the range's rows, range row and metering row commit together; a failure or crash keeps
+        none of them). With `work.replace_keys` the rows already in the raw table are replaced
+        (the range is the whole table). Raises `ScanUnavailable` before changing anything when
+        it cannot read the table exactly."""
+        ...
+
+
+class ScanUnavailable(TargetError):
+    """`TableScanning.load_scan` cannot read this table exactly (nothing was changed): load it
+    through the backfill's own readers instead."""
+
+
 class Loading(TargetCore):
     """Creates raw tables and loads the backfill's ranges into them.
 
@@ -65,6 +108,12 @@ class Loading(TargetCore):
     typed_ranges: bool = False
     """True when `load_range` also takes the backfill's typed streams (see `BatchStream`);
     others are given all-string streams."""
+
+    def scan_unsupported(self, table: TableSchema) -> str | None:
+        """None when `TableScanning.load_scan` can load `table` (every column of a type the
+        warehouse's own PostgreSQL reader is known to read exactly, the reader installed);
+        else why not."""
+        return f"{self.type} does not read PostgreSQL itself"
 
     @abstractmethod
     def create_raw_table(self, table: TableSchema, *, replace: bool) -> None:
