@@ -347,7 +347,7 @@ def _last_change_per_key(target: DuckDBChangeApply, changes: Any, keys: str) -> 
         return side.execute(
             "SELECT * FROM _cdc "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _seq DESC) = 1"
-        ).fetch_arrow_table()
+        ).to_arrow_table()
     finally:
         side.close()
 
