@@ -236,37 +236,48 @@ def generations_read(run: dict) -> dict[str, int]:
     return {k: len(v) for k, v in run["generations"].items()}
 
 
-def _change_patients(target: Any, table: str, column: str, patients: list[int], sign: int,
-                     source: str, how: str = "refresh") -> None:  # fmt: skip
-    """Alter `column` of `patients`' rows of derived.`table` by `sign` and record their keys as
-    changed at the table's high-water mark plus one (what CDC and a refresh leave behind).
+def _change_patients(loaded: Any, target: Any, table: str, column: str, patients: list[int],
+                     sign: int, how: str = "refresh") -> None:  # fmt: skip
+    """Change the rows of `patients` in dynamic table derived.`table` by `sign`.
 
-    `how`: "refresh" does what an incremental refresh does (the rows of the changed keys are
-    deleted and their new rows appended); "update" updates them in place (the rows stay where
-    they are: the worst layout for an incremental publish, which then reads every row)."""
+    `how`: "refresh" changes their labs in the raw table (`value_numeric`), records their keys
+    as changed (as CDC does) and runs the refresh engine: the dynamic tables re-derive those
+    patients (their rows deleted and appended) and hand the new rows over to the next publish.
+    "update" updates `column` of derived.`table` in place and records the keys at the table's
+    high-water mark plus one, bypassing the refresh engine: the publish then has no rows
+    handed over and reads the table (the worst layout for that: every row after the first
+    changed one)."""
+    from clinipipe.pipeline.refresh import refresh
+
+    ids = ", ".join(str(p) for p in patients)
+    if how == "refresh":
+        lsn = target.refresh_snapshot_lsn(loaded.spec.source.slot) + 1
+        statements = [f"UPDATE raw.labs SET value_numeric = value_numeric + ({sign}) "
+                      f"WHERE patient_id IN ({ids})"] if patients else []  # fmt: skip
+        # no patients: a change of nothing the dynamic tables read, so that the refresh
+        # moves their marks on (a publish right after starts there; the next incremental
+        # publish then sees exactly the patients changed after it)
+        key_column, values = ("patient_id", ids) if patients else ("nothing", "0")
+        statements.append(
+            "INSERT INTO _clinipipe.changed_keys (table_name, key_column, key_value, lsn) "
+            f"SELECT 'labs', '{key_column}', CAST(p AS VARCHAR), {lsn} FROM unnest([{values}]) t(p)"
+        )
+        target.execute_atomically(statements)
+        for result in refresh(loaded, target=target):
+            assert result.state == "SUCCEEDED", result.state_message
+        return
     [(lsn,)] = target.query("SELECT high_water_lsn + 1 FROM _clinipipe.dynamic_table_state "
                             f"WHERE name = '{table}'")  # fmt: skip
-    ids = ", ".join(str(p) for p in patients)
     statements = [
         f"UPDATE _clinipipe.dynamic_table_state SET high_water_lsn = {lsn} WHERE name = '{table}'"
     ]
     if patients:
-        if how == "update":
-            statements.append(f"UPDATE derived.{table} SET {column} = {column} + ({sign}) "
-                              f"WHERE patient_id IN ({ids})")  # fmt: skip
-        else:
-            statements += [
-                "CREATE OR REPLACE TEMP TABLE bench_changed AS SELECT * REPLACE "
-                f"({column} + ({sign}) AS {column}) FROM derived.{table} "
-                f"WHERE patient_id IN ({ids})",
-                f"DELETE FROM derived.{table} WHERE patient_id IN ({ids})",
-                f"INSERT INTO derived.{table} SELECT * FROM temp.bench_changed",
-                "DROP TABLE temp.bench_changed",
-            ]
-        statements.append(
+        statements += [
+            f"UPDATE derived.{table} SET {column} = {column} + ({sign}) "
+            f"WHERE patient_id IN ({ids})",
             "INSERT INTO _clinipipe.changed_keys (table_name, key_column, key_value, lsn) "
-            f"SELECT '{source}', 'patient_id', CAST(p AS VARCHAR), {lsn} FROM unnest([{ids}]) t(p)"
-        )
+            f"SELECT 'labs', 'patient_id', CAST(p AS VARCHAR), {lsn} FROM unnest([{ids}]) t(p)",
+        ]
     target.execute_atomically(statements)
 
 
@@ -289,13 +300,13 @@ def publish_cost(loaded: Any, target: Any, patients: int, changed: int, rounds: 
         for _ in range(rounds):
             # a refresh that found nothing moves the mark on: the full publish starts there, so
             # the incremental one sees exactly the patients changed after it
-            _change_patients(target, source_table, column, [], 0, "labs")
+            _change_patients(loaded, target, source_table, column, [], 0, how)
             f = publish_table(loaded, target, tables[name], full=True)
             chosen = rng.sample(range(1, patients + 1), changed)
-            _change_patients(target, source_table, column, chosen, +1, "labs", how)
+            _change_patients(loaded, target, source_table, column, chosen, +1, how)
             i = publish_table(loaded, target, tables[name])
             assert i.incremental, i.why_full
-            _change_patients(target, source_table, column, chosen, -1, "labs", how)
+            _change_patients(loaded, target, source_table, column, chosen, -1, how)
             full.append(f.seconds)
             incremental.append(i.seconds)
             full_cpu.append(f.cpu_seconds or 0.0)
@@ -304,7 +315,9 @@ def publish_cost(loaded: Any, target: Any, patients: int, changed: int, rounds: 
                 f"  {name}: full {f.seconds:.3f} s, CPU {f.cpu_seconds:.3f} s ({f.rows:,} rows, "
                 f"{f.partitions} partitions) | incremental after {changed:,} patients "
                 f"{i.seconds:.3f} s, CPU {i.cpu_seconds:.3f} s (delta {i.delta_rows:,} rows, "
-                f"partitions rewritten {list(i.rewritten)}) | {load_average()}"
+                f"partitions rewritten {list(i.rewritten)}, changed rows "
+                f"{'handed over by the refresh' if i.handed_over else 'read from the table'}) "
+                f"| {load_average()}"
             )
         # leave the served table equal to its source again
         publish_table(loaded, target, tables[name])
@@ -333,13 +346,13 @@ def _steady_cost(loaded: Any, target: Any, table: Any, source_table: str, column
     """`steady` incremental publishes in a row after a full one, `changed` patients each."""
     from clinipipe.pipeline.publish import publish_table
 
-    _change_patients(target, source_table, column, [], 0, "labs")
+    _change_patients(loaded, target, source_table, column, [], 0, how)
     f = publish_table(loaded, target, table, full=True)
     done: list[list[int]] = []
     seconds, cpu, delta = [], [], []
     for _ in range(steady):
         chosen = rng.sample(range(1, patients + 1), changed)
-        _change_patients(target, source_table, column, chosen, +1, "labs", how)
+        _change_patients(loaded, target, source_table, column, chosen, +1, how)
         done.append(chosen)
         i = publish_table(loaded, target, table)
         assert i.incremental, i.why_full
@@ -349,7 +362,7 @@ def _steady_cost(loaded: Any, target: Any, table: Any, source_table: str, column
             f"{i.delta_rows:,}" + (f" (rewrote {list(i.rewritten)})" if i.rewritten else "")
         )
     for chosen in done:
-        _change_patients(target, source_table, column, chosen, -1, "labs", how)
+        _change_patients(loaded, target, source_table, column, chosen, -1, how)
     publish_table(loaded, target, table)
     return (f"Steady {table.name}: after a full publish ({f.seconds:.3f} s, CPU "
             f"{f.cpu_seconds or 0.0:.3f} s), {steady} incremental publishes of {changed:,} "

@@ -103,6 +103,81 @@ def test_an_incremental_publish_equals_a_full_publish(
     assert not after_full.incremental and "rebuilt" in (after_full.why_full or "")
 
 
+def _recent_tables(target: DuckDBTarget) -> set[str]:
+    return {r[0] for r in target.query(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = '_clinipipe' "
+        "AND starts_with(table_name, 'dt_recent__')"
+    )}  # fmt: skip
+
+
+def test_publishes_after_real_refreshes_take_the_rows_the_refreshes_handed_over(
+    hospital_built: LoadedSpec, hospital_target: DuckDBTarget, pg_dsn: str
+) -> None:
+    """Source changes replicated, refreshed by the engine and published: each publish takes
+    the changed rows the refreshes handed over (reads nothing of the dynamic table) and serves
+    exactly the dynamic table, through consecutive deltas, a compaction, patients whose labs
+    all go, new and deleted patients; a refresh that no longer keeps them drops them, and the
+    next publish reads the table instead, still exactly."""
+    import dataclasses
+
+    names = ["patient_dashboard", "lab_dashboard"]
+    sources = {"patient_dashboard": "patient_summary", "lab_dashboard": "recent_labs"}
+    for result in publish(hospital_built, hospital_target, names):
+        assert not result.incremental
+
+    def step(*statements: str, compact: bool = False, handed_over: bool = True) -> None:
+        hospital_target.close()
+        for statement in statements:
+            execute(pg_dsn, statement)
+        catch_up(hospital_built)
+        hospital_target.connect()
+        actions = {
+            r.name: r.refresh_action for r in refresh(hospital_built, target=hospital_target)
+        }
+        assert actions["patient_summary"] == actions["recent_labs"] == "INCREMENTAL"
+        for t in hospital_built.spec.interactive_tables:
+            if t.name not in names:
+                continue
+            result = publish_table(hospital_built, hospital_target, t,
+                                   compact_rows=0 if compact else None)  # fmt: skip
+            assert result.incremental and result.handed_over is handed_over, result
+            with ServingReader(hospital_target.path, recheck_seconds=0) as reader:
+                served = reader.query(t.name, f"SELECT * FROM {t.name} ORDER BY ALL")
+            assert served == hospital_target.query(
+                f"SELECT * FROM derived.{sources[t.name]} ORDER BY ALL"
+            ), t.name
+
+    some = "(SELECT patient_id FROM patients ORDER BY patient_id LIMIT 3 OFFSET {})"
+    step(f"UPDATE labs SET value_numeric = value_numeric + 1, abnormal_flag = 'H' "
+         f"WHERE patient_id IN {some.format(0)}")  # fmt: skip
+    assert len(_recent_tables(hospital_target)) == 6  # two dynamic tables, three tables each
+    step(f"DELETE FROM labs WHERE patient_id IN {some.format(10)}",  # their labs all go
+         f"UPDATE labs SET value_numeric = -1 WHERE patient_id IN {some.format(0)}")  # fmt: skip
+    step("INSERT INTO patients SELECT max(patient_id) + 1, 'MRN-NEW', 'New', 'Patient', 'F', "
+        "date '1970-01-01', NULL, '1 Main St', 'Springfield', 'MA', '01101', NULL, NULL, NULL, "
+        "NULL, NULL, NULL, now() FROM patients",
+        "INSERT INTO labs SELECT max(lab_id) + 1, 1, (SELECT max(patient_id) FROM patients), "
+        "'2345-7', 'Glucose', 99, 'mg/dL', 70, 110, NULL, now() FROM labs",
+        f"DELETE FROM patients WHERE patient_id IN {some.format(20)}",
+         compact=True)  # fmt: skip
+    step(f"UPDATE labs SET abnormal_flag = NULL WHERE patient_id IN {some.format(30)}")
+
+    # A refresh for a spec in which no interactive table serves them drops them ...
+    plain = dataclasses.replace(
+        hospital_built, spec=hospital_built.spec.model_copy(update={"interactive_tables": []})
+    )
+    hospital_target.close()
+    execute(pg_dsn, f"UPDATE labs SET value_numeric = 7 WHERE patient_id IN {some.format(40)}")
+    catch_up(hospital_built)
+    hospital_target.connect()
+    refresh(plain, target=hospital_target)
+    assert not _recent_tables(hospital_target)
+    # ... and the next publish, needing keys no refresh handed over, reads the table
+    step(f"UPDATE labs SET value_numeric = 8 WHERE patient_id IN {some.format(50)}",
+         handed_over=False)  # fmt: skip
+    step(f"UPDATE labs SET value_numeric = 9 WHERE patient_id IN {some.format(60)}")
+
+
 # --- readers in other processes -------------------------------------------------------------
 
 

@@ -199,7 +199,10 @@ def test_no_false_difference_under_writes_then_a_planted_one_is_found(
         assert excluded > 0
 
         # Plant a difference the source's stream cannot see: in the warehouse, with CDC
-        # stopped (it owns the file); the writer goes on meanwhile.
+        # stopped (it owns the file). The writer stops first: with its backlog, the restarted
+        # CDC could catch up past the next write before verify asks (seen on a loaded machine).
+        writer.stop.set()
+        writer.join(timeout=30)
         _stop_cdc(child)
         with duckdb.connect(str(warehouse)) as con:
             con.execute(f"UPDATE raw.accounts SET owner = 'planted' WHERE id = {PLANTED}")

@@ -142,6 +142,9 @@ class PublishResult:
     """Why a publish of a `from:` table was not incremental (None when it was)."""
     cpu_seconds: float | None = None
     """CPU time of the publishing thread (what the publish cost, whatever else ran)."""
+    handed_over: bool = False
+    """The changed keys' rows came from the rows the refreshes handed over
+    (`clinipipe.targets.duckdb.recent_rows`), not from a read of the dynamic table."""
 
     def as_dict(self) -> dict[str, object]:
         source_ts = self.source_data_timestamp
@@ -160,6 +163,7 @@ class PublishResult:
             "delta_rows": self.delta_rows,
             "changed_keys": self.changed_keys,
             "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 3),
+            "handed_over": self.handed_over,
         }
 
 
@@ -401,7 +405,7 @@ def _publish_table(
                 target, folder, generation, table.name, source, table.cluster_by,
                 source=record, previous=previous if keys_sql else None,
                 changed_keys_sql=keys_sql, partitions=partitions, compact_rows=compact_rows,
-                threads=PUBLISH_THREADS, source_table=source_table,
+                threads=PUBLISH_THREADS, source_table=source_table, dynamic_table=table.from_,
             )  # fmt: skip
         except TargetError as exc:
             raise PublishError(str(exc)) from None
@@ -468,6 +472,7 @@ def _publish_table(
         changed_keys=written.manifest.delta_keys,
         why_full=None if written.incremental else why_full,
         cpu_seconds=cpu_seconds,
+        handed_over=written.handed_over,
     )
 
 

@@ -321,6 +321,12 @@ class _Planner:
             )
             for d in self.spec.dynamic_tables
         }
+        self.served_by_key = {
+            i.from_
+            for i in self.spec.interactive_tables
+            for d in self.spec.dynamic_tables
+            if d.name == i.from_ and d.refresh_key == i.cluster_by[0]
+        }
 
     def run(self, table: DynamicTable, forced: bool) -> RefreshResult:
         """Plan the refresh of `table` and run it; a planning error is a FAILED refresh."""
@@ -429,6 +435,7 @@ class _Planner:
             from_lsn=state.high_water_lsn if state else 0,
             keys_changed=keys_changed,
             consumers=self.consumers[table.name],
+            keep_recent_rows=table.name in self.served_by_key,
         )
 
     def _canonical(self, inputs: DynamicTableInputs) -> DynamicTableInputs:

@@ -72,7 +72,7 @@ import duckdb
 from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.context import SERVING_SCHEMA
 from clinipipe.targets.base import Target, TargetError
-from clinipipe.targets.duckdb import DuckDBTarget
+from clinipipe.targets.duckdb import DuckDBTarget, recent_rows
 from clinipipe.targets.duckdb.core import httpfs_extension, open_encrypted
 
 CURRENT = "CURRENT"
@@ -425,6 +425,9 @@ class PartitionedWrite:
     rewritten: list[int]
     delta_rows: int
     incremental: bool
+    handed_over: bool = False
+    """The changed keys' rows came from the refreshes' handover (`recent_rows`), not from a
+    read of the dynamic table."""
 
 
 def partitions_for(rows: int, rows_per_partition: int = 250_000, most: int = 16) -> int:
@@ -463,6 +466,7 @@ def write_partitioned(
     compact_rows: int | None = None,
     threads: int | None = None,
     source_table: str | None = None,
+    dynamic_table: str | None = None,
 ) -> PartitionedWrite:
     """Write the data files of generation `generation` of interactive table `name` in `folder`
     and return its manifest (the caller writes it, fsyncs, and switches CURRENT).
@@ -488,6 +492,12 @@ def write_partitioned(
     when a changed key has a row near the start (rows updated in place) it reads every row
     after the pass over the key column, ~10 % more than a plain join.
 
+    `dynamic_table` (optional): the dynamic table `source_sql` reads whole. An incremental
+    publish then takes the changed keys' rows from the rows its refreshes handed over
+    (`clinipipe.targets.duckdb.recent_rows`), reading nothing of the table, when they hold
+    every key it needs; else as above. The keys of the previous delta that did not change
+    again keep the rows that delta holds (read from its file).
+
     `threads` bounds DuckDB's threads for the work (a database-wide setting: the caller
     restores its compute profile afterwards). Touches no file of `previous` and never a name
     that exists. Raises `TargetError` (no
@@ -509,7 +519,10 @@ def write_partitioned(
             raise TargetError(f"{name}: cluster_by column {key} is not a column of its source")
         key_type = types[key]
         src = f"({source_sql}) AS s"
-        total = int(cur.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0])
+
+        def count_rows() -> int:
+            return int(cur.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0])
+
         incremental = (
             previous is not None
             and changed_keys_sql is not None
@@ -549,6 +562,7 @@ def write_partitioned(
             return file_name
 
         if not incremental:
+            total = count_rows()
             count = partitions or partitions_for(total)
             bounds: list[str | None] = []
             if count > 1 and total:
@@ -572,21 +586,35 @@ def write_partitioned(
         cur.execute(f"CREATE OR REPLACE TEMP TABLE _clinipipe_publish_keys (k {key_type})")
         cur.execute(f"INSERT INTO {keys} SELECT DISTINCT CAST(k AS {key_type}) "
                     f"FROM ({changed_keys_sql}) AS c")  # fmt: skip
+        # The current rows of the keys changed since `previous`: handed over by the refresh
+        # when it can (`recent_rows`), else read from the source once (`_changed_rows_sql`).
+        rows_of = "temp._clinipipe_publish_rows"
+        handover = None
+        if dynamic_table is not None:
+            handover = recent_rows.handed_over(cur, dynamic_table, keys, q(key), columns)
+        if handover is not None:
+            fetch, total = handover.rows_sql, handover.table_rows
+        else:
+            fetch, total = _changed_rows_sql(q(key), keys, src, source_table, columns), count_rows()
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _clinipipe_publish_rows AS {fetch}")
         if previous.delta:
+            # The previous delta's other keys have not changed since it was written (as the
+            # partitions reused have not): their rows are read from it, not from the source.
             prev = "clinipipe_previous"
             cur.execute(f"ATTACH {lit(str(folder / previous.delta))} AS {q(prev)}"
                         f"{_attach_options(target, read_only=True)}")  # fmt: skip
             try:
+                served = f"{q(prev)}.{q(SERVING_SCHEMA)}"
                 cur.execute(
-                    f"INSERT INTO {keys} SELECT k FROM {q(prev)}.{q(SERVING_SCHEMA)}."
-                    f"{q(name + CHANGED_SUFFIX)} EXCEPT SELECT k FROM {keys}"
+                    f"INSERT INTO {rows_of} SELECT d.* FROM {served}.{q(name)} AS d "
+                    f"ANTI JOIN {keys} AS c ON d.{q(key)} IS NOT DISTINCT FROM c.k"
+                )
+                cur.execute(
+                    f"INSERT INTO {keys} SELECT k FROM {served}.{q(name + CHANGED_SUFFIX)} "
+                    f"EXCEPT SELECT k FROM {keys}"
                 )
             finally:
                 cur.execute(f"DETACH {q(prev)}")
-        # The current rows of the changed keys, read once (see `_changed_rows_sql`).
-        rows_of = "temp._clinipipe_publish_rows"
-        fetch = _changed_rows_sql(q(key), keys, src, source_table, columns)
-        cur.execute(f"CREATE OR REPLACE TEMP TABLE _clinipipe_publish_rows AS {fetch}")
         pending = dict(
             (int(p), int(n)) for p, n in cur.execute(
                 f"SELECT {part_of(q(key), bounds)} AS p, count(*) FROM {rows_of} GROUP BY p"
@@ -621,7 +649,9 @@ def write_partitioned(
             cluster_by=list(cluster_by), columns=columns, bounds=bounds, parts=parts,
             delta=delta, rows=total, delta_keys=delta_keys, source=dict(source),
         )  # fmt: skip
-        return PartitionedWrite(manifest, new_files, sorted(rewritten), delta_rows, True)
+        return PartitionedWrite(
+            manifest, new_files, sorted(rewritten), delta_rows, True, handover is not None
+        )
     except duckdb.Error as exc:
         raise TargetError(
             f"publishing {name} failed (readers keep the previous generation; the partial files "

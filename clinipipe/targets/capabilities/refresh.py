@@ -129,6 +129,9 @@ class RefreshWork:
     * `consumers`: (dynamic table, its refresh key) of the dynamic tables that read this one;
       the values of those keys in rows this refresh changes are recorded as changed keys of
       `derived.<name>` at `snapshot_lsn`, so that the consumers re-derive them in turn.
+    * `keep_recent_rows`: an interactive table serves this one by its refresh key, so an
+      incremental refresh also keeps the rows it re-derived for the next incremental publish
+      (DuckDB: `clinipipe.targets.duckdb.recent_rows`).
     """
 
     name: str
@@ -146,6 +149,7 @@ class RefreshWork:
     from_lsn: int = 0
     keys_changed: int | None = None
     consumers: tuple[tuple[str, str], ...] = ()
+    keep_recent_rows: bool = False
 
 
 class Refresh(TargetCore):

@@ -177,10 +177,11 @@ class DuckDBCore(TargetCore):
         return self.con.execute(sql).fetchall()
 
     def table_exists(self, schema: str, table: str) -> bool:
-        rows = self.con.execute(
-            "SELECT 1 FROM information_schema.tables "
-            "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
-            [schema, table],
+        rows = self.con.execute(  # the catalog functions: information_schema is ~2x slower
+            "SELECT 1 FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = $s AND table_name = $t UNION ALL SELECT 1 FROM duckdb_views() "
+            "WHERE database_name = current_database() AND schema_name = $s AND view_name = $t",
+            {"s": schema, "t": table},
         ).fetchall()
         return bool(rows)
 

@@ -22,7 +22,9 @@ from clinipipe.targets.capabilities.refresh import (
     changed_keys_source,
 )
 from clinipipe.targets.core import TargetError
+from clinipipe.targets.duckdb import recent_rows
 from clinipipe.targets.duckdb.core import DuckDBCore, columns_of, rollback
+from clinipipe.targets.duckdb.recent_rows import control_prefix
 from clinipipe.targets.duckdb.types import duckdb_type
 from clinipipe.targets.metering import CpuClock
 
@@ -245,7 +247,7 @@ class DuckDBRefresh(DuckDBCore, Refresh):
                     cur.execute(self.refresh_metering_sql(result, work, cpu.seconds()))
                 cur.execute(self._state_sql(work, started))
                 for temp in ("_clinipipe_refresh_keys", "_clinipipe_refresh_old",
-                             "_clinipipe_refresh_diff",
+                             "_clinipipe_refresh_diff", "_clinipipe_refresh_new",
                              "_clinipipe_refresh_input_keys"):  # fmt: skip
                     cur.execute(f"DROP TABLE IF EXISTS temp.{temp}")
                 cur.execute("COMMIT")
@@ -314,6 +316,7 @@ class DuckDBRefresh(DuckDBCore, Refresh):
                 )
         cur.execute(f"DROP TABLE IF EXISTS {table}")
         cur.execute(f"ALTER TABLE {new} RENAME TO {self.dialect.quote_ident(work.name)}")
+        recent_rows.discard(cur, work.name)
         return {"inserted": inserted, "deleted": deleted}
 
     def _rederive(self, cur: duckdb.DuckDBPyConnection, work: RefreshWork) -> dict[str, int | None]:
@@ -322,9 +325,10 @@ class DuckDBRefresh(DuckDBCore, Refresh):
         key = quote(str(work.refresh_key))
         table = self.dialect.qualify(DERIVED_SCHEMA, work.name)
         keys = "temp._clinipipe_refresh_keys"
+        key_type = self._key_type(work)
         cur.execute(
             f"CREATE OR REPLACE TEMP TABLE _clinipipe_refresh_keys AS "
-            f"{self._keys_sql(work, self._key_type(work))}"
+            f"{self._keys_sql(work, key_type)}"
         )
         has_null = bool(_count(cur, f"SELECT count(*) FROM {keys} WHERE k IS NULL"))
 
@@ -344,9 +348,16 @@ class DuckDBRefresh(DuckDBCore, Refresh):
                 f"SELECT * FROM {table} WHERE {match(key)}"
             )
         deleted = _count(cur, f"DELETE FROM {table} WHERE {match(key)}")
-        inserted = _count(
-            cur, f"INSERT INTO {table} SELECT * FROM ({query}) AS q WHERE {match('q.' + key)}"
-        )
+        derived = f"SELECT * FROM ({query}) AS q WHERE {match('q.' + key)}"
+        if work.keep_recent_rows:  # the rows it inserts are handed over (`recent_rows`)
+            new = "temp._clinipipe_refresh_new"
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE _clinipipe_refresh_new AS {derived}")
+            inserted = _count(cur, f"INSERT INTO {table} SELECT * FROM {new}")
+            recent_rows.keep(cur, work.name, table, key, key_type, keys, new,
+                             work.snapshot_lsn, inserted - deleted)  # fmt: skip
+        else:
+            inserted = _count(cur, f"INSERT INTO {table} {derived}")
+            recent_rows.discard(cur, work.name)
         if work.consumers:
             old = "temp._clinipipe_refresh_old"
             cur.execute(
@@ -641,14 +652,8 @@ class Factored:
 
 
 def summary_prefix(name: str) -> str:
-    """Name prefix of the count summaries of dynamic table `name`: its name in lower case
-    letters, digits and underscores, then a digest of the name itself (distinct names never
-    share a prefix; the summary's name needs no quoting in SQL)."""
-    import hashlib
-    import re
-
-    plain = re.sub(r"[^a-z0-9_]", "_", name.lower())[:40]
-    return f"{COUNTS_PREFIX}{plain}_{hashlib.sha256(name.encode()).hexdigest()[:8]}__"
+    """Name prefix of the count summaries of dynamic table `name` (see `control_prefix`)."""
+    return control_prefix(COUNTS_PREFIX, name)
 
 
 def factor_counts(con: duckdb.DuckDBPyConnection, name: str, sql: str, key: str) -> Factored | None:
