@@ -44,7 +44,7 @@ client read a new generation; otherwise it says NOT JUDGED and why. A script, ne
         [--events 1000] [--writers 4] [--lag "10 seconds"] [--anchor-seconds 15]
         [--cost-rounds 3] [--changed 1000] [--cost-change refresh|update] [--cost-steady 0]
         [--cost-only]
-        [--cdc-nice 0] [--publish-nice 10]
+        [--cdc-nice 0] [--background-nice 10]
 """
 
 from __future__ import annotations
@@ -382,15 +382,12 @@ def start_client(spec: Path, rate: float, seconds: float, patients: int,
 
 
 def set_publish_priority(nice: int, threads: int) -> None:
-    """This process's publishing thread: `nice` and DuckDB `threads` (a new thread)."""
+    """This process's background (publishing) thread: `nice` and DuckDB `threads`."""
+    from clinipipe.pipeline import background
     from clinipipe.pipeline import publish as publish_module
 
-    with publish_module._worker_lock:
-        if publish_module._worker is not None:
-            publish_module._worker.shutdown(wait=True)
-            publish_module._worker = None
-        publish_module.PUBLISH_NICE = nice
-        publish_module.PUBLISH_THREADS = threads
+    background.set_niceness(nice)
+    publish_module.PUBLISH_THREADS = threads
 
 
 def priority_effect(loaded: Any, target: Any, spec: Path, args: Any, days: list[str],
@@ -482,10 +479,10 @@ def main() -> None:
         help="run `cdc start` this much nicer (the whole process)",
     )
     parser.add_argument(
-        "--publish-nice",
+        "--background-nice",
         type=int,
         default=None,
-        help="CLINIPIPE_PUBLISH_NICE for cdc start (default: its own, 10)",
+        help="CLINIPIPE_BACKGROUND_NICE for cdc start: its publishes and refreshes (default: 10)",
     )
     parser.add_argument("--client", metavar="SPEC")
     parser.add_argument("--days", nargs="*", default=[])
@@ -540,8 +537,8 @@ def main() -> None:
 
         before = {n: read_current(serving_root(warehouse) / n) for n in names}
         env = dict(os.environ)
-        if args.publish_nice is not None:
-            env["CLINIPIPE_PUBLISH_NICE"] = str(args.publish_nice)
+        if args.background_nice is not None:
+            env["CLINIPIPE_BACKGROUND_NICE"] = str(args.background_nice)
         nice = ["nice", "-n", str(args.cdc_nice)] if args.cdc_nice else []
         cdc = subprocess.Popen(
             [*nice, sys.executable, "-m", "clinipipe", "-q", "-c", str(spec), "cdc", "start",

@@ -316,6 +316,40 @@ def test_after_batch_job_can_ask_to_stop() -> None:
     assert jobs.run(context()) is True and log == ["stopper", "after"]
 
 
+def test_scheduled_refreshes_and_publishes_run_niced_on_the_background_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Readers first: the refreshes the CDC loop schedules (and publishes) run on the one
+    background thread, nicer than the loop's thread, which waits for them; a background call
+    made from the background thread runs at once."""
+    import os
+    import threading
+
+    from clinipipe.pipeline import background
+    from clinipipe.pipeline.cdc import after_batch
+    from clinipipe.pipeline.cdc.model import CdcSummary
+
+    seen: list[tuple[str, int]] = []
+
+    def refresh_due(loaded: object, target: object) -> list[object]:
+        me = threading.get_native_id()
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, me)))
+        assert background.in_background(lambda: 42) == 42  # nested: no deadlock
+        return []
+
+    monkeypatch.setattr(after_batch, "refresh_due", refresh_due)
+    usual = background.NICE
+    background.set_niceness(5)
+    try:
+        after_batch.RefreshJob(CdcSummary()).run(context())
+    finally:
+        background.set_niceness(usual)
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    [(thread, niceness)] = seen
+    assert thread.startswith("clinipipe-background")
+    assert niceness == min(19, loop_niceness + 5)
+
+
 # --- the loop with registered jobs, against PostgreSQL and DuckDB ------------------------------
 
 

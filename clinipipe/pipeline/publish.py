@@ -25,10 +25,10 @@ Guarantees:
   (INITIALIZATION / FULL refresh, new definition) since the last publish, a different key or
   column list, `publish(..., full=True)`, the first publish. Either way readers get exactly the
   rows of the source (tested against a full publish).
-* **Readers first.** A publish runs on one publishing thread per process, niced by
-  `PUBLISH_NICE` (Linux nice values are per thread, so CDC's own thread keeps its priority),
-  with DuckDB bounded to `PUBLISH_THREADS` thread(s) meanwhile: dashboard processes on the same
-  cores get the CPU first; the compute profile is restored afterwards.
+* **Readers first.** A publish runs on the process's background thread, niced
+  (`clinipipe.pipeline.background`; Linux nice values are per thread, so CDC's own thread keeps
+  its priority), with DuckDB bounded to `PUBLISH_THREADS` thread(s) meanwhile: dashboard
+  processes on the same cores get the CPU first; the compute profile is restored afterwards.
 * **Complete or invisible.** A publish writes only *new* files (generation = highest generation
   number of any file on disk or in CURRENT, plus one; never an existing name): the data files
   it needs (each created in one transaction, then checkpointed and detached: DuckDB's
@@ -69,16 +69,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
-import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from clinipipe.backup import audit
+from clinipipe.pipeline.background import in_background
 from clinipipe.secrets import first_line, scrub_values
 from clinipipe.spec.loader import LoadedSpec
 from clinipipe.spec.model import DynamicTable, InteractiveTable
@@ -299,35 +297,8 @@ def _incremental_plan(
     return source, keys, None
 
 
-PUBLISH_NICE = int(os.environ.get("CLINIPIPE_PUBLISH_NICE", "10"))
-"""Publishes run on a thread this much nicer than the process (Linux: per thread), so the
-dashboards' queries in other processes get the CPU first (`CLINIPIPE_PUBLISH_NICE` overrides
-it, 0 = as the process; benchmarks/dashboard.py measures both)."""
-
 PUBLISH_THREADS = 1
 """DuckDB threads while publishing (bounded: a publish never takes every core)."""
-
-_T = TypeVar("_T")
-_worker: ThreadPoolExecutor | None = None
-_worker_lock = threading.Lock()
-
-
-def _lower_priority() -> None:
-    with contextlib.suppress(OSError, AttributeError, ValueError):
-        tid = threading.get_native_id()
-        niceness = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, niceness + PUBLISH_NICE))
-
-
-def _on_publisher_thread(call: Callable[[], _T]) -> _T:
-    """Run `call` on the process's publishing thread (created once, at lower CPU priority)
-    and return its result or raise its exception; the caller waits."""
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            _worker = ThreadPoolExecutor(1, "clinipipe-publish", initializer=_lower_priority)
-        worker = _worker
-    return worker.submit(call).result()
 
 
 def publish_table(
@@ -343,7 +314,8 @@ def publish_table(
     """Publish one new generation of `table` (see the module docstring for the guarantees),
     incrementally when it can (see `_incremental_plan`) unless `full`.
 
-    Runs on the publishing thread (nice +`PUBLISH_NICE`, `PUBLISH_THREADS` DuckDB threads).
+    Runs on the background thread (`clinipipe.pipeline.background`: niced) with
+    `PUBLISH_THREADS` DuckDB thread(s).
     `partitions` (a full publish) and `compact_rows` (an incremental one) override the
     defaults of `clinipipe.targets.serving_files.write_partitioned`. `index` is accepted for
     compatibility and ignored: measured on 2 M rows sorted by the key (DuckDB 1.x), an ART
@@ -352,7 +324,7 @@ def publish_table(
     incremental profile (as :func:`publish` does).
     """
     try:
-        return _on_publisher_thread(
+        return in_background(
             lambda: _publish_table(loaded, target, table, full, partitions, compact_rows)
         )
     finally:

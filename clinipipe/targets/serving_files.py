@@ -673,29 +673,35 @@ class ServingError(Exception):
 
 def view_sql(manifest: Manifest) -> str:
     """``serving.<table>`` of a manifest's generation, over its files attached as
-    ``clinipipe_p<i>`` and ``clinipipe_delta``: each partition without the delta's changed
-    keys, plus the delta's rows (the rows a full publish of the same source would hold)."""
+    ``clinipipe_p<i>`` and ``clinipipe_delta``: the partitions without the delta's changed
+    keys, plus the delta's rows (the rows a full publish of the same source would hold).
+
+    One anti join over the union of the partitions, not one per partition: DuckDB plans each
+    query of a dashboard anew, and planning is most of a key lookup's time (2 M rows in 8
+    partitions with a delta: 1.9 ms instead of 2.7 per lookup); a filter on the key still
+    skips every partition but one (min/max statistics)."""
 
     def q(name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
 
     table = f"{q(SERVING_SCHEMA)}.{q(manifest.table)}"
-    branches = []
-    for i in range(len(manifest.parts)):
-        part = f"{q(f'clinipipe_p{i}')}.{table}"
-        if manifest.delta:
-            changed = f"{q('clinipipe_delta')}.{q(SERVING_SCHEMA)}." + q(
-                manifest.table + CHANGED_SUFFIX
-            )
-            branches.append(
-                f"SELECT b.* FROM {part} AS b ANTI JOIN {changed} AS x "
-                f"ON b.{q(manifest.key)} IS NOT DISTINCT FROM x.k"
-            )
-        else:
-            branches.append(f"SELECT * FROM {part}")
-    if manifest.delta:
-        branches.append(f"SELECT * FROM {q('clinipipe_delta')}.{table}")
-    return " UNION ALL ".join(branches)
+    parts = " UNION ALL ".join(
+        f"SELECT * FROM {q(f'clinipipe_p{i}')}.{table}" for i in range(len(manifest.parts))
+    )
+    if not manifest.delta:
+        return parts
+    changed = f"{q('clinipipe_delta')}.{q(SERVING_SCHEMA)}.{q(manifest.table + CHANGED_SUFFIX)}"
+    return (
+        f"SELECT b.* FROM ({parts}) AS b ANTI JOIN {changed} AS x "
+        f"ON b.{q(manifest.key)} IS NOT DISTINCT FROM x.k "
+        f"UNION ALL SELECT * FROM {q('clinipipe_delta')}.{table}"
+    )
+
+
+_READER_CONFIG = {"disabled_optimizers": "late_materialization"}
+"""Settings of every reader connection. DuckDB 1.5's late materialization turns ``... WHERE
+key = ? ORDER BY x LIMIT n`` into a Top-N plus a join on rowid whose other side scans the whole
+table: on 2 M rows a dashboard's "last 10 labs of a patient" took 1.8 ms instead of 0.6."""
 
 
 class _Generation:
@@ -721,7 +727,9 @@ class _Generation:
 
     def _open_file(self, data: Path, threads: int, key: str | None) -> None:
         if key is None:
-            self.con = duckdb.connect(str(data), read_only=True, config={"threads": threads})
+            self.con = duckdb.connect(
+                str(data), read_only=True, config={"threads": threads, **_READER_CONFIG}
+            )
             return
         try:
             self.con, use = open_encrypted(data, key, read_only=True, alias=_ALIAS)
@@ -730,11 +738,14 @@ class _Generation:
                 f"cannot open {data.name} (encrypted): {scrub_values(first_line(exc))}"
             ) from None
         self.con.execute(f"SET threads = {int(threads)}")
+        for setting, value in _READER_CONFIG.items():
+            self.con.execute(f"SET {setting} = '{value}'")
         self.setup = [use, f"SET search_path = '{_ALIAS}.{SERVING_SCHEMA},{_ALIAS}.main'"]
 
     def _open_manifest(self, manifest: Manifest, threads: int, key: str | None) -> None:
         con = duckdb.connect(
-            ":memory:", config={"threads": threads, "autoinstall_known_extensions": False}
+            ":memory:",
+            config={"threads": threads, "autoinstall_known_extensions": False, **_READER_CONFIG},
         )
         try:
             options = ", READ_ONLY"

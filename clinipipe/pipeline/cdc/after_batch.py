@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from clinipipe.pipeline.background import in_background
 from clinipipe.pipeline.publish import PublishScheduler
 from clinipipe.pipeline.refresh import refresh, refresh_due
 from clinipipe.secrets import first_line, scrub_values
@@ -103,8 +104,10 @@ class AfterBatchJobs:
 
 class RefreshJob:
     """Refresh the dynamic tables due within their target lag (every `REFRESH_CHECK_SECONDS`),
-    on the loop's connection and the incremental warehouse. When stopping: every dynamic table
-    (DuckDB; Snowflake refreshes its own), so what was applied is reflected after the exit."""
+    on the loop's connection and the incremental warehouse, on the process's background thread
+    (niced: dashboards first; `clinipipe.pipeline.background`) while the loop waits. When
+    stopping: every dynamic table (DuckDB; Snowflake refreshes its own), so what was applied is
+    reflected after the exit."""
 
     name = "refresh"
 
@@ -119,12 +122,14 @@ class RefreshJob:
         if context.stopping:
             if context.target.native_dynamic_tables or not context.loaded.spec.dynamic_tables:
                 return
-            results = refresh(context.loaded, reason="scheduled", target=context.target)
+            results = in_background(
+                lambda: refresh(context.loaded, reason="scheduled", target=context.target)
+            )
         else:
             if time.monotonic() < self._next:
                 return
             try:
-                results = refresh_due(context.loaded, context.target)
+                results = in_background(lambda: refresh_due(context.loaded, context.target))
             finally:
                 self._next = time.monotonic() + REFRESH_CHECK_SECONDS
         self.summary.refreshes += len(results)
