@@ -73,7 +73,7 @@ from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.context import SERVING_SCHEMA
 from clinipipe.targets.base import Target, TargetError
 from clinipipe.targets.duckdb import DuckDBTarget, recent_rows
-from clinipipe.targets.duckdb.core import httpfs_extension, open_encrypted
+from clinipipe.targets.duckdb.core import httpfs_extension, open_encrypted, transaction
 
 CURRENT = "CURRENT"
 """Name of the pointer file in each interactive table's folder."""
@@ -354,16 +354,10 @@ def _write_file(
     cur.execute(f"ATTACH {target.dialect.quote_literal(str(path))} AS {q(_ALIAS)}"
                 f"{_attach_options(target)}")  # fmt: skip
     try:
-        cur.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(cur):
             cur.execute(f"CREATE SCHEMA {q(_ALIAS)}.{q(SERVING_SCHEMA)}")
             for table, sql in tables:
                 cur.execute(f"CREATE TABLE {q(_ALIAS)}.{q(SERVING_SCHEMA)}.{q(table)} AS {sql}")
-            cur.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                cur.execute("ROLLBACK")
-            raise
         cur.execute(f"CHECKPOINT {q(_ALIAS)}")
     finally:
         cur.execute(f"DETACH {q(_ALIAS)}")

@@ -27,7 +27,6 @@ docstring states the guarantees; DuckDB has no native backups: `cannot.py`). How
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import hashlib
 import json
@@ -49,7 +48,7 @@ from clinipipe.targets.capabilities.backup import (
     TableRef,
 )
 from clinipipe.targets.core import TargetError
-from clinipipe.targets.duckdb.core import DuckDBCore
+from clinipipe.targets.duckdb.core import DuckDBCore, rollback, transaction
 
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd"
 PARQUET_KEY_NAME = "clinipipe_backup"
@@ -220,8 +219,7 @@ class DuckDBBackup(DuckDBCore, Backup):
                     if on_table is not None:
                         on_table(str(ref), i + 1, len(tables))
             finally:
-                with contextlib.suppress(duckdb.Error):
-                    cur.execute("ROLLBACK")
+                rollback(cur)  # a read: nothing to keep
         except duckdb.Error as exc:
             raise _failure(f"backup snapshot of {self.describe()} failed", exc) from None
         finally:
@@ -243,19 +241,13 @@ class DuckDBBackup(DuckDBCore, Backup):
         try:
             for need in sorted({n for f in files if (n := key_id_of(f.fingerprint_method))}):
                 _reader(cur, key, need, "restore")  # every key needed, before anything is written
-            cur.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(cur):
                 for i, f in enumerate(files):
                     reader = _reader(cur, key, key_id_of(f.fingerprint_method), "restore")
                     restored.append(_restore_one(cur, f, schema, replace, method, reader))
                     if on_table is not None:
                         on_table(f"{restored[-1].schema}.{restored[-1].table}", i + 1,
                                  len(files))  # fmt: skip
-                cur.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    cur.execute("ROLLBACK")
-                raise
         except duckdb.Error as exc:
             raise _failure("restore failed (nothing was restored)", exc) from None
         finally:

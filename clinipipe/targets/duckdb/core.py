@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,14 +162,9 @@ class DuckDBCore(TargetCore):
     def execute_atomically(self, statements: Sequence[str]) -> None:
         cur = self.cursor()
         try:
-            cur.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(cur):
                 for statement in statements:
                     cur.execute(statement)
-                cur.execute("COMMIT")
-            except BaseException:
-                rollback(cur)
-                raise
         finally:
             cur.close()
 
@@ -324,8 +319,23 @@ def _release_encrypted(path: Path) -> None:
 def rollback(cur: duckdb.DuckDBPyConnection) -> None:
     """Roll back `cur`'s transaction, if one is still open: a COMMIT that failed has already
     ended it, and the error of a second ROLLBACK must not replace the first error."""
-    with contextlib.suppress(duckdb.TransactionException):
+    with contextlib.suppress(duckdb.Error):
         cur.execute("ROLLBACK")
+
+
+@contextlib.contextmanager
+def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction on `cur` around the block: BEGIN, then COMMIT when the block ends
+    normally. When the block (or the COMMIT) raises, the transaction is rolled back and that
+    error propagates, never the rollback's: all or nothing, DuckDB's WAL making a commit
+    durable (a kill -9 keeps every committed transaction and nothing of an open one)."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        cur.execute("COMMIT")
+    except BaseException:
+        rollback(cur)
+        raise
 
 
 def columns_of(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[tuple[str, str]]:
@@ -354,8 +364,7 @@ def load_batches(
     rows = 0
     cur = core.cursor()
     try:
-        cur.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(cur):
             for batch in stream.batches:
                 cur.register(view, batch)
                 for statement in per_batch:
@@ -364,10 +373,6 @@ def load_batches(
                 rows += batch.num_rows
             for statement in finish(rows):
                 cur.execute(statement)
-            cur.execute("COMMIT")
-        except BaseException:
-            rollback(cur)
-            raise
     except duckdb.Error as exc:
         raise TargetError(
             f"{failure}: {scrub_values(first_line(exc))} (nothing of it was kept)"

@@ -14,7 +14,7 @@ from clinipipe.targets.capabilities.deployment import (
     DeployStatementError,
     ObjectChange,
 )
-from clinipipe.targets.duckdb.core import DuckDBCore
+from clinipipe.targets.duckdb.core import DuckDBCore, transaction
 
 if TYPE_CHECKING:
     from clinipipe.sql.render import RenderedFile
@@ -39,8 +39,7 @@ class DuckDBDeployment(DuckDBCore, Deployment):
             raise ValueError("DuckDB applies spec changes through its templates, not changes")
         con = self.con
         run = 0
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for file in files:
                 for statement in file.statements:
                     try:
@@ -54,8 +53,4 @@ class DuckDBDeployment(DuckDBCore, Deployment):
             for file in also_record:
                 con.execute(self.template_record_sql(record, file))
             con.execute(self.deployment_record_sql(record, run))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return run

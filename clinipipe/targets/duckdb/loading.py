@@ -21,7 +21,7 @@ from clinipipe.targets.capabilities.loading import (
 )
 from clinipipe.targets.core import TargetError
 from clinipipe.targets.duckdb import scanner
-from clinipipe.targets.duckdb.core import DuckDBCore, load_batches, rollback
+from clinipipe.targets.duckdb.core import DuckDBCore, load_batches, rollback, transaction
 from clinipipe.targets.duckdb.types import duckdb_type, duckdb_typed_value
 from clinipipe.targets.metering import CpuClock
 
@@ -148,18 +148,13 @@ class DuckDBLoading(DuckDBCore, Loading):  # also a `TableScanning` (structurall
         try:
             for setting in _RANGE_SESSION:
                 cur.execute(setting)
-            cur.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(cur):
                 cur.register("_clinipipe_batch", reader)
                 row = cur.execute(insert).fetchone()
                 cur.unregister("_clinipipe_batch")
                 rows = int(row[0]) if row else 0
                 for statement in done(rows):
                     cur.execute(statement)
-                cur.execute("COMMIT")
-            except BaseException:
-                rollback(cur)
-                raise
         except duckdb.Error as exc:
             if failure:
                 raise failure[0] from None

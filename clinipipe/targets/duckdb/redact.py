@@ -15,7 +15,7 @@ from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.dialect import Dialect
 from clinipipe.targets.capabilities.redaction import Redaction, ResearchBuild
 from clinipipe.targets.core import TargetError
-from clinipipe.targets.duckdb.core import DuckDBCore, columns_of
+from clinipipe.targets.duckdb.core import DuckDBCore, columns_of, transaction
 from clinipipe.targets.redact_sql import HELPER_PREFIX, KEY_TABLE, NEW_PREFIX, RedactSql
 
 
@@ -124,8 +124,7 @@ def build_duckdb_tables(
     try:
         if params is not None:
             cur.execute(builder.key_table_sql(), params)
-        cur.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(cur):
             for build in builds:
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(build.schema)}")
                 new = dialect.qualify(build.schema, NEW_PREFIX + build.table)
@@ -147,10 +146,6 @@ def build_duckdb_tables(
                 )
             for statement in finish(counts):
                 cur.execute(statement)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
     except duckdb.Error as exc:
         raise TargetError(
             f"building the research tables failed, nothing was changed: "

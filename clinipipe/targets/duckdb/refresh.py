@@ -23,7 +23,7 @@ from clinipipe.targets.capabilities.refresh import (
 )
 from clinipipe.targets.core import TargetError
 from clinipipe.targets.duckdb import recent_rows
-from clinipipe.targets.duckdb.core import DuckDBCore, columns_of, rollback
+from clinipipe.targets.duckdb.core import DuckDBCore, columns_of, rollback, transaction
 from clinipipe.targets.duckdb.recent_rows import control_prefix
 from clinipipe.targets.duckdb.types import duckdb_type
 from clinipipe.targets.metering import CpuClock
@@ -228,8 +228,7 @@ class DuckDBRefresh(DuckDBCore, Refresh):
         counts: dict[str, int | None] = {"inserted": None, "deleted": None}
         cur = self.cursor()
         try:
-            cur.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(cur):
                 if work.action in ("INITIALIZATION", "FULL"):
                     counts = self._rebuild(cur, work)
                 elif work.action == "INCREMENTAL":
@@ -250,10 +249,6 @@ class DuckDBRefresh(DuckDBCore, Refresh):
                              "_clinipipe_refresh_diff", "_clinipipe_refresh_new",
                              "_clinipipe_refresh_input_keys"):  # fmt: skip
                     cur.execute(f"DROP TABLE IF EXISTS temp.{temp}")
-                cur.execute("COMMIT")
-            except BaseException:
-                rollback(cur)
-                raise
         except (duckdb.Error, TargetError) as exc:
             reason = scrub_values(first_line(exc))
             failed = RefreshResult(

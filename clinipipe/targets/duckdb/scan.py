@@ -18,7 +18,7 @@ from clinipipe.secrets import first_line, scrub_values
 from clinipipe.sql.dialect import Dialect
 from clinipipe.targets.capabilities.phi_scan import FINDING_COLUMNS, UPDATED_ON_RESCAN, PhiScan
 from clinipipe.targets.core import TargetError
-from clinipipe.targets.duckdb.core import DuckDBCore, columns_of, rollback
+from clinipipe.targets.duckdb.core import DuckDBCore, columns_of, transaction
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -120,14 +120,9 @@ class DuckDBPhiScan(DuckDBCore, PhiScan):
         cur = self.cursor()
         try:
             cur.register("_clinipipe_phi_findings_in", table)
-            cur.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(cur):
                 findings_table = self.control("phi_findings")
                 cur.execute(upsert_findings_sql(findings_table, "_clinipipe_phi_findings_in"))
-                cur.execute("COMMIT")
-            except BaseException:
-                rollback(cur)
-                raise
         except duckdb.Error as exc:
             reason = scrub_values(first_line(exc))
             raise TargetError(f"recording PHI findings failed: {reason}") from None
