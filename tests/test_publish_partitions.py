@@ -177,6 +177,25 @@ def test_publishes_after_real_refreshes_take_the_rows_the_refreshes_handed_over(
          handed_over=False)  # fmt: skip
     step(f"UPDATE labs SET value_numeric = 9 WHERE patient_id IN {some.format(60)}")
 
+    # A dynamic table that leaves the spec leaves none of its refresh state behind; the
+    # others keep theirs (recent rows, count summaries).
+    def state() -> set[str]:
+        return {r[0] for r in hospital_target.query(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = '_clinipipe' AND "
+            "(starts_with(table_name, 'dt_recent__') OR starts_with(table_name, 'dt_counts__'))"
+        )}  # fmt: skip
+
+    before = state()
+    assert any("recent_labs" in t for t in before) and any("patient_summary" in t for t in before)
+    without = dataclasses.replace(hospital_built, spec=hospital_built.spec.model_copy(update={
+        "dynamic_tables": [d for d in hospital_built.spec.dynamic_tables
+                           if d.name != "recent_labs"],
+        "interactive_tables": [t for t in hospital_built.spec.interactive_tables
+                               if t.from_ != "recent_labs"],
+    }))  # fmt: skip
+    refresh(without, target=hospital_target)
+    assert state() == {t for t in before if "recent_labs" not in t}
+
 
 # --- readers in other processes -------------------------------------------------------------
 

@@ -272,6 +272,7 @@ def _refresh(
             if result.state != "SUCCEEDED":
                 failed.add(dt_name)
         target.prune_changed_keys([d.name for d in spec.dynamic_tables])
+        target.drop_unused_refresh_state([d.name for d in spec.dynamic_tables])
     finally:
         target.use_warehouse("incremental")
     return results

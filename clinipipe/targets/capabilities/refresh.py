@@ -268,6 +268,12 @@ class Refresh(TargetCore):
         """Delete the changed keys every dynamic table of `names` already reflects (those at
         or below the lowest high-water mark among them); returns the rows deleted."""
 
+    def drop_unused_refresh_state(self, names: Sequence[str]) -> list[str]:
+        """Drop what the refresh engine keeps per dynamic table (DuckDB: count summaries and
+        recent rows in `_clinipipe`) for every dynamic table not in `names`, the spec's: it
+        left the spec. Returns the tables dropped; a warehouse that keeps none drops none."""
+        return []
+
     def record_refresh(self, result: RefreshResult) -> None:
         """Add `result` to the refresh history on its own (a refresh that ran nothing)."""
         self.execute_atomically([self.refresh_history_sql(result)])

@@ -517,6 +517,21 @@ class DuckDBRefresh(DuckDBCore, Refresh):
             f"WHERE name IN ({consumers}) AND high_water_lsn >= {int(work.snapshot_lsn)}"
         )
 
+    def drop_unused_refresh_state(self, names: Sequence[str]) -> list[str]:
+        if self.read_only:
+            return []
+        prefixes = (COUNTS_PREFIX, recent_rows.RECENT_PREFIX)
+        kept = tuple(control_prefix(prefix, name) for name in names for prefix in prefixes)
+        rows = self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = ? AND (starts_with(table_name, ?) OR starts_with(table_name, ?))",
+            [CONTROL_SCHEMA, *prefixes],
+        ).fetchall()
+        unused = sorted(str(t) for (t,) in rows if not str(t).startswith(kept))
+        if unused:
+            self.execute_atomically([f"DROP TABLE {self.control(t)}" for t in unused])
+        return unused
+
     def prune_changed_keys(self, names: Sequence[str]) -> int:
         if not names or self.read_only:
             return 0
