@@ -164,6 +164,25 @@ def test_create_and_drop_database_quote_names(pg_server: EmbeddedPostgres) -> No
     assert count == "0"
 
 
+def test_drop_database_takes_its_inactive_logical_replication_slots_along(
+    pg_server: EmbeddedPostgres,
+) -> None:
+    """DROP DATABASE drops the database's inactive logical slots itself (PostgreSQL >= 10):
+    the tests that stream from a database of their own rely on it in their clean-up."""
+    name = 'slot "db"'
+    dsn = pg_server.create_database(name)
+    con = psycopg2.connect(dsn)
+    con.autocommit = True
+    with con.cursor() as cur:
+        cur.execute("SELECT pg_create_logical_replication_slot('t_slot_drop', 'pgoutput')")
+    con.close()
+    pg_server.drop_database(name)
+    assert _query(pg_server.dsn, "SELECT count(*) FROM pg_database WHERE datname = %s",
+                  (name,)) == "0"  # fmt: skip
+    assert _query(pg_server.dsn, "SELECT count(*) FROM pg_replication_slots "
+                  "WHERE slot_name = 't_slot_drop'") == "0"  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # 2./3. Root and non-root callers
 # --------------------------------------------------------------------------------------------
